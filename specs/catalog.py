@@ -19,6 +19,9 @@ from specs.errors import ValidationError
 ECHO_FIELDS: tuple[str, ...] = ("3", "4", "11", "41", "42", "60")
 """Request fields a response repeats unchanged (when the request has them)."""
 
+COPIED_FIELDS: tuple[str, ...] = ("25", "49")
+"""Request fields a response carries again (condition code, currency) without being checked."""
+
 _CARD = ("2", "14", "23", "35", "55")
 _PIN = ("26", "52", "53")
 _FIN_RESPONSE_ALWAYS = ("3", "11", "12", "13", "25", "32", "37", "39", "41", "42", "49", "60")

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 
 import iso8583
 
-from specs.catalog import KINDS, MessageKind, identify_request
+from specs.catalog import COPIED_FIELDS, KINDS, MessageKind, identify_request
 from specs.codes import APPROVED, NO_MAC_CODES
 from specs.composite import Field60, encode_field60
 from specs.errors import DecodeError, EncodeError, ValidationError
@@ -47,6 +47,14 @@ def _check_characters(key: str, value: str, position: int) -> None:
         raise DecodeError(f"field {key} is not {what}", field=key, position=position)
 
 
+def _check_bitmap(bitmap: bytes, position: int) -> None:
+    bits = int.from_bytes(bitmap, "big")
+    for number in range(2, 65):
+        if bits >> (64 - number) & 1 and number not in FIELDS:
+            raise DecodeError(f"bitmap names field {number}, not in the dialect",
+                              field=str(number), position=position + (number - 1) // 8)
+
+
 def decode_message(body: bytes, *, offset: int = 0) -> Message:
     """Decode MTI + bitmap + fields; ``offset`` is added to reported byte positions.
 
@@ -58,6 +66,7 @@ def decode_message(body: bytes, *, offset: int = 0) -> Message:
     if body[MTI_LENGTH] & 0x80:
         raise DecodeError("secondary bitmap not allowed (no field above 64)",
                           field="p", position=offset + MTI_LENGTH)
+    _check_bitmap(body[MTI_LENGTH : MTI_LENGTH + BITMAP_LENGTH], offset + MTI_LENGTH)
     try:
         doc, doc_enc = iso8583.decode(body, SPEC)
     except iso8583.DecodeError as exc:
@@ -170,10 +179,11 @@ def build_request(kind: MessageKind | str, fields: Mapping[str, str]) -> Message
 def build_response(
     kind: MessageKind, request: Mapping[str, str], fields: Mapping[str, str]
 ) -> Message:
-    """A response to ``request``: MTI + 10, echo fields copied, then ``fields`` (which must
-    include 39). Checked against the kind's response fields; F64 is added by the caller."""
+    """A response to ``request``: MTI + 10, echo fields and COPIED_FIELDS copied, then
+    ``fields`` (which must include 39). Checked against the kind's response fields; F64 is
+    added by the caller."""
     doc: Message = {"t": kind.response_mti}
-    for key in kind.echo_fields():
+    for key in (*kind.echo_fields(), *COPIED_FIELDS):
         if key in request:
             doc[key] = request[key]
     doc.update(fields)
@@ -182,6 +192,9 @@ def build_response(
     if code == APPROVED:
         mandatory = mandatory | kind.response_on_approval
     allowed = kind.response_mandatory | kind.response_on_approval | kind.response_optional
+    for key in COPIED_FIELDS:
+        if key not in allowed:
+            doc.pop(key, None)
     _require(doc, frozenset(mandatory) - {MAC_FIELD}, allowed | {MAC_FIELD, "4"})
     return doc
 

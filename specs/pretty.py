@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from specs.codes import describe_code
+from specs.composite import TOTALS_DIGITS, decode_upload_records
+from specs.errors import SpecError
 from specs.fields import FIELDS
 
 
@@ -33,7 +35,21 @@ def pan_of(doc: Mapping[str, str]) -> str:
     return doc.get("35", "").split("D")[0].split("=")[0]
 
 
+def _masked_f48(value: str) -> str:
+    """Totals and end counts are shown; upload records carry PANs, which are masked."""
+    if len(value) in (TOTALS_DIGITS, 4):
+        return value
+    try:
+        records = decode_upload_records(value)
+    except SpecError:
+        return f"[{len(value)} digits, not shown]"
+    shown = ", ".join(f"{r.trace}/{mask_pan(r.pan)}/{r.amount}" for r in records)
+    return f"{len(records)} records: {shown}"
+
+
 def _masked_value(key: str, value: str) -> str:
+    if key == "48":
+        return _masked_f48(value)
     secret = FIELDS[int(key)].secret
     if secret == "pan" and key == "2":
         return mask_pan(value)
