@@ -1,0 +1,657 @@
+"""payShield-compatible host commands, sans-IO: request bytes in, response bytes out.
+
+`HsmEngine.handle(HEADER + CMD + fields)` returns `HEADER + RESP + ERR + data` exactly as
+/work/shared/hsm-commands.md says. One handler per command, `COMMANDS` is the dispatch table.
+Handlers raise `HsmError(code=...)`; verification failures are error 01. Every call writes one
+audit line to the `hsm_sim.audit` logger: client, command, error code and the 6H check values
+of the keys involved (never a key, PIN or PIN block).
+
+Our extensions (documented, not payShield):
+
+- `Y0` UnionPay POS ECB MAC generate: key type 3H (003/008) . key . length 4H . message
+  (binary) -> MAC 8A (the 8 ASCII hex characters F64 carries).
+- `Y2` ECB MAC verify: as Y0 followed by the MAC 8A -> 00 / 01.
+- `Y4` import a clear key (test LMK only, else 17): key type 3H . LMK scheme 1A . clear key
+  16H/32H/48H -> key under LMK . KCV 6H. Parity is forced odd (DES ignores parity bits).
+- `Y6` import clear components (test LMK only): key type 3H . LMK scheme 1A . count 1N (2-9)
+  . components -> key under LMK . KCV 6H. Key = XOR of the components, odd parity forced.
+- `Y8` generate components (test LMK only): key type 3H . LMK scheme 1A . count 1N (2-9)
+  -> key under LMK . KCV 6H . the clear components (the lab's "printed" components).
+
+>>> engine = HsmEngine.test()
+>>> engine.handle(b"0000BU0200406FBB23A5214DF")
+b'0000BV000035BBE340A4B763'
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from hsm_sim import crypto
+from hsm_sim.errors import HsmError
+from hsm_sim.lmk import (
+    SCHEME_LENGTHS,
+    LmkSet,
+    check_key_type,
+    combine_components,
+    decrypt_key_under_kek,
+    encrypt_key_under_kek,
+    format_key_field,
+    load_lmk,
+    parse_key_field,
+    random_component,
+)
+
+__all__ = ["COMMANDS", "MAX_FRAME_LENGTH", "HsmEngine", "decode_frame_length", "encode_frame"]
+
+audit_log = logging.getLogger("hsm_sim.audit")
+log = logging.getLogger("hsm_sim")
+
+MAX_FRAME_LENGTH = 32 * 1024
+DEFAULT_HEADER_LENGTH = 4
+FIRMWARE_VERSION = "1.0.0-SIM"  # 9A
+TRAILER_MARK = 0x19
+MAX_TRAILER_LENGTH = 32
+UNKNOWN_COMMAND_RESPONSE = b"ZZ"
+KEY_SCHEME_LETTERS = b"UXTYZ"
+MIN_COMPONENTS, MAX_COMPONENTS = 2, 9
+MAC_KEY_TYPES = ("003", "008")
+IMPORT_TO_LMK_SCHEME = {"Z": "Z", "U": "U", "X": "U", "T": "T", "Y": "T"}
+
+
+# --------------------------------------------------------------------------- framing
+
+
+def encode_frame(payload: bytes) -> bytes:
+    """Prefix a message with its 2-byte big-endian length."""
+    if len(payload) > MAX_FRAME_LENGTH:
+        raise HsmError(f"frame of {len(payload)} bytes exceeds {MAX_FRAME_LENGTH}", code="80")
+    return len(payload).to_bytes(2, "big") + payload
+
+
+def decode_frame_length(prefix: bytes) -> int:
+    """Length from a 2-byte prefix; error 80 when over the limit."""
+    length = int.from_bytes(prefix, "big")
+    if length > MAX_FRAME_LENGTH:
+        raise HsmError(f"frame of {length} bytes exceeds {MAX_FRAME_LENGTH}", code="80")
+    return length
+
+
+def response_code(command: bytes) -> bytes:
+    """The response code: the command with its 2nd character + 1 (A0 -> A1, NC -> ND)."""
+    return command[:1] + bytes((command[1] + 1,))
+
+
+# --------------------------------------------------------------------------- field cursor
+
+
+class Fields:
+    """Cursor over a request's fields; any shortfall or bad character is error 15."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def take(self, n: int) -> bytes:
+        end = self.pos + n
+        if n < 0 or end > len(self.data):
+            raise HsmError("request too short", code="15")
+        chunk = self.data[self.pos : end]
+        self.pos = end
+        return chunk
+
+    def text(self, n: int) -> str:
+        chunk = self.take(n)
+        if not chunk.isascii() or not chunk.isalnum():
+            raise HsmError("unexpected characters in request", code="15")
+        return chunk.decode("ascii").upper()
+
+    def digits(self, n: int) -> str:
+        value = self.text(n)
+        if not value.isdigit():
+            raise HsmError("numeric field expected", code="15")
+        return value
+
+    def hex(self, n: int) -> str:
+        value = self.text(n)
+        if not crypto.is_hex(value):
+            raise HsmError("hex field expected", code="15")
+        return value
+
+    def choice(self, n: int, allowed: str, code: str = "15") -> str:
+        value = self.text(n)
+        if value not in allowed:
+            raise HsmError(f"value {value!r} not allowed here", code=code)
+        return value
+
+    def key(self, bare_hex_length: int = 16) -> str:
+        """A key field: scheme letter + hex, or `bare_hex_length` hex digits."""
+        first = self.data[self.pos : self.pos + 1]
+        if first and first in KEY_SCHEME_LETTERS:
+            return self.text(1 + 2 * SCHEME_LENGTHS[first.decode()])
+        return self.hex(bare_hex_length)
+
+    def key_pair(self) -> str:
+        """A PVK pair: scheme letter + hex, or two concatenated single keys (32H)."""
+        return self.key(bare_hex_length=32)
+
+    def optional(self, marker: bytes) -> bool:
+        if self.data[self.pos : self.pos + len(marker)] == marker:
+            self.pos += len(marker)
+            return True
+        return False
+
+    def remaining_before_trailer(self) -> bytes:
+        """The rest of the fields up to an optional X'19' trailer (for variable fields)."""
+        rest = self.data[self.pos :]
+        cut = rest.find(bytes((TRAILER_MARK,)))
+        return rest if cut < 0 else rest[:cut]
+
+    def finish(self) -> None:
+        """Nothing may follow the fields except the optional trailer X'19' + up to 32 chars."""
+        rest = self.data[self.pos :]
+        if rest and (rest[0] != TRAILER_MARK or len(rest) > 1 + MAX_TRAILER_LENGTH):
+            raise HsmError("unexpected data after the last field", code="15")
+
+
+# --------------------------------------------------------------------------- call context
+
+
+@lru_cache(maxsize=65536)
+def kcv6(key: bytes) -> str:
+    """Cached 6H check value (audit lines and A0 responses)."""
+    return crypto.generate_kcv(key, 3).hex().upper()
+
+
+@dataclass
+class Call:
+    """One command in flight: the LMK and the KCVs the audit line will show."""
+
+    lmk: LmkSet
+    kcvs: list[str] = field(default_factory=list)
+
+    def key(self, key_type: str, key_field: str, parity_code: str = "10") -> bytes:
+        clear = self.lmk.decrypt_key(key_type, key_field, parity_code)
+        self.kcvs.append(kcv6(clear))
+        return clear
+
+    def new_key(self, length: int) -> bytes:
+        clear = crypto.generate_random_key(length)
+        self.kcvs.append(kcv6(clear))
+        return clear
+
+    def require_test_lmk(self) -> None:
+        if not self.lmk.is_test:
+            raise HsmError("clear-key extensions need the test LMK", code="17")
+
+
+Handler = Callable[[Call, Fields], bytes]
+
+
+def _scheme_length(scheme: str) -> int:
+    if scheme not in SCHEME_LENGTHS:
+        raise HsmError(f"invalid key scheme {scheme!r}", code="26")
+    return SCHEME_LENGTHS[scheme]
+
+
+def _key_scheme_of(key_field: str) -> str:
+    return parse_key_field(key_field)[0]
+
+
+def _export(kek: bytes, scheme: str, clear: bytes) -> str:
+    return format_key_field(scheme, encrypt_key_under_kek(kek, scheme, clear))
+
+
+def _optional_schemes(f: Fields, default: str) -> tuple[str, str]:
+    """`;` + scheme (under the KEK) 1A + scheme (LMK) 1A + reserved 1A, else the defaults."""
+    if not f.optional(b";"):
+        return default, default
+    under_kek, under_lmk = f.text(1), f.text(1)
+    f.text(1)
+    return under_kek, under_lmk
+
+
+# --------------------------------------------------------------------------- key management
+
+
+def cmd_nc(call: Call, f: Fields) -> bytes:
+    """NC: LMK check value 16H + firmware version 9A."""
+    f.finish()
+    return (call.lmk.check_value + FIRMWARE_VERSION).encode()
+
+
+def cmd_a0(call: Call, f: Fields) -> bytes:
+    """A0: generate a key (mode 0) and export it under a ZMK or TMK (mode 1)."""
+    mode = f.choice(1, "01")
+    key_type = f.text(3)
+    check_key_type(key_type)
+    scheme = f.text(1)
+    length = _scheme_length(scheme)
+    kek_field = export_scheme = None
+    kek_type = "000"
+    if mode == "1":
+        if f.optional(b";"):
+            kek_type = {"0": "000", "1": "002"}[f.choice(1, "01")]
+        kek_field, export_scheme = f.key(), f.text(1)
+        if _scheme_length(export_scheme) != length:
+            raise HsmError("export scheme does not fit the key length", code="27")
+    f.finish()
+    kek = call.key(kek_type, kek_field) if kek_field else b""
+    clear = call.new_key(length)
+    out = call.lmk.encrypt_key(key_type, scheme, clear)
+    if export_scheme:
+        out += _export(kek, export_scheme, clear)
+    return (out + kcv6(clear)).encode()
+
+
+def _check_length_flag(flag: str, clear: bytes) -> None:
+    if flag not in "012":
+        raise HsmError(f"invalid key length flag {flag!r}", code="05")
+    if (int(flag) + 1) * crypto.DES_BLOCK != len(clear):
+        raise HsmError("key length flag does not match the key", code="27")
+
+
+def cmd_bu(call: Call, f: Fields) -> bytes:
+    """BU: key check value (16H) of a key under the LMK."""
+    type_code, flag = f.text(2), f.text(1)
+    key_field = f.key()
+    if type_code == "FF":
+        if not f.optional(b";"):
+            raise HsmError("key type code FF needs ';' + key type", code="15")
+        key_type = f.text(3)
+    else:
+        key_type = "0" + type_code
+    f.finish()
+    if flag not in "012":
+        raise HsmError(f"invalid key length flag {flag!r}", code="05")
+    clear = call.key(key_type, key_field)
+    _check_length_flag(flag, clear)
+    return crypto.generate_kcv(clear, 8).hex().upper().encode()
+
+
+def _generate_under(call: Call, f: Fields, parent_type: str, child_type: str) -> bytes:
+    parent_field = f.key()
+    under_parent, under_lmk = _optional_schemes(f, _key_scheme_of(parent_field))
+    f.finish()
+    parent = call.key(parent_type, parent_field)
+    length = _scheme_length(under_lmk)
+    if _scheme_length(under_parent) != length:
+        raise HsmError("key schemes of different lengths", code="27")
+    clear = call.new_key(length)
+    under_parent_field = _export(parent, under_parent, clear)
+    return (under_parent_field + call.lmk.encrypt_key(child_type, under_lmk, clear)).encode()
+
+
+def cmd_hc(call: Call, f: Fields) -> bytes:
+    """HC: a new TMK/TPK/PVK, under the current one and under the LMK."""
+    return _generate_under(call, f, "002", "002")
+
+
+def cmd_ha(call: Call, f: Fields) -> bytes:
+    """HA: a new TAK, under the TMK and under the LMK."""
+    return _generate_under(call, f, "002", "003")
+
+
+def cmd_fa(call: Call, f: Fields) -> bytes:
+    """FA: import a ZPK from under a ZMK to under the LMK; KCV 16H (or 6H, KCV type 1)."""
+    zmk_field, zpk_field = f.key(), f.key()
+    zpk_scheme, zpk_ciphertext = parse_key_field(zpk_field)
+    lmk_scheme, kcv_type = IMPORT_TO_LMK_SCHEME[zpk_scheme], "0"
+    if f.optional(b";"):
+        f.text(1)
+        lmk_scheme, kcv_type = f.text(1), f.choice(1, "01")
+    f.finish()
+    zmk = call.key("000", zmk_field)
+    zpk = decrypt_key_under_kek(zmk, zpk_scheme, zpk_ciphertext)
+    if not crypto.check_key_parity(zpk):
+        raise HsmError("ZPK parity error", code="11")
+    call.kcvs.append(kcv6(zpk))
+    if _scheme_length(lmk_scheme) != len(zpk):
+        raise HsmError("LMK scheme does not fit the ZPK", code="27")
+    kcv = crypto.generate_kcv(zpk, 3 if kcv_type == "1" else 8).hex().upper()
+    return (call.lmk.encrypt_key("001", lmk_scheme, zpk) + kcv).encode()
+
+
+# --------------------------------------------------------------------------- PINs
+
+
+def _pin_format(f: Fields) -> str:
+    fmt = f.digits(2)
+    if fmt not in crypto.DES_PINBLOCK_FORMATS:
+        raise HsmError(f"PIN block format {fmt} not supported (48 needs an AES key)", code="23")
+    return fmt
+
+
+def _max_pin_length(f: Fields) -> int:
+    value = int(f.digits(2))
+    if not crypto.MIN_PIN_LENGTH <= value <= crypto.MAX_PIN_LENGTH:
+        raise HsmError("maximum PIN length must be 04-12", code="24")
+    return value
+
+
+def _translate(call: Call, f: Fields, src_type: str) -> bytes:
+    src_field, dst_field = f.key(), f.key()
+    max_length = _max_pin_length(f)
+    block = bytes.fromhex(f.hex(16))
+    src_format, dst_format = _pin_format(f), _pin_format(f)
+    account = f.digits(12)
+    f.finish()
+    src = call.key(src_type, src_field, "10")
+    dst = call.key("001", dst_field, "11")
+    pin = crypto.decipher_pinblock(src, block, account, src_format)
+    if len(pin) > max_length:
+        raise HsmError("PIN longer than the maximum PIN length", code="24")
+    out = crypto.encipher_pinblock(dst, pin, account, dst_format)
+    return f"{len(pin):02d}{out.hex().upper()}{dst_format}".encode()
+
+
+def cmd_ca(call: Call, f: Fields) -> bytes:
+    """CA: translate a PIN block from a TPK to a ZPK."""
+    return _translate(call, f, "002")
+
+
+def cmd_cc(call: Call, f: Fields) -> bytes:
+    """CC: translate a PIN block from one ZPK to another."""
+    return _translate(call, f, "001")
+
+
+def cmd_ba(call: Call, f: Fields) -> bytes:
+    """BA: encrypt a clear PIN (F-padded, any LMK-PIN length) under the LMK (16H, ours)."""
+    rest = f.remaining_before_trailer()
+    if len(rest) <= 12:
+        raise HsmError("BA needs a PIN and a 12-digit account", code="15")
+    pin_field = f.text(len(rest) - 12)
+    account = f.digits(12)
+    f.finish()
+    pin = pin_field.rstrip("F")
+    if not pin.isdigit():
+        raise HsmError("PIN must be digits padded with F", code="15")
+    return call.lmk.encrypt_pin(pin, account).encode()
+
+
+def cmd_dg(call: Call, f: Fields) -> bytes:
+    """DG: Visa PVV of a PIN under the LMK."""
+    pvk_field, pin_field = f.key_pair(), f.hex(16)
+    account, pvki = f.digits(12), f.digits(1)
+    f.finish()
+    pvk = call.key("002", pvk_field)
+    pin = call.lmk.decrypt_pin(pin_field, account)
+    return crypto.generate_visa_pvv_account(pvk, pvki, pin, account).encode()
+
+
+def _verify_pvv(call: Call, f: Fields, pin_key_type: str) -> bytes:
+    pin_key_field, pvk_field = f.key(), f.key_pair()
+    block = bytes.fromhex(f.hex(16))
+    fmt, account = _pin_format(f), f.digits(12)
+    pvki, pvv = f.digits(1), f.digits(4)
+    f.finish()
+    pin_key = call.key(pin_key_type, pin_key_field)
+    pvk = call.key("002", pvk_field)
+    pin = crypto.decipher_pinblock(pin_key, block, account, fmt)
+    if not hmac.compare_digest(crypto.generate_visa_pvv_account(pvk, pvki, pin, account), pvv):
+        raise HsmError("PIN verification failure", code="01")
+    return b""
+
+
+def cmd_dc(call: Call, f: Fields) -> bytes:
+    """DC: verify a terminal PIN (under a TPK) against a Visa PVV."""
+    return _verify_pvv(call, f, "002")
+
+
+def cmd_ec(call: Call, f: Fields) -> bytes:
+    """EC: verify an interchange PIN (under a ZPK) against a Visa PVV."""
+    return _verify_pvv(call, f, "001")
+
+
+def ibm_validation_data(template: str, account: str) -> str:
+    """IBM 3624 validation data (16H): `N` -> last 5 account digits, then right-pad with F.
+
+    >>> ibm_validation_data("1234567N", "400000123456")
+    '123456723456FFFF'
+    """
+    data = template.replace("N", account[-5:], 1).ljust(16, "F")
+    if len(data) != 16 or not crypto.is_hex(data):
+        raise HsmError("PIN validation data must give 16 hex digits", code="15")
+    return data
+
+
+def cmd_da(call: Call, f: Fields) -> bytes:
+    """DA: verify a terminal PIN against an IBM 3624 offset."""
+    tpk_field, pvk_field = f.key(), f.key()
+    max_length = _max_pin_length(f)
+    block = bytes.fromhex(f.hex(16))
+    fmt = _pin_format(f)
+    check_length = int(f.digits(2))
+    account, dectab = f.digits(12), f.digits(16)
+    template, offset = f.text(12), f.hex(12)
+    f.finish()
+    if not crypto.MIN_PIN_LENGTH <= check_length <= crypto.MAX_PIN_LENGTH:
+        raise HsmError("check length must be 04-12", code="15")
+    tpk, pvk = call.key("002", tpk_field), call.key("002", pvk_field)
+    pin = crypto.decipher_pinblock(tpk, block, account, fmt)
+    if len(pin) > max_length:
+        raise HsmError("PIN longer than the maximum PIN length", code="24")
+    if len(pin) < check_length:
+        raise HsmError("PIN shorter than the check length", code="01")
+    data = ibm_validation_data(template, account)
+    computed = crypto.generate_ibm3624_offset(pvk, dectab, pin, data)
+    if not hmac.compare_digest(computed[:check_length], offset[:check_length]):
+        raise HsmError("PIN verification failure", code="01")
+    return b""
+
+
+# --------------------------------------------------------------------------- MACs
+
+
+@dataclass(frozen=True)
+class MacRequest:
+    """Parsed M6/M8 fields."""
+
+    mac_hex_length: int
+    algorithm: str
+    padding: int
+    key_type: str
+    key_field: str
+    message: bytes
+
+
+def _message(f: Fields, input_format: str) -> bytes:
+    length = int(f.hex(4), 16)
+    raw = f.take(length)
+    if input_format == "0":
+        return raw
+    try:
+        return bytes.fromhex(raw.decode("ascii"))
+    except ValueError:
+        raise HsmError("hex message expected", code="15") from None
+
+
+def _mac_key_type(f: Fields) -> str:
+    key_type = f.text(3)
+    if key_type not in MAC_KEY_TYPES:
+        raise HsmError(f"key type {key_type} cannot MAC", code="04")
+    return key_type
+
+
+def _mac_request(f: Fields) -> MacRequest:
+    f.choice(1, "0")  # mode flag: only "0" (the whole message in one block)
+    input_format = f.choice(1, "01")
+    mac_size = f.choice(1, "01")
+    algorithm = f.choice(1, "13")
+    padding = int(f.choice(1, "012"))
+    key_type = _mac_key_type(f)
+    key_field = f.key()
+    message = _message(f, input_format)
+    size = 8 if mac_size == "0" else 16
+    return MacRequest(size, algorithm, padding, key_type, key_field, message)
+
+
+def _compute_mac(call: Call, req: MacRequest) -> str:
+    key = call.key(req.key_type, req.key_field)
+    if req.algorithm == "3":
+        mac = crypto.generate_mac_iso9797_alg3(key, req.message, req.padding)
+    else:
+        mac = crypto.generate_mac_iso9797_alg1(key, req.message, req.padding)
+    return mac.hex().upper()[: req.mac_hex_length]
+
+
+def cmd_m6(call: Call, f: Fields) -> bytes:
+    """M6: generate an ISO 9797-1 algorithm 1 / 3 MAC (8H or 16H)."""
+    req = _mac_request(f)
+    f.finish()
+    return _compute_mac(call, req).encode()
+
+
+def cmd_m8(call: Call, f: Fields) -> bytes:
+    """M8: verify an ISO 9797-1 algorithm 1 / 3 MAC."""
+    req = _mac_request(f)
+    mac = f.hex(req.mac_hex_length)
+    f.finish()
+    if not hmac.compare_digest(_compute_mac(call, req), mac):
+        raise HsmError("MAC verification failure", code="01")
+    return b""
+
+
+def _cup_request(f: Fields) -> tuple[str, str, bytes]:
+    key_type = _mac_key_type(f)
+    return key_type, f.key(), _message(f, "0")
+
+
+def cmd_y0(call: Call, f: Fields) -> bytes:
+    """Y0 (extension): UnionPay POS ECB MAC, 8 ASCII hex characters."""
+    key_type, key_field, message = _cup_request(f)
+    f.finish()
+    return crypto.generate_mac_cup_ecb(call.key(key_type, key_field), message)
+
+
+def cmd_y2(call: Call, f: Fields) -> bytes:
+    """Y2 (extension): verify a UnionPay POS ECB MAC."""
+    key_type, key_field, message = _cup_request(f)
+    mac = f.hex(8).encode()
+    f.finish()
+    computed = crypto.generate_mac_cup_ecb(call.key(key_type, key_field), message)
+    if not hmac.compare_digest(computed, mac):
+        raise HsmError("MAC verification failure", code="01")
+    return b""
+
+
+# --------------------------------------------------------------------------- lab extensions
+
+
+def _lab_key_header(call: Call, f: Fields) -> tuple[str, str, int]:
+    call.require_test_lmk()
+    key_type = f.text(3)
+    check_key_type(key_type)
+    scheme = f.text(1)
+    return key_type, scheme, _scheme_length(scheme)
+
+
+def _store(call: Call, key_type: str, scheme: str, clear: bytes) -> str:
+    call.kcvs.append(kcv6(clear))
+    return call.lmk.encrypt_key(key_type, scheme, clear) + kcv6(clear)
+
+
+def _component_count(f: Fields) -> int:
+    count = int(f.digits(1))
+    if not MIN_COMPONENTS <= count <= MAX_COMPONENTS:
+        raise HsmError("component count must be 2-9", code="15")
+    return count
+
+
+def cmd_y4(call: Call, f: Fields) -> bytes:
+    """Y4 (extension, test LMK only): import a clear key."""
+    key_type, scheme, length = _lab_key_header(call, f)
+    clear = crypto.adjust_key_parity(bytes.fromhex(f.hex(2 * length)))
+    f.finish()
+    return _store(call, key_type, scheme, clear).encode()
+
+
+def cmd_y6(call: Call, f: Fields) -> bytes:
+    """Y6 (extension, test LMK only): form a key from clear components."""
+    key_type, scheme, length = _lab_key_header(call, f)
+    parts = [bytes.fromhex(f.hex(2 * length)) for _ in range(_component_count(f))]
+    f.finish()
+    return _store(call, key_type, scheme, combine_components(parts)).encode()
+
+
+def cmd_y8(call: Call, f: Fields) -> bytes:
+    """Y8 (extension, test LMK only): generate a key as clear components."""
+    key_type, scheme, length = _lab_key_header(call, f)
+    count = _component_count(f)
+    f.finish()
+    parts = [random_component(length) for _ in range(count)]
+    shown = "".join(p.hex().upper() for p in parts)
+    return (_store(call, key_type, scheme, combine_components(parts)) + shown).encode()
+
+
+COMMANDS: dict[bytes, Handler] = {
+    b"NC": cmd_nc,
+    b"A0": cmd_a0,
+    b"BU": cmd_bu,
+    b"HC": cmd_hc,
+    b"HA": cmd_ha,
+    b"FA": cmd_fa,
+    b"CA": cmd_ca,
+    b"CC": cmd_cc,
+    b"BA": cmd_ba,
+    b"DG": cmd_dg,
+    b"DC": cmd_dc,
+    b"EC": cmd_ec,
+    b"DA": cmd_da,
+    b"M6": cmd_m6,
+    b"M8": cmd_m8,
+    b"Y0": cmd_y0,
+    b"Y2": cmd_y2,
+    b"Y4": cmd_y4,
+    b"Y6": cmd_y6,
+    b"Y8": cmd_y8,
+}
+
+
+# --------------------------------------------------------------------------- engine
+
+
+class HsmEngine:
+    """An LMK set plus the dispatch table: the whole HSM, without any I/O."""
+
+    def __init__(self, lmk: LmkSet, header_length: int = DEFAULT_HEADER_LENGTH) -> None:
+        self.lmk = lmk
+        self.header_length = header_length
+        if lmk.is_test:
+            log.warning("%s", "test LMK loaded: keys under it are publicly known")
+
+    @classmethod
+    def test(cls, header_length: int = DEFAULT_HEADER_LENGTH) -> HsmEngine:
+        """An engine on the published test LMK."""
+        return cls(load_lmk("test"), header_length)
+
+    def handle(self, request: bytes, client: str = "-") -> bytes:
+        """HEADER + CMD + fields -> HEADER + RESP + ERR + data. Never raises."""
+        split = self.header_length
+        header, command = request[:split], request[split : split + 2]
+        handler = COMMANDS.get(command)
+        if handler is None:
+            code = "40" if len(command) == 2 else "15"
+            self._audit(client, command, code, [])
+            return header + UNKNOWN_COMMAND_RESPONSE + code.encode()
+        call = Call(self.lmk)
+        try:
+            data, code = handler(call, Fields(request[split + 2 :])), "00"
+        except HsmError as exc:
+            data, code = b"", exc.code
+        except Exception:  # a bug must not take the HSM down; say 15 and keep the trace
+            log.exception("unexpected failure in %s", command.decode("ascii", "replace"))
+            data, code = b"", "15"
+        self._audit(client, command, code, call.kcvs)
+        return header + response_code(command) + code.encode() + data
+
+    @staticmethod
+    def _audit(client: str, command: bytes, code: str, kcvs: list[str]) -> None:
+        if audit_log.isEnabledFor(logging.INFO):
+            name = command.decode("ascii", "replace") or "--"
+            kcv_text = ",".join(kcvs) or "-"
+            audit_log.info("client=%s cmd=%s err=%s kcv=%s", client, name, code, kcv_text)
