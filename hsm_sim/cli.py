@@ -1,8 +1,246 @@
-"""Command-line edge of `hsm-sim`: the only place errors become messages and exit codes."""
+"""Command-line edge of `hsm-sim`: the only place errors become messages and exit codes.
+
+`serve` runs the TCP HSM; `lmk generate` writes a live LMK; `command` sends one raw host
+command to a running HSM; `kcv`, `pinblock`, `mac`, `pvv` and `wrap` are CLEAR-KEY lab
+helpers that compute published vectors on the operator's screen (never for live keys).
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
 
 import click
+import trio
+
+from hsm_sim import crypto
+from hsm_sim.commands import DEFAULT_HEADER_LENGTH, HsmEngine
+from hsm_sim.errors import HsmError
+from hsm_sim.lmk import TEST_LMK_WARNING, generate_lmk_file, load_lmk
+
+F = TypeVar("F", bound=Callable[..., Any])
+LAB_ONLY = "LAB HELPER: works on CLEAR keys - published test vectors only, never live keys."
+DEFAULT_PORT = 1500
+
+
+def _hsm_errors(func: F) -> F:
+    """Turn HsmError into a one-line message and exit status 1."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except HsmError as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _hex(value: str, what: str) -> bytes:
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        raise click.BadParameter(f"{what} must be hex") from None
 
 
 @click.group()
 def main() -> None:
-    """hsm-sim."""
+    """hsm-sim: a software payShield-compatible HSM for card-acquiring labs.
+
+    `serve` is the HSM; `lmk generate` makes a live LMK; `command` talks to a running HSM.
+    kcv / pinblock / mac / pvv / wrap are clear-key lab helpers for published vectors only.
+    """
+
+
+# --------------------------------------------------------------------------- serve
+
+
+async def _run_server(engine: HsmEngine, host: str, port: int, header_length: int) -> None:
+    from hsm_sim.server import serve_hsm
+
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(serve_hsm, engine, host, port, header_length)
+            address = listeners[0].socket.getsockname()
+            click.echo(
+                f"hsm-sim ready on {address[0]}:{address[1]} "
+                f"(LMK check value {engine.lmk.check_value})",
+                nl=True,
+            )
+            sys.stdout.flush()
+            async for signum in signals:
+                click.echo(f"hsm-sim stopping on {signal.Signals(signum).name}", err=True)
+                nursery.cancel_scope.cancel()
+                break
+
+
+def _load_engine(lmk_spec: str, header_length: int) -> HsmEngine:
+    lmk = load_lmk(lmk_spec)
+    if lmk.is_test:
+        banner = "!" * 78
+        click.echo(f"{banner}\n{TEST_LMK_WARNING}\n{banner}", err=True)
+    return HsmEngine(lmk, header_length)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=DEFAULT_PORT, show_default=True, help="TCP port (0 = any).")
+@click.option(
+    "--header-length",
+    default=DEFAULT_HEADER_LENGTH,
+    show_default=True,
+    type=click.IntRange(0, 255),
+    help="Length of the message header echoed in responses.",
+)
+@click.option(
+    "--lmk", "lmk_spec", required=True, help="'test' (published test LMK) or an LMK file."
+)
+@_hsm_errors
+def serve(host: str, port: int, header_length: int, lmk_spec: str) -> None:
+    """Run the HSM on TCP (2-byte length framing, payShield host commands).
+
+    Prints one 'hsm-sim ready on HOST:PORT' line when listening; stops on SIGINT/SIGTERM.
+
+    \b
+    Host commands: NC A0 BU HC HA FA CA CC BA DG DC EC DA M6 M8 (hsm-commands.md).
+    Extensions:    Y0/Y2 UnionPay ECB MAC generate/verify under a TAK;
+                   Y4 import a clear key, Y6 clear components, Y8 generate components
+                   (Y4/Y6/Y8 only while the test LMK is loaded, else error 17).
+    """
+    engine = _load_engine(lmk_spec, header_length)
+    trio.run(_run_server, engine, host, port, header_length)
+
+
+# --------------------------------------------------------------------------- LMK
+
+
+@main.group()
+def lmk() -> None:
+    """LMK files: generate a live LMK, show a check value."""
+
+
+@lmk.command("generate")
+@click.argument("path", type=click.Path(dir_okay=False))
+@_hsm_errors
+def lmk_generate(path: str) -> None:
+    """Write a random live LMK to PATH (mode 0600; refuses to overwrite)."""
+    lmk_set = generate_lmk_file(path)
+    click.echo(f"LMK written to {path}, check value {lmk_set.check_value}")
+
+
+@lmk.command("check")
+@click.option("--lmk", "lmk_spec", required=True, help="'test' or an LMK file.")
+@_hsm_errors
+def lmk_check(lmk_spec: str) -> None:
+    """Print the check value of an LMK (what NC reports)."""
+    click.echo(load_lmk(lmk_spec).check_value)
+
+
+# --------------------------------------------------------------------------- operator
+
+
+async def _send_command(host: str, port: int, header: bytes, text: str, timeout: float) -> str:
+    from hsm_sim.client import TcpTransport
+
+    transport = TcpTransport(host, port, timeout=timeout)
+    try:
+        response = await transport.call(header + text.encode("ascii"))
+    finally:
+        await transport.aclose()
+    return response.decode("ascii", "replace")
+
+
+@main.command()
+@click.argument("request")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=DEFAULT_PORT, show_default=True)
+@click.option("--header", default="0000", show_default=True, help="Header to send.")
+@click.option("--timeout", default=5.0, show_default=True, help="Seconds to wait.")
+@_hsm_errors
+def command(request: str, host: str, port: int, header: str, timeout: float) -> None:
+    """Send one raw host command to a running HSM and print the response.
+
+    REQUEST is the command code and fields without header, e.g. NC or BU0200406FBB23A5214DF.
+    """
+    click.echo(trio.run(_send_command, host, port, header.encode(), request, timeout))
+
+
+# --------------------------------------------------------------------------- lab helpers
+
+
+@main.command()
+@click.argument("key")
+@click.option("--length", default=3, show_default=True, type=click.IntRange(1, 8))
+@_hsm_errors
+def kcv(key: str, length: int) -> None:
+    """LAB: check value of a CLEAR key (first LENGTH bytes of 3DES(key, 0^8))."""
+    click.echo(LAB_ONLY, err=True)
+    click.echo(crypto.generate_kcv(_hex(key, "KEY"), length).hex().upper())
+
+
+@main.command()
+@click.option("--pin", required=True)
+@click.option("--pan", required=True)
+@click.option(
+    "--format", "fmt", default="01", show_default=True, type=click.Choice(["01", "03", "05", "47"])
+)
+@click.option("--key", default=None, help="Clear TPK/ZPK to encipher the block with.")
+@_hsm_errors
+def pinblock(pin: str, pan: str, fmt: str, key: str | None) -> None:
+    """LAB: clear (and optionally enciphered) PIN block for a test PIN and PAN."""
+    click.echo(LAB_ONLY, err=True)
+    account = crypto.extract_account_number(pan)
+    clear = crypto.encode_pinblock(pin, account, fmt)
+    click.echo(f"clear      {clear.hex().upper()}")
+    if key:
+        click.echo(f"enciphered {crypto.encrypt_tdes_ecb(_hex(key, 'KEY'), clear).hex().upper()}")
+
+
+_MACS: dict[str, Callable[[bytes, bytes], bytes]] = {
+    "x919": crypto.generate_mac_x919,
+    "x99": crypto.generate_mac_x99,
+    "alg1": lambda k, d: crypto.generate_mac_iso9797_alg1(k, d, 1),
+    "cup-ecb": crypto.generate_mac_cup_ecb,
+}
+
+
+@main.command()
+@click.option("--key", required=True, help="Clear MAC key (hex).")
+@click.option("--data-hex", default=None, help="Message as hex.")
+@click.option("--data-text", default=None, help="Message as text (ASCII).")
+@click.option("--algorithm", default="x919", show_default=True, type=click.Choice(list(_MACS)))
+@_hsm_errors
+def mac(key: str, data_hex: str | None, data_text: str | None, algorithm: str) -> None:
+    """LAB: MAC of a message under a CLEAR key (x919, x99, alg1, cup-ecb)."""
+    click.echo(LAB_ONLY, err=True)
+    if (data_hex is None) == (data_text is None):
+        raise click.UsageError("give exactly one of --data-hex / --data-text")
+    data = _hex(data_hex, "DATA") if data_hex is not None else (data_text or "").encode()
+    result = _MACS[algorithm](_hex(key, "KEY"), data)
+    click.echo(result.decode() if algorithm == "cup-ecb" else result.hex().upper())
+
+
+@main.command()
+@click.option("--pvk", required=True, help="Clear double-length PVK (hex).")
+@click.option("--pan", required=True)
+@click.option("--pin", required=True)
+@click.option("--pvki", default="1", show_default=True)
+@_hsm_errors
+def pvv(pvk: str, pan: str, pin: str, pvki: str) -> None:
+    """LAB: Visa PVV for a test PIN under a CLEAR PVK."""
+    click.echo(LAB_ONLY, err=True)
+    click.echo(crypto.generate_visa_pvv(_hex(pvk, "PVK"), pvki, pin, pan))
+
+
+@main.command()
+@click.option("--tmk", required=True, help="Clear TMK (hex).")
+@click.option("--key", required=True, help="Clear working key (hex).")
+@_hsm_errors
+def wrap(tmk: str, key: str) -> None:
+    """LAB: a working key under a CLEAR TMK as sign-on F62 carries it (+ 4-byte CV)."""
+    click.echo(LAB_ONLY, err=True)
+    ciphertext, cv = crypto.wrap_key_tmk(_hex(tmk, "TMK"), _hex(key, "KEY"))
+    click.echo(f"{ciphertext.hex().upper()} {cv.hex().upper()}")
