@@ -1,8 +1,444 @@
-"""Command-line edge of `posterm`: the only place errors become messages and exit codes."""
+"""Command-line edge of `posterm`: the only place errors become messages and exit codes.
+
+Exit codes: 0 approved / done, 1 declined (or settlement refused), 2 usage or bad input,
+3 communication failure (no connection or no response in time; a reversal or advice stays
+pending), 4 response rejected (bad MAC, undecodable, not echoing the request; reversal pending),
+5 terminal not ready (not initialised, not signed on, key check failed, unknown original).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, NoReturn
 
 import click
+import trio
+
+from terminal import receipt
+from terminal.cards import Card, card_from_options, check_pin, parse_amount, parse_trace
+from terminal.core import Original
+from terminal.errors import EXIT_DECLINED, BadInput, TerminalError
+from terminal.pinpad import MAC_ALGORITHMS, combine_components, kcv_hex, parse_key_hex
+from terminal.session import Result, Terminal
+from terminal.state import DEFAULT_PATH, Config, Store, open_store
+from terminal.transport import TcpTransport, parse_address
+
+HELP = __doc__.split("\n\n", 1)[1] if __doc__ else ""
 
 
-@click.group()
-def main() -> None:
-    """posterm."""
+@dataclass
+class Options:
+    state: str = DEFAULT_PATH
+    as_json: bool = False
+    trace: bool = False
+
+
+def _opts() -> Options:
+    return click.get_current_context().ensure_object(Options)
+
+
+def _set(name: str) -> Callable[[click.Context, click.Parameter, Any], None]:
+    def callback(ctx: click.Context, _param: click.Parameter, value: Any) -> None:
+        if value:
+            setattr(ctx.ensure_object(Options), name, value)
+    return callback
+
+
+def _common(trace: bool = True) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--state, --json (and --trace) also accepted after the subcommand."""
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+        f = click.option("--json", "as_json", is_flag=True, expose_value=False,
+                         callback=_set("as_json"), help="Print JSON instead of a receipt.")(f)
+        f = click.option("--state", type=click.Path(dir_okay=False), expose_value=False,
+                         envvar="POSTERM_STATE", callback=_set("state"),
+                         help="State file (default ./posterm.db, env POSTERM_STATE).")(f)
+        if trace:
+            f = click.option("--trace", "trace_frames", is_flag=True, expose_value=False,
+                             callback=_set("trace"),
+                             help="Print every frame sent and received (masked).")(f)
+        return f
+    return decorate
+
+
+@click.group(help=f"posterm: POS terminal emulator speaking the cup-pos contract.\n\n{HELP}")
+@click.option("--state", type=click.Path(dir_okay=False), envvar="POSTERM_STATE",
+              default=DEFAULT_PATH, show_default=True, help="State file (env POSTERM_STATE).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of receipts.")
+@click.option("--trace", is_flag=True, help="Print every frame sent and received (masked).")
+@click.version_option(package_name="poshost")
+@click.pass_context
+def main(ctx: click.Context, state: str, as_json: bool, trace: bool) -> None:
+    ctx.obj = Options(state, as_json, trace)
+
+
+# --------------------------------------------------------------------------- output
+
+
+def _emit(data: dict[str, Any], text: str) -> None:
+    if _opts().as_json:
+        click.echo(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        click.echo(text)
+
+
+def _fail(exc: TerminalError, notes: list[str] | None = None) -> NoReturn:
+    notes = notes or []
+    if _opts().as_json:
+        click.echo(json.dumps({"status": "error", "error": str(exc), "exit_code": exc.exit_code,
+                               "error_type": type(exc).__name__, "notes": notes}, indent=2))
+    else:
+        for note in notes:
+            click.echo(f"note: {note}", err=True)
+        click.echo(f"posterm: {exc}", err=True)
+    sys.exit(exc.exit_code)
+
+
+def _finish(result: Result) -> NoReturn:
+    data = result.as_dict()
+    _emit(data, receipt.render_result(data))
+    sys.exit(0 if result.ok else EXIT_DECLINED)
+
+
+def _tracer(direction: str, payload: bytes, elapsed: float) -> None:
+    click.echo(receipt.render_frame(direction, payload, elapsed), err=True)
+
+
+def _run_online(action: Callable[[Terminal], Awaitable[Result]]) -> NoReturn:
+    """Open the state, take the line, run ``action`` under trio, report."""
+    terminal: Terminal | None = None
+    try:
+        store = open_store(_opts().state)
+        try:
+            with store.online_lock():
+                config = store.config()
+                transport = TcpTransport(config.host, config.port)
+                terminal = Terminal(store, transport, tracer=_tracer if _opts().trace else None)
+                result = trio.run(_with_transport, terminal, action)
+        finally:
+            store.close()
+    except TerminalError as exc:
+        _fail(exc, terminal.notes if terminal else None)
+    _finish(result)
+
+
+async def _with_transport(terminal: Terminal,
+                          action: Callable[[Terminal], Awaitable[Result]]) -> Result:
+    try:
+        return await action(terminal)
+    finally:
+        await terminal.transport.aclose()
+
+
+def _offline(action: Callable[[Store], None]) -> None:
+    try:
+        store = open_store(_opts().state)
+        try:
+            action(store)
+        finally:
+            store.close()
+    except TerminalError as exc:
+        _fail(exc)
+
+
+def _guard(func: Callable[[], Any]) -> Any:
+    """Run input parsing; bad input exits 2 with its message."""
+    try:
+        return func()
+    except TerminalError as exc:
+        _fail(exc)
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def _text_field(value: str, length: int, what: str) -> str:
+    if len(value) > length or not value.isprintable() or not value.isascii() or not value:
+        raise BadInput(f"{what} must be 1-{length} printable ASCII characters")
+    return value
+
+
+@main.command()
+@click.option("--tid", required=True, help="Terminal id (8 characters).")
+@click.option("--mid", required=True, help="Merchant id (15 characters).")
+@click.option("--tmk", help="Terminal master key, 32 hex digits.")
+@click.option("--tmk-component", "components", multiple=True,
+              help="TMK component (32 hex); repeat: the TMK is their XOR.")
+@click.option("--host", "address", required=True, help="Host address HOST:PORT.")
+@click.option("--mac", type=click.Choice(sorted(MAC_ALGORITHMS)), default="x919",
+              show_default=True, help="MAC algorithm agreed with the host.")
+@click.option("--nii", default="0003", show_default=True, help="Destination NII (4 digits).")
+@click.option("--timeout", type=click.FloatRange(min=0.01), default=30.0, show_default=True,
+              help="Seconds to wait for a response.")
+@click.option("--backoff", type=click.FloatRange(min=0), default=2.0, show_default=True,
+              help="First reversal retry delay in seconds (doubles each retry).")
+@click.option("--attempts", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Reversal sends per command before giving up (it stays pending).")
+@_common(trace=False)
+def init(tid: str, mid: str, tmk: str | None, components: tuple[str, ...], address: str,
+         mac: str, nii: str, timeout: float, backoff: float, attempts: int) -> None:
+    """Create or reset the terminal: identity, host, TMK (prints only its KCV)."""
+
+    def parse() -> tuple[Config, bytes]:
+        if bool(tmk) == bool(components):
+            raise BadInput("give --tmk or --tmk-component (not both)")
+        key = parse_key_hex(tmk) if tmk else combine_components(list(components))
+        try:
+            host, port = parse_address(address)
+        except ValueError as exc:
+            raise BadInput(str(exc)) from None
+        if len(nii) != 4 or not nii.isdigit():
+            raise BadInput("NII must be 4 digits")
+        config = Config(_text_field(tid, 8, "TID"), _text_field(mid, 15, "MID"), host, port,
+                        nii, mac, timeout, backoff, attempts)
+        return config, key
+
+    config, key = _guard(parse)
+    _offline(lambda store: store.initialise(config, key))
+    data = {"command": "init", "status": "done", "tid": config.tid, "mid": config.mid,
+            "host": f"{config.host}:{config.port}", "mac": mac, "kcv_tmk": kcv_hex(key),
+            "state": os.path.abspath(_opts().state)}
+    _emit(data, f"INIT  DONE\n  TID {config.tid}   MID {config.mid}\n"
+                f"  host {data['host']}  MAC {mac}\n  TMK KCV {data['kcv_tmk']}\n"
+                f"  state {data['state']}\n  next: posterm signon")
+
+
+# --------------------------------------------------------------------------- management
+
+
+@main.command()
+@_common()
+def signon() -> None:
+    """Sign on: fetch fresh PIN and MAC keys (0800/003) and the batch number."""
+    _run_online(lambda t: t.sign_on())
+
+
+@main.command()
+@_common()
+def signoff() -> None:
+    """Sign off (0820/002)."""
+    _run_online(lambda t: t.management("sign_off", "signoff"))
+
+
+@main.command()
+@_common()
+def echo() -> None:
+    """Echo test (0820/301)."""
+    _run_online(lambda t: t.management("echo_test", "echo"))
+
+
+# --------------------------------------------------------------------------- financial
+
+
+def _card_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option("--expiry", help="Expiry YYMM (with --pan).")(f)
+    f = click.option("--pan", help="Keyed PAN (manual entry).")(f)
+    f = click.option("--track2", help="Track 2 data, '=' or 'D' as separator (swipe).")(f)
+    return f
+
+
+def _pin_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option("--no-pin", is_flag=True, help="Do not ask for a PIN.")(f)
+    f = click.option("--pin", help="Cardholder PIN (prompted, hidden, when omitted on a tty).")(f)
+    return f
+
+
+def _pin(pin: str | None, no_pin: bool) -> str | None:
+    if pin is None and not no_pin and sys.stdin.isatty():
+        pin = click.prompt("PIN (empty for none)", hide_input=True, default="",
+                           show_default=False) or None
+    return check_pin(pin) if pin is not None else None
+
+
+@main.command()
+@click.argument("amount")
+@_card_options
+@_pin_options
+@_common()
+def sale(amount: str, track2: str | None, pan: str | None, expiry: str | None,
+         pin: str | None, no_pin: bool) -> None:
+    """Sale of AMOUNT (major units, 123.45); reversal recorded before sending."""
+    minor, card, pin_value = _guard(lambda: (parse_amount(amount),
+                                             card_from_options(track2, pan, expiry),
+                                             _pin(pin, no_pin)))
+    _run_online(lambda t: t.sale(card, minor, pin_value))
+
+
+@main.command()
+@_card_options
+@_pin_options
+@_common()
+def balance(track2: str | None, pan: str | None, expiry: str | None, pin: str | None,
+            no_pin: bool) -> None:
+    """Balance inquiry."""
+    card, pin_value = _guard(lambda: (card_from_options(track2, pan, expiry), _pin(pin, no_pin)))
+    _run_online(lambda t: t.balance(card, pin_value))
+
+
+def _optional_card(track2: str | None, pan: str | None, expiry: str | None) -> Card | None:
+    if not (track2 or pan or expiry):
+        return None
+    return card_from_options(track2, pan, expiry)
+
+
+@main.command()
+@click.option("--trace", "trace_no", required=True, help="STAN of the sale to void.")
+@_card_options
+@click.option("--pin", help="PIN (only with card data).")
+@_common(trace=False)
+def void(trace_no: str, track2: str | None, pan: str | None, expiry: str | None,
+         pin: str | None) -> None:
+    """Void a sale of the open batch (card taken from the journal unless given).
+
+    Frame tracing: posterm --trace void --trace STAN.
+    """
+    stan, card, pin_value = _guard(lambda: (parse_trace(trace_no),
+                                            _optional_card(track2, pan, expiry),
+                                            check_pin(pin) if pin else None))
+    _run_online(lambda t: t.void(stan, card, pin_value))
+
+
+@main.command()
+@click.argument("amount")
+@click.option("--trace", "trace_no", help="STAN of a sale in the journal.")
+@click.option("--rrn", help="Original RRN (older sale not in the journal).")
+@click.option("--orig-date", help="Original date MMDD.")
+@click.option("--orig-batch", help="Original batch number.")
+@click.option("--orig-trace", help="Original STAN.")
+@_card_options
+@_common(trace=False)
+def refund(amount: str, trace_no: str | None, rrn: str | None, orig_date: str | None,
+           orig_batch: str | None, orig_trace: str | None, track2: str | None,
+           pan: str | None, expiry: str | None) -> None:
+    """Refund AMOUNT: an advice (0220), stored and forwarded until the host answers.
+
+    Frame tracing: posterm --trace refund ...
+    """
+
+    def parse() -> tuple[int, str | None, Original | None, Card | None]:
+        minor = parse_amount(amount)
+        card = _optional_card(track2, pan, expiry)
+        if trace_no is not None:
+            return minor, parse_trace(trace_no), None, card
+        if not (rrn and orig_date and orig_batch and orig_trace and card):
+            raise BadInput("give --trace STAN, or --rrn --orig-date --orig-batch --orig-trace "
+                           "with card data")
+        if len(orig_date) != 4 or not orig_date.isdigit():
+            raise BadInput("--orig-date must be MMDD")
+        if len(rrn) > 12:
+            raise BadInput("--rrn must be at most 12 characters")
+        original = Original(parse_trace(orig_batch), parse_trace(orig_trace), rrn, 0,
+                            None, orig_date)
+        return minor, None, original, card
+
+    minor, stan, original, card = _guard(parse)
+    _run_online(lambda t: t.refund(card, minor, trace=stan, original=original))
+
+
+# --------------------------------------------------------------------------- batch
+
+
+@main.command()
+@_common()
+def settle() -> None:
+    """Settle the batch: pending reversal and advices, totals (0500), upload if unbalanced."""
+    _run_online(lambda t: t.settle())
+
+
+@main.command()
+@click.option("--send", is_flag=True, help="Send pending reversals and queued advices now.")
+@_common()
+def reversal(send: bool) -> None:
+    """Show the pending reversals and queued advices (or --send them)."""
+    if send:
+        _run_online(lambda t: t.flush())
+
+    def show(store: Store) -> None:
+        revs = [{"stan": r.request["11"], "reason": r.reason, "attempts": r.attempts,
+                 "amount_minor": int(r.request.get("4", "0"))} for r in store.reversals()]
+        advs = [{"stan": a.request["11"], "attempts": a.attempts,
+                 "amount_minor": int(a.request.get("4", "0"))} for a in store.advices()]
+        lines = [f"reversal STAN {r['stan']} reason {r['reason']} attempts {r['attempts']}"
+                 for r in revs]
+        lines += [f"advice   STAN {a['stan']} attempts {a['attempts']}" for a in advs]
+        _emit({"reversals": revs, "advices": advs}, "\n".join(lines) or "nothing pending")
+
+    _offline(show)
+
+
+@main.command()
+@click.option("--all", "all_batches", is_flag=True, help="Include settled batches.")
+@_common(trace=False)
+def journal(all_batches: bool) -> None:
+    """List the journal of the open batch (PANs masked)."""
+
+    def show(store: Store) -> None:
+        store.config()
+        entries = store.journal(all_batches=all_batches)
+        _emit({"journal": [receipt.journal_row(e) for e in entries]},
+              receipt.render_journal(entries))
+
+    _offline(show)
+
+
+@main.command()
+@_common(trace=False)
+def status() -> None:
+    """Terminal configuration, counters, key check values and pending work."""
+
+    def show(store: Store) -> None:
+        config, row, pad = store.config(), store.row(), store.pinpad()
+        phase, sent = store.settlement_progress()
+        entries = store.batch_entries()
+        data = {
+            "tid": config.tid, "mid": config.mid, "host": f"{config.host}:{config.port}",
+            "nii": config.nii, "mac": config.mac, "timeout": config.timeout,
+            "stan": row["stan"], "batch": row["batch"], "signed_on": bool(row["signed_on"]),
+            "sign_on_again": bool(row["sign_on_again"]), **{
+                f"kcv_{k}": v for k, v in pad.check_values().items()},
+            "pending_reversals": [r.request["11"] for r in store.reversals()],
+            "queued_advices": [a.request["11"] for a in store.advices()],
+            "settlement_phase": phase, "upload_messages_sent": sent,
+            "batch_sales": sum(e.kind == "sale" for e in entries),
+            "batch_refunds": sum(e.kind == "refund" for e in entries),
+            "state": str(store.path), "state_mode": oct(os.stat(store.path).st_mode & 0o777),
+        }
+        text = "\n".join(f"{k:<22} {v}" for k, v in data.items())
+        _emit(data, text)
+
+    _offline(show)
+
+
+
+@main.command("load")
+@click.option("--host", "address", required=True, help="Host address HOST:PORT.")
+@click.option("--terminals", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--duration", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+              help="Seconds to run.")
+@click.option("--rate", type=click.FloatRange(min=0), default=0.0,
+              help="Total requests per second (0 = as fast as the host answers).")
+@click.option("--mix", default="sale=80,balance=10,void=5,refund=5", show_default=True)
+@click.option("--report", type=click.Path(dir_okay=False), help="Write the JSON report here.")
+@click.option("--tid-prefix", default="LT", show_default=True,
+              help="TIDs are PREFIX + zero-filled index (8 characters).")
+@click.option("--mid", default="LOADTEST0000001", show_default=True)
+@click.option("--tmk", required=True, help="TMK shared by the load terminals (32 hex).")
+@click.option("--track2", required=True, help="Card to use (track 2).")
+@click.option("--pin", help="PIN of that card.")
+@click.option("--mac", type=click.Choice(sorted(MAC_ALGORITHMS)), default="x919")
+@click.option("--timeout", type=click.FloatRange(min=0.01), default=10.0, show_default=True)
+@_common(trace=False)
+def load_command(**kwargs: Any) -> None:
+    """Run N emulated terminals against a host; report throughput and latency."""
+    from terminal.load import LoadSettings, run_load_cli
+
+    try:
+        settings = LoadSettings.from_cli(**kwargs)
+        report = run_load_cli(settings)
+    except TerminalError as exc:
+        _fail(exc)
+    if _opts().as_json:
+        click.echo(json.dumps(report, indent=2, sort_keys=True))
