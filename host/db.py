@@ -1,0 +1,173 @@
+"""The SQLite store: schema, connections (WAL, synchronous=FULL) and small typed readers.
+
+Only the writer task (host/writer.py) and the provisioning commands write; everything else
+reads. Full PANs live only in the issuer simulator's card table; acquirer records keep a keyed
+hash (to match card against card) and the masked PAN.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+from specs.pretty import mask_pan
+
+BUSY_TIMEOUT_MS = 10_000
+SCHEMA_VERSION = "1"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS merchants (
+    mid TEXT PRIMARY KEY, name TEXT NOT NULL, created TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS terminals (
+    tid TEXT PRIMARY KEY, mid TEXT NOT NULL REFERENCES merchants(mid),
+    mac_algorithm TEXT NOT NULL, tmk_lmk TEXT NOT NULL, tmk_kcv TEXT NOT NULL,
+    pik_lmk TEXT, pik_kcv TEXT, mak_lmk TEXT, mak_kcv TEXT, keys_at TEXT,
+    batch INTEGER, created TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS cards (
+    pan TEXT PRIMARY KEY, expiry TEXT NOT NULL, pvv TEXT NOT NULL, pvki INTEGER NOT NULL,
+    balance INTEGER NOT NULL, limit_minor INTEGER, status TEXT NOT NULL,
+    pin_tries INTEGER NOT NULL DEFAULT 0, domestic INTEGER NOT NULL DEFAULT 1,
+    created TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS batches (
+    tid TEXT NOT NULL, batch INTEGER NOT NULL, state TEXT NOT NULL,
+    opened_at TEXT NOT NULL, closed_at TEXT, host_totals TEXT, terminal_totals TEXT,
+    result TEXT, upload_expected INTEGER, note TEXT,
+    PRIMARY KEY (tid, batch));
+CREATE TABLE IF NOT EXISTS txns (
+    id INTEGER PRIMARY KEY, tid TEXT NOT NULL, mid TEXT NOT NULL, batch INTEGER NOT NULL,
+    stan TEXT NOT NULL, mti TEXT NOT NULL, kind TEXT NOT NULL, pan_hash TEXT,
+    pan_masked TEXT, amount INTEGER NOT NULL, currency TEXT, rc TEXT NOT NULL,
+    rrn TEXT NOT NULL, auth_code TEXT, orig_id INTEGER, domestic INTEGER NOT NULL DEFAULT 1,
+    voided_by INTEGER, reversed INTEGER NOT NULL DEFAULT 0, reversal_reason TEXT,
+    refunded INTEGER NOT NULL DEFAULT 0, created TEXT NOT NULL,
+    settlement_date TEXT NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS txns_key ON txns (tid, batch, stan, mti);
+CREATE INDEX IF NOT EXISTS txns_rrn ON txns (rrn);
+CREATE INDEX IF NOT EXISTS txns_date ON txns (settlement_date);
+CREATE TABLE IF NOT EXISTS reversals (
+    tid TEXT NOT NULL, batch INTEGER NOT NULL, stan TEXT NOT NULL, processing_code TEXT,
+    amount INTEGER NOT NULL, reason TEXT NOT NULL, txn_id INTEGER, rc TEXT NOT NULL,
+    created TEXT NOT NULL, PRIMARY KEY (tid, batch, stan));
+CREATE TABLE IF NOT EXISTS idempotence (
+    tid TEXT NOT NULL, batch INTEGER NOT NULL, stan TEXT NOT NULL, mti TEXT NOT NULL,
+    digest TEXT NOT NULL, response TEXT NOT NULL, created TEXT NOT NULL,
+    PRIMARY KEY (tid, batch, stan, mti));
+CREATE TABLE IF NOT EXISTS uploads (
+    tid TEXT NOT NULL, batch INTEGER NOT NULL, trace TEXT NOT NULL, pan_hash TEXT NOT NULL,
+    pan_masked TEXT NOT NULL, amount INTEGER NOT NULL, organisation TEXT NOT NULL,
+    stan TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS uploads_batch ON uploads (tid, batch);
+CREATE TABLE IF NOT EXISTS exceptions (
+    id INTEGER PRIMARY KEY, tid TEXT NOT NULL, batch INTEGER NOT NULL, kind TEXT NOT NULL,
+    trace TEXT, host_data TEXT, terminal_data TEXT, state TEXT NOT NULL DEFAULT 'open',
+    comment TEXT, created TEXT NOT NULL, resolved_at TEXT);
+"""
+
+
+def connect(db_path: Path | str, *, check_same_thread: bool = True) -> sqlite3.Connection:
+    """A connection in WAL mode with synchronous=FULL, autocommit (explicit BEGIN)."""
+    conn = sqlite3.connect(
+        str(db_path), isolation_level=None, check_same_thread=check_same_thread,
+        timeout=BUSY_TIMEOUT_MS / 1000,
+    )
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+def initialise(conn: sqlite3.Connection) -> None:
+    """Create the schema and the per-database PAN-hash salt (idempotent)."""
+    conn.executescript(SCHEMA)
+    conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+    conn.execute("INSERT OR IGNORE INTO meta VALUES ('pan_salt', ?)", (secrets.token_hex(16),))
+
+
+def open_store(db_path: Path | str, *, check_same_thread: bool = True) -> sqlite3.Connection:
+    conn = connect(db_path, check_same_thread=check_same_thread)
+    initialise(conn)
+    return conn
+
+
+def get_meta(conn: sqlite3.Connection, key: str) -> str | None:
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return None if row is None else row[0]
+
+
+def set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
+    conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+
+@dataclass(frozen=True)
+class PanProtector:
+    """Keyed hash of PANs so acquirer records can match cards without keeping them."""
+
+    salt: bytes
+
+    @classmethod
+    def load(cls, conn: sqlite3.Connection) -> PanProtector:
+        return cls(bytes.fromhex(get_meta(conn, "pan_salt") or ""))
+
+    def hash(self, pan: str) -> str:
+        return hmac.new(self.salt, pan.encode(), hashlib.sha256).hexdigest()[:32]
+
+    @staticmethod
+    def mask(pan: str) -> str:
+        return mask_pan(pan)
+
+
+@dataclass(frozen=True)
+class Terminal:
+    """A terminal row as the message path needs it (keys are under the LMK)."""
+
+    tid: str
+    mid: str
+    mac_algorithm: str
+    tmk_lmk: str
+    pik_lmk: str | None
+    mak_lmk: str | None
+    batch: int | None
+
+    @property
+    def has_working_keys(self) -> bool:
+        return bool(self.pik_lmk and self.mak_lmk)
+
+
+def load_terminal(conn: sqlite3.Connection, tid: str) -> Terminal | None:
+    row = conn.execute(
+        "SELECT tid, mid, mac_algorithm, tmk_lmk, pik_lmk, mak_lmk, batch FROM terminals"
+        " WHERE tid = ?", (tid,),
+    ).fetchone()
+    return None if row is None else Terminal(*row)
+
+
+@dataclass(frozen=True)
+class Card:
+    """The issuer simulator's card (PIN only as a PVV)."""
+
+    pan: str
+    expiry: str
+    pvv: str
+    pvki: int
+    balance: int
+    limit_minor: int | None
+    status: str
+    pin_tries: int
+    domestic: bool
+
+
+def load_card(conn: sqlite3.Connection, pan: str) -> Card | None:
+    row = conn.execute(
+        "SELECT pan, expiry, pvv, pvki, balance, limit_minor, status, pin_tries, domestic"
+        " FROM cards WHERE pan = ?", (pan,),
+    ).fetchone()
+    if row is None:
+        return None
+    return Card(*row[:8], domestic=bool(row[8]))

@@ -1,0 +1,90 @@
+"""Reaching the HSM: the embedded engine (in-process, no thread hop) or a payShield-style TCP
+HSM, and the LMK guard that refuses a database whose keys were stored under another LMK."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from host.db import get_meta, set_meta
+from host.errors import ConfigError
+from hsm_sim.client import HsmClient
+from hsm_sim.commands import HsmEngine
+from hsm_sim.errors import HsmError
+from hsm_sim.lmk import TEST_LMK_WARNING, load_lmk
+
+EMBEDDED = "embedded"
+TCP_PREFIX = "tcp://"
+PVK_TYPE = "002"
+TMK_TYPE = "002"
+TEST_LMK_WARNING_TEXT = TEST_LMK_WARNING
+
+
+@dataclass(frozen=True)
+class HsmInfo:
+    """What the host knows about the HSM it talks to."""
+
+    description: str
+    test_lmk: bool
+
+
+def parse_tcp(spec: str) -> tuple[str, int]:
+    """``tcp://HOST:PORT`` -> (host, port)."""
+    rest = spec[len(TCP_PREFIX):]
+    host, sep, port = rest.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ConfigError(f"--hsm must be 'embedded' or tcp://HOST:PORT, not {spec!r}")
+    return host.strip("[]"), int(port)
+
+
+@asynccontextmanager
+async def open_hsm(hsm: str, lmk: str) -> AsyncIterator[tuple[HsmClient, HsmInfo]]:
+    """An HSM client for ``--hsm`` / ``--lmk``; closed on exit."""
+    if hsm == EMBEDDED:
+        try:
+            lmk_set = load_lmk(lmk)
+        except HsmError as exc:
+            raise ConfigError(f"cannot load the LMK: {exc}") from None
+        client = HsmClient.in_process(HsmEngine(lmk_set))
+        info = HsmInfo(f"embedded HSM, LMK {'TEST' if lmk_set.is_test else lmk}",
+                       lmk_set.is_test)
+    elif hsm.startswith(TCP_PREFIX):
+        host, port = parse_tcp(hsm)
+        client = HsmClient.tcp(host, port)
+        info = HsmInfo(f"HSM at {host}:{port}", False)
+    else:
+        raise ConfigError(f"--hsm must be 'embedded' or tcp://HOST:PORT, not {hsm!r}")
+    try:
+        yield client, info
+    finally:
+        await client.aclose()
+
+
+async def check_lmk(conn: sqlite3.Connection, client: HsmClient) -> str:
+    """Bind the database to the LMK on first use; refuse another LMK afterwards."""
+    try:
+        kcv = await client.lmk_check_value()
+    except HsmError as exc:
+        raise ConfigError(f"the HSM does not answer: {exc}") from None
+    stored = get_meta(conn, "lmk_kcv")
+    if stored is None:
+        set_meta(conn, "lmk_kcv", kcv)
+    elif stored != kcv:
+        raise ConfigError(
+            f"this database's keys are under the LMK with check value {stored}, but the HSM"
+            f" has {kcv}: use the same --lmk / --hsm as when it was provisioned"
+        )
+    return kcv
+
+
+async def ensure_pvk(conn: sqlite3.Connection, client: HsmClient) -> str:
+    """The issuer simulator's PVK under the LMK, generated on first use."""
+    pvk = get_meta(conn, "pvk_lmk")
+    if pvk is None:
+        key = await client.generate_key(PVK_TYPE)
+        pvk = key.key
+        set_meta(conn, "pvk_lmk", pvk)
+        set_meta(conn, "pvk_kcv", key.kcv)
+    return pvk

@@ -1,0 +1,417 @@
+"""The acquirer's ledger: applies one request to the store inside the writer's transaction.
+
+Every method runs on the writer thread with a transaction already open: it reads the rows it
+needs, asks host/rules.py for the decision, writes the effects and the idempotence row, and
+returns the response (without F12/F13/F64). Nothing here awaits.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import secrets
+import sqlite3
+import threading
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from datetime import datetime
+
+from host import rules
+from host.db import Card, PanProtector, get_meta, load_card, set_meta
+from host.limits import BATCH_FIRST, BATCH_MAX, RRN_RESTART_GAP
+from host.responses import replayed, respond, storable
+from host.rules import PinResult, Txn
+from specs.catalog import KINDS, MessageKind
+from specs.composite import (
+    Field60,
+    SettlementTotals,
+    UploadRecord,
+    decode_field60,
+    decode_field61,
+    encode_field60,
+    encode_settlement_totals,
+)
+from specs.messages import Message
+
+AUTH_CODE_DIGITS = 6
+RRN_DIGITS = 12
+
+
+class RrnCounter:
+    """Host-unique RRNs: a 12-digit sequence persisted by the writer at each commit."""
+
+    def __init__(self, start: int) -> None:
+        self._count = itertools.count(start)
+        self._lock = threading.Lock()
+        self.high_water = start
+
+    def next(self) -> str:
+        with self._lock:
+            value = next(self._count)
+            self.high_water = value
+        return f"{value % 10**RRN_DIGITS:0{RRN_DIGITS}d}"
+
+    @classmethod
+    def load(cls, conn: sqlite3.Connection) -> RrnCounter:
+        stored = int(get_meta(conn, "rrn") or 0)
+        return cls(stored + RRN_RESTART_GAP + 1)
+
+    def persist(self, conn: sqlite3.Connection) -> None:
+        set_meta(conn, "rrn", str(self.high_water))
+
+
+def new_auth_code() -> str:
+    return f"{secrets.randbelow(10**AUTH_CODE_DIGITS):0{AUTH_CODE_DIGITS}d}"
+
+
+@dataclass(frozen=True)
+class Request:
+    """A decoded, MAC-checked request with what the message path learned about it."""
+
+    kind: MessageKind
+    doc: Message
+    digest: str
+    now: datetime
+    pin: PinResult = PinResult.ABSENT
+
+    @property
+    def tid(self) -> str:
+        return self.doc["41"].strip()
+
+    @property
+    def batch(self) -> int:
+        return int(decode_field60(self.doc["60"]).batch)
+
+    @property
+    def key(self) -> tuple[str, int, str, str]:
+        return (self.tid, self.batch, self.doc["11"], self.doc["t"])
+
+
+def _txn(row: sqlite3.Row | None) -> Txn | None:
+    if row is None:
+        return None
+    return Txn(row["id"], row["tid"], row["mid"], row["batch"], row["stan"], row["kind"],
+               row["pan_hash"], row["amount"], row["rc"], row["rrn"], row["voided_by"],
+               bool(row["reversed"]), row["refunded"], bool(row["domestic"]))
+
+
+class Ledger:
+    """Applies requests to the store. One instance per host, used by the writer thread."""
+
+    def __init__(self, pans: PanProtector, rrns: RrnCounter) -> None:
+        self.pans = pans
+        self.rrns = rrns
+
+    # ------------------------------------------------------------------ common helpers
+
+    def reply(self, req: Request, code: str, extra: Mapping[str, str] | None = None) -> Message:
+        return respond(req.kind, req.doc, code, req.now, self.rrns.next(), extra)
+
+    def _remember(self, conn: sqlite3.Connection, req: Request, response: Message) -> None:
+        conn.execute(
+            "INSERT INTO idempotence VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (*req.key, req.digest, storable(response), req.now.isoformat(timespec="seconds")),
+        )
+
+    def _repeat(self, conn: sqlite3.Connection, req: Request) -> Message | None:
+        row = conn.execute(
+            "SELECT digest, response FROM idempotence WHERE tid=? AND batch=? AND stan=?"
+            " AND mti=?", req.key,
+        ).fetchone()
+        if row is None:
+            return None
+        if row["digest"] == req.digest:
+            return replayed(row["response"], req.now)
+        return self.reply(req, rules.DUPLICATE)
+
+    def _batch_state(self, conn: sqlite3.Connection, tid: str, batch: int) -> str | None:
+        row = conn.execute(
+            "SELECT b.state FROM batches b JOIN terminals t ON t.tid = b.tid AND t.batch = b.batch"
+            " WHERE b.tid = ? AND b.batch = ?", (tid, batch),
+        ).fetchone()
+        return None if row is None else row[0]
+
+    def _terminal_mid(self, conn: sqlite3.Connection, tid: str) -> str:
+        return conn.execute("SELECT mid FROM terminals WHERE tid = ?", (tid,)).fetchone()[0]
+
+    def _move(self, conn: sqlite3.Connection, pan: str, decision: rules.Decision) -> None:
+        if decision.card_delta:
+            conn.execute("UPDATE cards SET balance = balance + ? WHERE pan = ?",
+                         (decision.card_delta, pan))
+        if decision.pin_tries is not None:
+            conn.execute("UPDATE cards SET pin_tries = ? WHERE pan = ?",
+                         (decision.pin_tries, pan))
+
+    # ------------------------------------------------------------------ sign-on / off
+
+    def sign_on(self, conn: sqlite3.Connection, tid: str, keys: Mapping[str, str],
+                now: datetime) -> int:
+        """Store fresh working keys (under LMK) and return the terminal's open batch."""
+        conn.execute(
+            "UPDATE terminals SET pik_lmk=?, pik_kcv=?, mak_lmk=?, mak_kcv=?, keys_at=?"
+            " WHERE tid=?",
+            (keys["pik_lmk"], keys["pik_kcv"], keys["mak_lmk"], keys["mak_kcv"],
+             now.isoformat(timespec="seconds"), tid),
+        )
+        batch = conn.execute("SELECT batch FROM terminals WHERE tid=?", (tid,)).fetchone()[0]
+        if batch is None:
+            return self._open_batch(conn, tid, BATCH_FIRST, now)
+        if self._batch_state(conn, tid, batch) == "uploading":
+            self._close_upload(conn, tid, batch, None, now, note="upload abandoned: sign-on")
+            batch = conn.execute("SELECT batch FROM terminals WHERE tid=?", (tid,)).fetchone()[0]
+        return int(batch)
+
+    def sign_off(self, conn: sqlite3.Connection, tid: str) -> None:
+        conn.execute("UPDATE terminals SET pik_lmk=NULL, mak_lmk=NULL, pik_kcv=NULL,"
+                     " mak_kcv=NULL WHERE tid=?", (tid,))
+
+    def _open_batch(self, conn: sqlite3.Connection, tid: str, batch: int, now: datetime) -> int:
+        batch = batch if batch <= BATCH_MAX else BATCH_FIRST
+        conn.execute(
+            "INSERT OR REPLACE INTO batches (tid, batch, state, opened_at)"
+            " VALUES (?, ?, 'open', ?)",
+            (tid, batch, now.isoformat(timespec="seconds")),
+        )
+        conn.execute("UPDATE terminals SET batch=? WHERE tid=?", (batch, tid))
+        return batch
+
+    # ------------------------------------------------------------------ financial
+
+    def financial(self, conn: sqlite3.Connection, req: Request) -> Message:
+        """Sale, balance inquiry, void, refund or reversal, applied exactly once."""
+        repeat = self._repeat(conn, req)
+        if repeat is not None:
+            return repeat
+        if self._batch_state(conn, req.tid, req.batch) != "open":
+            return self.reply(req, rules.BATCH_MISMATCH)
+        if req.kind.name == "reversal":
+            response = self._reversal(conn, req)
+        else:
+            response = self._authorise(conn, req)
+        self._remember(conn, req, response)
+        return response
+
+    def _original(self, conn: sqlite3.Connection, tid: str, batch: int, stan: str,
+                  mti: str = "0200") -> Txn | None:
+        return _txn(conn.execute(
+            "SELECT * FROM txns WHERE tid=? AND batch=? AND stan=? AND mti=?",
+            (tid, batch, stan, mti)).fetchone())
+
+    def _by_id(self, conn: sqlite3.Connection, txn_id: int | None) -> Txn | None:
+        if txn_id is None:
+            return None
+        return _txn(conn.execute("SELECT * FROM txns WHERE id=?", (txn_id,)).fetchone())
+
+    def _decide(self, conn: sqlite3.Connection, req: Request, pan: str, pan_hash: str,
+                card: Card | None) -> tuple[rules.Decision, Txn | None]:
+        doc, amount = req.doc, int(req.doc.get("4", "0") or 0)
+        today = req.now.strftime("%y%m")
+        expiry = rules.expiry_of(doc)
+        name = req.kind.name
+        if name == "sale":
+            return rules.decide_sale(amount, card, expiry, req.pin, today), None
+        if name == "balance":
+            decision = rules.decide_balance(card, expiry, req.pin, today)
+            if decision.approved and card is not None:
+                from specs.composite import encode_balance
+                decision = rules.Decision(decision.code, pin_tries=decision.pin_tries,
+                                          extra={"54": encode_balance(card.balance)})
+            return decision, None
+        f61 = decode_field61(doc["61"])
+        if name == "void":
+            original = self._original(conn, req.tid, int(f61.batch), f61.trace)
+            return rules.decide_void(amount, pan_hash, original, doc["37"].strip(), req.batch,
+                                     card, req.pin), original
+        original = _txn(conn.execute("SELECT * FROM txns WHERE rrn=? AND kind='sale'",
+                                     (doc["37"].strip(),)).fetchone())
+        mid = self._terminal_mid(conn, req.tid)
+        return rules.decide_refund(amount, pan_hash, mid, original, f61.batch, f61.trace,
+                                   card, req.pin), original
+
+    def _authorise(self, conn: sqlite3.Connection, req: Request) -> Message:
+        doc = req.doc
+        pan = rules.card_pan(doc)
+        pan_hash = self.pans.hash(pan)
+        card = load_card(conn, pan)
+        orphan = conn.execute(
+            "SELECT rowid FROM reversals WHERE tid=? AND batch=? AND stan=? AND txn_id IS NULL"
+            " AND processing_code=?", (req.tid, req.batch, doc["11"], doc["3"]),
+        ).fetchone() if doc["t"] == "0200" else None
+        if orphan is not None:
+            decision, original = rules.Decision(rules.ALREADY_REVERSED), None
+        else:
+            decision, original = self._decide(conn, req, pan, pan_hash, card)
+        if card is not None:
+            self._move(conn, pan, decision)
+        extra = dict(decision.extra)
+        if decision.approved and req.kind.name in ("sale", "void", "balance"):
+            extra["38"] = new_auth_code()
+        response = self.reply(req, decision.code, extra)
+        txn_id = self._insert_txn(conn, req, response, pan, pan_hash, card, original)
+        if orphan is not None:
+            conn.execute("UPDATE reversals SET txn_id=? WHERE rowid=?", (txn_id, orphan[0]))
+            conn.execute("UPDATE txns SET reversed=1, reversal_reason=(SELECT reason FROM"
+                         " reversals WHERE rowid=?) WHERE id=?", (orphan[0], txn_id))
+        if decision.approved and original is not None:
+            if req.kind.name == "void":
+                conn.execute("UPDATE txns SET voided_by=? WHERE id=?", (txn_id, original.id))
+            else:
+                conn.execute("UPDATE txns SET refunded=refunded+? WHERE id=?",
+                             (int(doc["4"]), original.id))
+        return response
+
+    def _insert_txn(self, conn: sqlite3.Connection, req: Request, response: Message, pan: str,
+                    pan_hash: str, card: Card | None, original: Txn | None) -> int:
+        doc = req.doc
+        cur = conn.execute(
+            "INSERT INTO txns (tid, mid, batch, stan, mti, kind, pan_hash, pan_masked, amount,"
+            " currency, rc, rrn, auth_code, orig_id, domestic, created, settlement_date)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (req.tid, doc["42"].strip(), req.batch, doc["11"], doc["t"], req.kind.name,
+             pan_hash, self.pans.mask(pan), int(doc.get("4", "0") or 0), doc.get("49"),
+             response["39"], response.get("37", ""), response.get("38"),
+             None if original is None else original.id,
+             1 if card is None or card.domestic else 0,
+             req.now.isoformat(timespec="seconds"), req.now.date().isoformat()),
+        )
+        return int(cur.lastrowid or 0)
+
+    def _reversal(self, conn: sqlite3.Connection, req: Request) -> Message:
+        doc = req.doc
+        amount = int(doc["4"])
+        original = self._original(conn, req.tid, req.batch, doc["11"])
+        if original is not None and original.kind not in ("sale", "void"):
+            original = None
+        sale = None
+        if original is not None and original.kind == "void":
+            sale = _txn(conn.execute(
+                "SELECT s.* FROM txns s JOIN txns v ON v.orig_id = s.id WHERE v.id=?",
+                (original.id,)).fetchone())
+        decision = rules.decide_reversal(amount, original, sale)
+        reason = doc["39"]
+        if decision.mark_reversed and original is not None:
+            conn.execute("UPDATE txns SET reversed=1, reversal_reason=? WHERE id=?",
+                         (reason, original.id))
+            if decision.undo:
+                pan_row = conn.execute(
+                    "SELECT pan FROM cards WHERE pan = ?", (rules.card_pan(doc),)).fetchone()
+                if pan_row is not None:
+                    conn.execute("UPDATE cards SET balance = balance + ? WHERE pan = ?",
+                                 (decision.undo, pan_row[0]))
+            if decision.restore_sale is not None:
+                conn.execute("UPDATE txns SET voided_by=NULL WHERE id=?", (decision.restore_sale,))
+        response = self.reply(req, decision.code)
+        conn.execute(
+            "INSERT OR REPLACE INTO reversals VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (req.tid, req.batch, doc["11"], doc["3"], amount, reason,
+             None if original is None else original.id, decision.code,
+             req.now.isoformat(timespec="seconds")),
+        )
+        return response
+
+    # ------------------------------------------------------------------ settlement
+
+    def _batch_txns(self, conn: sqlite3.Connection, tid: str, batch: int) -> list[sqlite3.Row]:
+        return conn.execute("SELECT * FROM txns WHERE tid=? AND batch=? ORDER BY id",
+                            (tid, batch)).fetchall()
+
+    def settle(self, conn: sqlite3.Connection, req: Request,
+               terminal: SettlementTotals) -> Message:
+        repeat = self._repeat(conn, req)
+        if repeat is not None:
+            return repeat
+        state = self._batch_state(conn, req.tid, req.batch)
+        if state not in ("open", "uploading"):
+            return self.reply(req, rules.BATCH_MISMATCH)
+        rows = self._batch_txns(conn, req.tid, req.batch)
+        host = rules.batch_totals(t for t in map(_txn, rows) if t is not None)
+        result = rules.settlement_result(host, terminal)
+        balanced = rules.is_balanced(result)
+        conn.execute(
+            "UPDATE batches SET host_totals=?, terminal_totals=?, result=?, state=? WHERE tid=?"
+            " AND batch=?",
+            (json.dumps(asdict(host)), json.dumps(asdict(terminal)),
+             "balanced" if balanced else "not balanced", "open" if balanced else "uploading",
+             req.tid, req.batch),
+        )
+        conn.execute("DELETE FROM uploads WHERE tid=? AND batch=?", (req.tid, req.batch))
+        response = self.reply(req, rules.APPROVED, {"48": encode_settlement_totals(result)})
+        if balanced:
+            self._close(conn, req.tid, req.batch, req.now)
+        self._remember(conn, req, response)
+        return response
+
+    def upload(self, conn: sqlite3.Connection, req: Request,
+               records: list[UploadRecord]) -> Message:
+        repeat = self._repeat(conn, req)
+        if repeat is not None:
+            return repeat
+        if self._batch_state(conn, req.tid, req.batch) != "uploading":
+            return self.reply(req, rules.BATCH_MISMATCH)
+        conn.executemany(
+            "INSERT INTO uploads VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [(req.tid, req.batch, r.trace, self.pans.hash(r.pan), self.pans.mask(r.pan),
+              r.amount, r.organisation, req.doc["11"]) for r in records],
+        )
+        response = self.reply(req, rules.APPROVED)
+        self._remember(conn, req, response)
+        return response
+
+    def upload_end(self, conn: sqlite3.Connection, req: Request, total: int) -> Message:
+        repeat = self._repeat(conn, req)
+        if repeat is not None:
+            return repeat
+        if self._batch_state(conn, req.tid, req.batch) != "uploading":
+            return self.reply(req, rules.BATCH_MISMATCH)
+        self._close_upload(conn, req.tid, req.batch, total, req.now)
+        response = self.reply(req, rules.APPROVED)
+        self._remember(conn, req, response)
+        return response
+
+    def _close_upload(self, conn: sqlite3.Connection, tid: str, batch: int,
+                      total: int | None, now: datetime, note: str | None = None) -> None:
+        rows = self._batch_txns(conn, tid, batch)
+        txns = [t for t in map(_txn, rows) if t is not None]
+        masked = {r["id"]: r["pan_masked"] for r in rows}
+        host = rules.upload_records(txns, masked)
+        uploaded = conn.execute(
+            "SELECT trace, pan_hash, pan_masked, amount FROM uploads WHERE tid=? AND batch=?",
+            (tid, batch)).fetchall()
+        terminal = [rules.Record(u[0], u[1], u[2], u[3]) for u in uploaded]
+        mismatches = rules.reconcile(host, terminal)
+        created = now.isoformat(timespec="seconds")
+        for m in mismatches:
+            conn.execute(
+                "INSERT INTO exceptions (tid, batch, kind, trace, host_data, terminal_data,"
+                " created) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (tid, batch, m.kind, m.trace, _record_json(m.host), _record_json(m.terminal),
+                 created),
+            )
+        if total is not None and total != len(terminal):
+            conn.execute(
+                "INSERT INTO exceptions (tid, batch, kind, trace, host_data, terminal_data,"
+                " created) VALUES (?, ?, 'count_differs', NULL, ?, ?, ?)",
+                (tid, batch, json.dumps({"records_received": len(terminal)}),
+                 json.dumps({"records_announced": total}), created),
+            )
+        conn.execute("UPDATE batches SET upload_expected=?, note=? WHERE tid=? AND batch=?",
+                     (total, note, tid, batch))
+        self._close(conn, tid, batch, now)
+
+    def _close(self, conn: sqlite3.Connection, tid: str, batch: int, now: datetime) -> None:
+        conn.execute("UPDATE batches SET state='closed', closed_at=? WHERE tid=? AND batch=?",
+                     (now.isoformat(timespec="seconds"), tid, batch))
+        self._open_batch(conn, tid, batch + 1, now)
+
+
+def _record_json(record: rules.Record | None) -> str | None:
+    if record is None:
+        return None
+    data = asdict(record)
+    data.pop("pan_hash")
+    return json.dumps(data)
+
+
+def field60_of_sign_on(batch: int) -> str:
+    kind = KINDS["sign_on"]
+    return encode_field60(Field60(kind.type_code or "00", f"{batch:06d}", kind.network_code))

@@ -1,0 +1,44 @@
+"""Every limit and host-wide constant, named once (timeouts, sizes, institution ids)."""
+
+from __future__ import annotations
+
+from specs.framing import MAX_FRAME_LENGTH
+
+__all__ = ["MAX_FRAME_LENGTH"]
+
+IDLE_TIMEOUT = 120.0
+"""Seconds a connection may stay silent between messages before the host closes it."""
+FRAME_TIMEOUT = 10.0
+"""Seconds a started frame may take to arrive completely (slow or half-sent frames)."""
+HANDLER_TIMEOUT = 15.0
+"""Seconds one request may take before the host drops the connection unanswered."""
+SEND_TIMEOUT = 10.0
+"""Seconds a response may take to be written to a slow reader."""
+SHUTDOWN_GRACE = 5.0
+"""Seconds in-flight transactions get to finish after SIGINT/SIGTERM."""
+MAX_CONNECTIONS = 2000
+"""Connections served at once; the next ones are closed on accept."""
+RECEIVE_CHUNK = 4096
+"""Bytes read from a socket at a time (bounds per-connection buffers)."""
+TERMINAL_CACHE_TTL = 5.0
+"""Seconds a terminal row (keys under LMK, MID) is cached before re-reading the store."""
+WRITER_MAX_GROUP = 512
+"""Jobs the writer applies in one SQLite transaction at the most."""
+WRITER_QUEUE = 10_000
+"""Jobs that may wait for the writer; beyond this, submitters wait."""
+
+MAX_PIN_TRIES = 3
+"""Wrong PINs in a row after which the card answers 75 until reset."""
+RRN_RESTART_GAP = 100_000
+"""RRNs skipped at start-up so numbers handed out to rejects before a crash never repeat."""
+
+ACQUIRER_ID = "48020000"
+"""F32 acquiring institution id (lab value)."""
+ISSUER_ID = "48020000"
+"""Issuer id of the on-us issuer simulator (first half of F44)."""
+ORGANISATION = "CUP"
+"""Card organisation code at the start of F63 in responses."""
+CURRENCY = "156"
+"""Currency of the issuer simulator's accounts (CNY)."""
+BATCH_FIRST = 1
+BATCH_MAX = 999_999

@@ -1,0 +1,88 @@
+"""Building responses from the catalog: the host's own fields (F12/13/15/32/37/44/63) and the
+rejects the message path sends before the ledger is involved. Pure code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from datetime import datetime
+
+from host.limits import ACQUIRER_ID, ISSUER_ID, ORGANISATION
+from specs.catalog import MessageKind
+from specs.errors import SpecError
+from specs.messages import Message, build_response
+
+UNSTORED_FIELDS = ("12", "13", "64")
+"""Response fields not kept for replay: host time and date are fresh, the MAC is recomputed."""
+DIGEST_EXCLUDED = ("52", "64")
+"""Request fields left out of the idempotence digest: a repeat after a new sign-on carries the
+same content under new working keys, so its PIN block and MAC differ."""
+
+
+def host_fields(kind: MessageKind, request: Mapping[str, str], now: datetime,
+                rrn: str) -> dict[str, str]:
+    """The fields the host fills, limited to those the kind's response may carry."""
+    allowed = kind.response_mandatory | kind.response_optional | kind.response_on_approval
+    candidates = {
+        "12": now.strftime("%H%M%S"),
+        "13": now.strftime("%m%d"),
+        "15": now.strftime("%m%d"),
+        "32": ACQUIRER_ID,
+        "37": rrn,
+        "44": f"{ISSUER_ID:<11}{ACQUIRER_ID:<11}",
+        "63": ORGANISATION,
+        "25": request.get("25"),
+        "49": request.get("49"),
+    }
+    return {k: v for k, v in candidates.items() if v is not None and k in allowed}
+
+
+def respond(kind: MessageKind, request: Mapping[str, str], code: str, now: datetime,
+            rrn: str, extra: Mapping[str, str] | None = None) -> Message:
+    """A full response (F64 excluded) to a request of ``kind`` with response code ``code``."""
+    fields = host_fields(kind, request, now, rrn)
+    fields["39"] = code
+    if extra:
+        fields.update(extra)
+    try:
+        return build_response(kind, request, fields)
+    except SpecError:
+        return minimal_response(request, code, fields)
+
+
+def minimal_response(request: Mapping[str, str], code: str,
+                     fields: Mapping[str, str] | None = None) -> Message:
+    """A best-effort answer to a request that breaks the catalog: MTI + 10, the echo fields
+    that are present, F39. Used for 30/97 answers, never for approvals."""
+    mti = request.get("t", "")
+    doc: Message = {"t": f"{int(mti) + 10:04d}" if mti.isdigit() else "0000"}
+    for key in ("3", "4", "11", "41", "42", "60"):
+        if key in request:
+            doc[key] = request[key]
+    for key, value in (fields or {}).items():
+        if key in ("12", "13", "32", "37"):
+            doc[key] = value
+    doc["39"] = code
+    return doc
+
+
+def storable(response: Mapping[str, str]) -> str:
+    """JSON of a response as the idempotence row keeps it."""
+    return json.dumps({k: v for k, v in response.items() if k not in UNSTORED_FIELDS},
+                      sort_keys=True)
+
+
+def replayed(stored: str, now: datetime) -> Message:
+    """A stored response with fresh F12/F13."""
+    doc: Message = json.loads(stored)
+    doc["12"] = now.strftime("%H%M%S")
+    doc["13"] = now.strftime("%m%d")
+    return doc
+
+
+def request_digest(request: Mapping[str, str]) -> str:
+    """Digest of a request's content for duplicate detection."""
+    content = {k: v for k, v in request.items() if k not in DIGEST_EXCLUDED}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()

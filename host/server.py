@@ -1,0 +1,147 @@
+"""The TCP shell: accepts connections, reads length-prefixed frames with timeouts, hands each
+to the service and writes the answer. Every connection lives in the server's nursery; a bad
+or slow peer only ever loses its own connection.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+
+import trio
+
+from host.errors import CloseConnection
+from host.limits import (
+    FRAME_TIMEOUT,
+    HANDLER_TIMEOUT,
+    IDLE_TIMEOUT,
+    MAX_CONNECTIONS,
+    RECEIVE_CHUNK,
+    SEND_TIMEOUT,
+    SHUTDOWN_GRACE,
+)
+from host.service import HostService
+from specs.errors import FramingError
+from specs.framing import TcpFrameDecoder
+
+log = logging.getLogger("poshost.net")
+ACCEPT_BACKOFF = 0.1
+"""Seconds the accept loop pauses when the process is out of file descriptors."""
+_FD_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+_STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+
+
+class Server:
+    """Serves a HostService on listeners until ``stop`` is set, then drains gracefully."""
+
+    def __init__(self, service: HostService) -> None:
+        self.service = service
+        self.connections = 0
+        self._stopping = False
+        self._idle: set[trio.CancelScope] = set()
+
+    async def serve(self, listeners: list[trio.SocketListener], stop: trio.Event, *,
+                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as connections:
+            async with trio.open_nursery() as acceptors:
+                for listener in listeners:
+                    acceptors.start_soon(self._accept_loop, listener, connections)
+                task_status.started()
+                await stop.wait()
+                acceptors.cancel_scope.cancel()
+            for listener in listeners:
+                await listener.aclose()
+            self._stopping = True
+            for scope in list(self._idle):
+                scope.cancel()
+            connections.cancel_scope.deadline = trio.current_time() + SHUTDOWN_GRACE
+            log.info("stopped accepting; %d connection(s) finishing", self.connections)
+
+    async def _accept_loop(self, listener: trio.SocketListener,
+                           connections: trio.Nursery) -> None:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno in _FD_ERRORS:
+                    log.error("accept failed: %s", exc)
+                    await trio.sleep(ACCEPT_BACKOFF)
+                    continue
+                raise
+            if self.connections >= MAX_CONNECTIONS:
+                log.warning("connection limit %d reached: closing a new one", MAX_CONNECTIONS)
+                await stream.aclose()
+                continue
+            connections.start_soon(self._connection, stream)
+
+    async def _connection(self, stream: trio.SocketStream) -> None:
+        self.connections += 1
+        peer = _peer(stream)
+        try:
+            await self._serve_connection(stream)
+        except CloseConnection as exc:
+            log.warning("peer=%s closed: %s", peer, exc)
+        except _STREAM_ERRORS as exc:
+            log.info("peer=%s connection lost: %s", peer, exc)
+        except Exception:
+            log.exception("peer=%s unexpected failure; connection closed", peer)
+        finally:
+            self.connections -= 1
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await stream.aclose()
+
+    async def _serve_connection(self, stream: trio.SocketStream) -> None:
+        decoder = TcpFrameDecoder()
+        while not self._stopping:
+            payload = await self._read_frame(stream, decoder)
+            if payload is None:
+                return
+            with trio.move_on_after(HANDLER_TIMEOUT) as scope:
+                answer = await self.service.handle(payload)
+            if scope.cancelled_caught:
+                raise CloseConnection(f"no answer within {HANDLER_TIMEOUT} s")
+            with trio.fail_after(SEND_TIMEOUT):
+                await stream.send_all(answer)
+
+    async def _read_frame(self, stream: trio.SocketStream,
+                          decoder: TcpFrameDecoder) -> bytes | None:
+        """A whole payload, or None on EOF, idle timeout or shutdown while idle."""
+        frame_deadline = trio.current_time() + FRAME_TIMEOUT
+        while True:
+            try:
+                payload = decoder.next_payload()
+            except FramingError as exc:
+                raise CloseConnection(str(exc)) from None
+            if payload is not None:
+                return payload
+            idle = decoder.pending == 0
+            if idle and self._stopping:
+                return None
+            if idle:
+                frame_deadline = trio.current_time() + IDLE_TIMEOUT + FRAME_TIMEOUT
+                scope = trio.CancelScope(deadline=trio.current_time() + IDLE_TIMEOUT)
+                self._idle.add(scope)
+            else:
+                scope = trio.CancelScope(deadline=frame_deadline)
+            try:
+                with scope:
+                    data = await stream.receive_some(RECEIVE_CHUNK)
+            finally:
+                self._idle.discard(scope)
+            if scope.cancelled_caught:
+                if not idle:
+                    raise CloseConnection(f"frame not complete within {FRAME_TIMEOUT} s")
+                return None
+            if not data:
+                return None
+            if idle:
+                frame_deadline = trio.current_time() + FRAME_TIMEOUT
+            decoder.feed(data)
+
+
+def _peer(stream: trio.SocketStream) -> str:
+    try:
+        host, port = stream.socket.getpeername()[:2]
+    except OSError:
+        return "?"
+    return f"{host}:{port}"

@@ -1,0 +1,271 @@
+"""The message path: one frame in, one frame out. Decodes, identifies the terminal, checks the
+MAC and PIN through the HSM, hands the request to the ledger via the writer, and MACs the
+answer. Knows nothing about sockets (host/server.py) and nothing about rules (host/rules.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+import iso8583
+
+from host import rules
+from host.db import Terminal, load_card, load_terminal
+from host.errors import CloseConnection, HostError, ProtocolError
+from host.ledger import Ledger, Request, field60_of_sign_on
+from host.limits import TERMINAL_CACHE_TTL
+from host.responses import minimal_response, request_digest, respond
+from host.rules import PinResult
+from host.writer import Writer
+from hsm_sim.client import HsmClient
+from hsm_sim.errors import HsmError
+from specs.catalog import MessageKind, identify_request
+from specs.codes import NO_MAC_CODES
+from specs.composite import (
+    KeyData,
+    decode_settlement_totals,
+    decode_upload_end,
+    decode_upload_records,
+    encode_key_data,
+)
+from specs.errors import DecodeError, FramingError, SpecError, ValidationError
+from specs.fields import MAC_FIELD, MAC_LENGTH, SPEC
+from specs.framing import BODY_OFFSET, SIGN_ON_AGAIN, Frame, encode_frame_tcp
+from specs.messages import (
+    Message,
+    decode_message,
+    encode_message,
+    mac_block,
+    message_mac,
+    response_needs_mac,
+    validate_request,
+)
+from specs.pretty import summarize
+
+log = logging.getLogger("poshost.txn")
+
+UNKNOWN_TERMINAL = "97"
+INVALID_MERCHANT = "03"
+MAC_ERROR = "A0"
+FORMAT_ERROR = "30"
+SIGN_ON_AGAIN_CODES = frozenset({MAC_ERROR, rules.BATCH_MISMATCH})
+
+
+class TerminalCache:
+    """Terminal rows (MID, MAC algorithm, keys under LMK) kept for TERMINAL_CACHE_TTL."""
+
+    def __init__(self, conn: sqlite3.Connection, clock: Callable[[], float] = time.monotonic):
+        self._conn = conn
+        self._clock = clock
+        self._rows: dict[str, tuple[float, Terminal | None]] = {}
+
+    def get(self, tid: str) -> Terminal | None:
+        hit = self._rows.get(tid)
+        now = self._clock()
+        if hit is None or now - hit[0] > TERMINAL_CACHE_TTL:
+            hit = (now, load_terminal(self._conn, tid))
+            self._rows[tid] = hit
+        return hit[1]
+
+    def forget(self, tid: str) -> None:
+        self._rows.pop(tid, None)
+
+
+def salvage_tid(body: bytes) -> str | None:
+    """The TID of a body that does not decode, when the bytes up to F41 do."""
+    try:
+        doc, _ = iso8583.decode(body, SPEC)
+    except iso8583.DecodeError as exc:
+        doc = exc.doc_dec
+    except Exception:
+        return None
+    tid = doc.get("41")
+    return tid if isinstance(tid, str) and tid.strip() and tid.isprintable() else None
+
+
+@dataclass
+class Exchange:
+    """One request being handled: what the log line and the answer need."""
+
+    frame: Frame
+    request: Message
+    kind: MessageKind | None = None
+    terminal: Terminal | None = None
+    undecodable: bool = False
+
+
+class HostService:
+    """Handles frames for every connection (one instance per host)."""
+
+    def __init__(self, hsm: HsmClient, writer: Writer, ledger: Ledger,
+                 read_conn: sqlite3.Connection, pvk_lmk: str) -> None:
+        self.hsm = hsm
+        self.writer = writer
+        self.ledger = ledger
+        self.read_conn = read_conn
+        self.pvk_lmk = pvk_lmk
+        self.terminals = TerminalCache(read_conn)
+
+    async def handle(self, payload: bytes) -> bytes:
+        """Answer one frame payload; raise CloseConnection when it cannot be answered."""
+        started = time.perf_counter()
+        try:
+            frame = Frame.parse(payload)
+        except FramingError as exc:
+            raise CloseConnection(str(exc)) from None
+        ex = self._decode(frame)
+        response = await self._answer(ex)
+        out = await self._encode(ex, response)
+        ms = (time.perf_counter() - started) * 1000
+        log.info("%s -> rc=%s ms=%.1f", summarize(ex.request), response.get("39"), ms)
+        return out
+
+    def _decode(self, frame: Frame) -> Exchange:
+        try:
+            return Exchange(frame, decode_message(frame.body, offset=BODY_OFFSET))
+        except DecodeError as exc:
+            tid = salvage_tid(frame.body)
+            mti = frame.body[:2].hex()
+            if tid is None or not mti.isdigit():
+                raise CloseConnection(f"undecodable frame: {exc}") from None
+            log.warning("tid=%s undecodable request: %s", tid, exc)
+            return Exchange(frame, {"t": mti, "41": tid}, undecodable=True)
+
+    async def _answer(self, ex: Exchange) -> Message:
+        now = datetime.now()
+        doc = ex.request
+        if ex.undecodable:
+            return minimal_response(doc, FORMAT_ERROR)
+        try:
+            ex.kind = self._identify(ex)
+            ex.terminal = self._terminal(ex)
+            await self._check_mac(ex)
+            return await self._dispatch(ex, now)
+        except ProtocolError as exc:
+            return self._reject(ex, exc.response_code, now)
+        except (HsmError, HostError) as exc:
+            log.error("tid=%s internal failure: %s", doc.get("41"), exc)
+            return self._reject(ex, rules.SYSTEM_MALFUNCTION, now)
+
+    def _identify(self, ex: Exchange) -> MessageKind:
+        doc = ex.request
+        try:
+            return validate_request(doc)
+        except ValidationError as exc:
+            try:
+                ex.kind = identify_request(doc)
+            except SpecError:
+                ex.kind = None
+            if exc.field == MAC_FIELD:
+                raise ProtocolError(str(exc), MAC_ERROR) from None
+            raise ProtocolError(str(exc), exc.response_code) from None
+
+    def _terminal(self, ex: Exchange) -> Terminal:
+        terminal = self.terminals.get(ex.request["41"].strip())
+        if terminal is None:
+            raise ProtocolError("terminal not registered", UNKNOWN_TERMINAL)
+        if terminal.mid != ex.request["42"].strip():
+            raise ProtocolError("merchant does not match the terminal", INVALID_MERCHANT)
+        return terminal
+
+    async def _check_mac(self, ex: Exchange) -> None:
+        assert ex.kind is not None and ex.terminal is not None
+        if not ex.kind.mac:
+            return
+        terminal = ex.terminal
+        if not terminal.has_working_keys or terminal.mak_lmk is None:
+            raise ProtocolError("no working keys: sign on first", MAC_ERROR)
+        body = ex.frame.body
+        ok = await self.hsm.verify_mac(terminal.mak_lmk, mac_block(body), message_mac(body),
+                                       terminal.mac_algorithm)
+        if not ok:
+            raise ProtocolError("request MAC does not verify", MAC_ERROR)
+
+    def _reject(self, ex: Exchange, code: str, now: datetime) -> Message:
+        rrn = self.ledger.rrns.next()
+        if ex.kind is None:
+            return minimal_response(ex.request, code)
+        return respond(ex.kind, ex.request, code, now, rrn)
+
+    async def _dispatch(self, ex: Exchange, now: datetime) -> Message:
+        kind, doc, terminal = ex.kind, ex.request, ex.terminal
+        assert kind is not None and terminal is not None
+        if kind.name == "sign_on":
+            return await self._sign_on(ex, now)
+        if kind.name in ("sign_off", "echo_test"):
+            if kind.name == "sign_off":
+                await self.writer.submit(lambda c: self.ledger.sign_off(c, terminal.tid))
+                self.terminals.forget(terminal.tid)
+            return respond(kind, doc, rules.APPROVED, now, self.ledger.rrns.next())
+        req = Request(kind, doc, request_digest(doc), now)
+        try:
+            if kind.name == "settlement":
+                totals = decode_settlement_totals(doc["48"])
+                return await self.writer.submit(lambda c: self.ledger.settle(c, req, totals))
+            if kind.name == "batch_upload":
+                records = decode_upload_records(doc["48"])
+                return await self.writer.submit(lambda c: self.ledger.upload(c, req, records))
+            if kind.name == "batch_upload_end":
+                total = decode_upload_end(doc["48"])
+                return await self.writer.submit(lambda c: self.ledger.upload_end(c, req, total))
+        except ValidationError as exc:
+            raise ProtocolError(str(exc), exc.response_code) from None
+        pin = await self._verify_pin(terminal, doc)
+        req = Request(kind, doc, req.digest, now, pin)
+        return await self.writer.submit(lambda c: self.ledger.financial(c, req))
+
+    async def _sign_on(self, ex: Exchange, now: datetime) -> Message:
+        terminal, kind = ex.terminal, ex.kind
+        assert terminal is not None and kind is not None
+        keys = await self.hsm.generate_terminal_keys(terminal.tmk_lmk)
+        stored = {"pik_lmk": keys.pik_lmk, "pik_kcv": keys.pik_cv.hex().upper(),
+                  "mak_lmk": keys.mak_lmk, "mak_kcv": keys.mak_cv.hex().upper()}
+        batch = await self.writer.submit(
+            lambda c: self.ledger.sign_on(c, terminal.tid, stored, now))
+        self.terminals.forget(terminal.tid)
+        f62 = encode_key_data(KeyData(keys.pik_under_tmk, keys.pik_cv, keys.mak_under_tmk,
+                                      keys.mak_cv))
+        extra = {"60": field60_of_sign_on(batch), "62": f62}
+        return respond(kind, ex.request, rules.APPROVED, now, self.ledger.rrns.next(), extra)
+
+    async def _verify_pin(self, terminal: Terminal, doc: Mapping[str, str]) -> PinResult:
+        if "52" not in doc or terminal.pik_lmk is None:
+            return PinResult.ABSENT
+        pan = rules.card_pan(doc)
+        card = load_card(self.read_conn, pan)
+        if card is None:
+            return PinResult.ABSENT
+        try:
+            ok = await self.hsm.verify_pin_pvv(terminal.pik_lmk, self.pvk_lmk,
+                                               bytes.fromhex(doc["52"]), pan, card.pvv,
+                                               card.pvki)
+        except HsmError as exc:
+            if exc.code in ("--",):
+                raise
+            ok = False
+        return PinResult.OK if ok else PinResult.WRONG
+
+    async def _encode(self, ex: Exchange, response: Message) -> bytes:
+        code = response.get("39", "")
+        requirement = SIGN_ON_AGAIN if code in SIGN_ON_AGAIN_CODES else None
+        terminal = ex.terminal
+        needs_mac = (ex.kind is not None and response_needs_mac(ex.kind, code)
+                     and code not in NO_MAC_CODES)
+        try:
+            if needs_mac and terminal is not None and terminal.mak_lmk:
+                placeholder = dict(response)
+                placeholder[MAC_FIELD] = "00" * MAC_LENGTH
+                block = mac_block(encode_message(placeholder))
+                mac = await self.hsm.generate_mac(terminal.mak_lmk, block,
+                                                  terminal.mac_algorithm)
+                body = block + mac
+            else:
+                body = encode_message(response)
+        except (SpecError, HsmError) as exc:
+            raise CloseConnection(f"cannot encode the answer: {exc}") from None
+        return encode_frame_tcp(ex.frame.answer(body, requirement=requirement).payload())

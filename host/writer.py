@@ -1,0 +1,112 @@
+"""The one writer: every SQLite write of the message path goes through here, in groups.
+
+Submitters hand in a job (a function of the connection, run inside the group's transaction)
+and wait. The writer takes everything pending, applies each job under its own savepoint (a
+failing job is rolled back alone and its submitter gets the error), commits once
+(WAL, synchronous=FULL: durable when COMMIT returns), and only then releases the submitters.
+So a response is never sent for an outcome that is not on disk, and one fsync serves many
+transactions.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import trio
+
+from host.db import connect
+from host.errors import StoreError
+from host.limits import WRITER_MAX_GROUP, WRITER_QUEUE
+
+log = logging.getLogger("poshost.writer")
+T = TypeVar("T")
+Job = Callable[[sqlite3.Connection], T]
+
+
+@dataclass
+class _Pending(Generic[T]):
+    job: Job[T]
+    done: trio.Event = field(default_factory=trio.Event)
+    result: Any = None
+    error: BaseException | None = None
+
+
+class Writer:
+    """Group-committing writer task. Start with ``await nursery.start(writer.run)``."""
+
+    def __init__(self, db_path: Path, before_commit: Callable[[sqlite3.Connection], None]
+                 | None = None) -> None:
+        self.db_path = db_path
+        self.before_commit = before_commit
+        self._send, self._recv = trio.open_memory_channel[_Pending[Any]](WRITER_QUEUE)
+        self._conn: sqlite3.Connection | None = None
+        self.groups = 0
+        self.jobs = 0
+
+    async def submit(self, job: Job[T]) -> T:
+        """Apply ``job`` in the next group; return its result once committed."""
+        pending: _Pending[T] = _Pending(job)
+        await self._send.send(pending)
+        await pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+        return pending.result
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self._conn = connect(self.db_path, check_same_thread=False)
+        try:
+            task_status.started()
+            while True:
+                group = [await self._recv.receive()]
+                while len(group) < WRITER_MAX_GROUP:
+                    try:
+                        group.append(self._recv.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+                await trio.to_thread.run_sync(self._apply_group, group)
+                for pending in group:
+                    pending.done.set()
+        finally:
+            self._conn.close()
+
+    def _apply_group(self, group: list[_Pending[Any]]) -> None:
+        conn = self._conn
+        assert conn is not None
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for pending in group:
+                self._apply_one(conn, pending)
+            if self.before_commit is not None:
+                self.before_commit(conn)
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            log.error("group commit failed: %s", exc)
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            for pending in group:
+                pending.result = None
+                pending.error = StoreError(f"store failure: {exc}")
+            return
+        self.groups += 1
+        self.jobs += len(group)
+
+    @staticmethod
+    def _apply_one(conn: sqlite3.Connection, pending: _Pending[Any]) -> None:
+        conn.execute("SAVEPOINT job")
+        try:
+            pending.result = pending.job(conn)
+        except Exception as exc:
+            conn.execute("ROLLBACK TO job")
+            log.exception("job failed and was rolled back")
+            pending.error = exc
+        conn.execute("RELEASE job")
+
+    @property
+    def mean_group(self) -> float:
+        return self.jobs / self.groups if self.groups else math.nan
