@@ -1,0 +1,71 @@
+"""Provisioning of the bench fleet through the host's Python API (``host.provision``).
+
+One merchant, ``count`` terminals sharing the bench TMK (lab injection), and one card per
+terminal (PIN ``TEST_PIN``, a balance that never limits). Provisioning is slow per row (each
+call is its own durable SQLite transaction), so the bench provisions a template database once
+and copies it for each run.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from pathlib import Path
+
+from benchlib import wire
+from benchlib.limits import (
+    BENCH_MID,
+    BENCH_TMK_HEX,
+    CARD_BALANCE,
+    CARD_EXPIRY,
+    CARD_PREFIX,
+    TEST_PIN,
+    TID_PREFIX,
+)
+from benchlib.load import Fleet
+
+
+def tid_of(index: int) -> str:
+    return f"{TID_PREFIX}{index:07d}"
+
+
+def fleet_of(count: int) -> Fleet:
+    return Fleet([tid_of(i) for i in range(1, count + 1)],
+                 [wire.make_pan(CARD_PREFIX, i) for i in range(1, count + 1)])
+
+
+async def provision(db_path: Path, count: int, *, balance: int = CARD_BALANCE) -> Fleet:
+    """Provision ``count`` terminals and cards into ``db_path`` (created if absent)."""
+    from host.provision import add_card, add_merchant, add_terminal
+    from hsm_sim.client import HsmClient
+    from hsm_sim.commands import HsmEngine
+
+    hsm = HsmClient.in_process(HsmEngine.test())
+    fleet = fleet_of(count)
+    try:
+        await add_merchant(db_path, BENCH_MID, "bench merchant")
+        for tid, pan in zip(fleet.tids, fleet.pans, strict=True):
+            await add_terminal(db_path, hsm, tid, BENCH_MID, tmk_hex=BENCH_TMK_HEX)
+            await add_card(db_path, hsm, pan, CARD_EXPIRY, TEST_PIN, balance)
+    finally:
+        await hsm.aclose()
+    return fleet
+
+
+def copy_db(template: Path, target: Path) -> None:
+    """Copy a quiescent database (with its WAL checkpointed first)."""
+    conn = sqlite3.connect(template)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+    shutil.copyfile(template, target)
+
+
+def balances(db_path: Path) -> dict[str, int]:
+    """PAN -> balance of every card (read-only)."""
+    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        return {pan: bal for pan, bal in conn.execute("SELECT pan, balance FROM cards")}
+    finally:
+        conn.close()
