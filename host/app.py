@@ -35,7 +35,7 @@ async def run_host(config: HostConfig, *,
 
     ``task_status.started((host, port))`` once listening; port 0 picks a free port.
     """
-    stop = stop or trio.Event()
+    stop = stop if stop is not None else trio.Event()
     conn = open_store(config.db_path)
     try:
         async with open_hsm(config.hsm, config.lmk) as (hsm, info):

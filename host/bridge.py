@@ -107,8 +107,8 @@ class _Bridge:
             self.link = link
             try:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._take_frames, link)
                     await nursery.start(link.run)
+                    nursery.start_soon(self._take_frames, link)
                     if not started:
                         started = True
                         task_status.started()

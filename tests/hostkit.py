@@ -230,8 +230,9 @@ class TestTerminal:
 
     async def void(self, card: TestCard, sale: Answer, amount: int | None = None) -> Answer:
         batch, trace = decode_field60(sale.request["60"]).batch, sale.request["11"]
-        extra = {"37": sale["37"], "38": sale["38"],
-                 "61": encode_field61(Field61(batch, trace))}
+        extra = {"37": sale["37"], "61": encode_field61(Field61(batch, trace))}
+        if "38" in sale.doc:
+            extra["38"] = sale["38"]
         amount = int(sale.request["4"]) if amount is None else amount
         return await self.exchange(self.financial("void", card, amount, None, extra))
 
