@@ -426,8 +426,12 @@ def status() -> None:
               help="TIDs are PREFIX + zero-filled index (8 characters).")
 @click.option("--mid", default="LOADTEST0000001", show_default=True)
 @click.option("--tmk", required=True, help="TMK shared by the load terminals (32 hex).")
-@click.option("--track2", required=True, help="Card to use (track 2).")
-@click.option("--pin", help="PIN of that card.")
+@click.option("--track2", required=True, multiple=True,
+              help="Card to use (track 2); repeat to spread terminals over several cards.")
+@click.option("--pin", help="PIN of the cards (omit for no PIN).")
+@click.option("--amount", default="1.00", show_default=True, help="Amount of each sale.")
+@click.option("--settle/--no-settle", default=True, show_default=True,
+              help="Settle each terminal's batch at the end (next run starts a fresh batch).")
 @click.option("--mac", type=click.Choice(sorted(MAC_ALGORITHMS)), default="x919")
 @click.option("--timeout", type=click.FloatRange(min=0.01), default=10.0, show_default=True)
 @_common(trace=False)

@@ -284,15 +284,26 @@ class BatchEntry:
     trace: str
     pan: str
     amount: int
+    domestic: bool = True
+
+
+def is_domestic(organisation: str | None) -> bool:
+    """A card is foreign when the response's F63 names an organisation other than CUP."""
+    org = (organisation or "")[:3].strip()
+    return org in ("", CARD_ORGANISATION)
+
+
+def _totals(entries: list[BatchEntry]) -> Totals:
+    sales = [e.amount for e in entries if e.kind == "sale"]
+    refunds = [e.amount for e in entries if e.kind == "refund"]
+    return Totals(sum(sales), len(sales), sum(refunds), len(refunds), 0)
 
 
 def batch_totals(entries: Iterable[BatchEntry]) -> SettlementTotals:
-    """Debit = sales still standing, credit = accepted refunds; all cards domestic."""
+    """Debit = sales still standing, credit = accepted refunds; domestic and foreign apart."""
     entries = list(entries)
-    sales = [e.amount for e in entries if e.kind == "sale"]
-    refunds = [e.amount for e in entries if e.kind == "refund"]
-    domestic = Totals(sum(sales), len(sales), sum(refunds), len(refunds), 0)
-    return SettlementTotals(domestic, Totals())
+    return SettlementTotals(_totals([e for e in entries if e.domestic]),
+                            _totals([e for e in entries if not e.domestic]))
 
 
 def settlement_request(profile: Profile, stan: str, batch: str,

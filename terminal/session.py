@@ -413,7 +413,7 @@ class Terminal:
 
 
 def _response_fields(outcome: Outcome) -> dict[str, str | None]:
-    return {k: outcome.get(k) for k in ("12", "13", "37", "38", "39")}
+    return {k: outcome.get(k) for k in ("12", "13", "37", "38", "39", "63")}
 
 
 def _journal_card(entry: JournalEntry) -> Card:

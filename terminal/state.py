@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from specs.messages import Message
-from terminal.core import BatchEntry, Profile, next_stan
+from terminal.core import BatchEntry, Profile, is_domestic, next_stan
 from terminal.errors import NotReady, TerminalError
 from terminal.pinpad import PinPad
 
@@ -46,7 +46,7 @@ CREATE TABLE IF NOT EXISTS journal (
     kind TEXT NOT NULL, batch TEXT NOT NULL, stan TEXT NOT NULL,
     amount INTEGER, pan TEXT, expiry TEXT, entry TEXT,
     status TEXT NOT NULL, code TEXT, rrn TEXT, auth TEXT, host_date TEXT, host_time TEXT,
-    orig_batch TEXT, orig_stan TEXT, voided INTEGER NOT NULL DEFAULT 0,
+    orig_batch TEXT, orig_stan TEXT, org TEXT, voided INTEGER NOT NULL DEFAULT 0,
     settled INTEGER NOT NULL DEFAULT 0, created REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS reversals (
@@ -99,6 +99,7 @@ class JournalEntry:
     host_time: str | None
     orig_batch: str | None
     orig_stan: str | None
+    org: str | None
     voided: int
     settled: int
     created: float
@@ -294,9 +295,10 @@ class Store:
         with self.transaction() as db:
             db.execute(
                 "UPDATE journal SET status = ?, code = ?, rrn = ?, auth = ?, host_date = ?,"
-                " host_time = ? WHERE id = ?",
+                " host_time = ?, org = ? WHERE id = ?",
                 (status, response.get("39"), response.get("37"), response.get("38"),
-                 response.get("13"), response.get("12"), journal_id),
+                 response.get("13"), response.get("12"), (response.get("63") or "")[:3] or None,
+                 journal_id),
             )
             if clear_reversal:
                 db.execute("DELETE FROM reversals WHERE journal_id = ?", (journal_id,))
@@ -352,10 +354,11 @@ class Store:
     def batch_entries(self) -> list[BatchEntry]:
         """What the totals and the upload hold: standing sales and accepted refunds."""
         rows = self._db.execute(
-            "SELECT kind, stan, pan, amount FROM journal WHERE settled = 0 AND status = ?"
+            "SELECT kind, stan, pan, amount, org FROM journal WHERE settled = 0 AND status = ?"
             " AND ((kind = 'sale' AND voided = 0) OR kind = 'refund') ORDER BY id",
             (APPROVED,)).fetchall()
-        return [BatchEntry(r["kind"], r["stan"], r["pan"] or "", r["amount"] or 0) for r in rows]
+        return [BatchEntry(r["kind"], r["stan"], r["pan"] or "", r["amount"] or 0,
+                           is_domestic(r["org"])) for r in rows]
 
     def settlement_progress(self) -> tuple[str | None, int]:
         r = self.row()

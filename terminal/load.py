@@ -1,0 +1,416 @@
+"""Load mode: N emulated terminals in one process, each signed on, driving a host.
+
+Every terminal keeps its state in memory (STAN, batch, keys, approved sales for voids and
+refunds, a pending reversal) and speaks the same contract as the CLI terminal, built from
+:mod:`terminal.core`. Sales and balance inquiries are rendered from per-terminal templates
+(encode once, then splice the STAN and MAC), so the generator costs little per request. At the
+end each terminal settles its batch (uploading it when the host disagrees), so the next run
+starts in a fresh batch with no duplicate STANs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import trio
+
+from specs.composite import BALANCED, NOT_BALANCED
+from specs.framing import Frame
+from specs.messages import Message, encode_message
+from specs.pretty import mask_pan
+from terminal import core
+from terminal.cards import Card, check_pin, parse_amount
+from terminal.core import Original, Outcome, Profile
+from terminal.errors import BadInput, CommunicationError, TerminalError
+from terminal.pinpad import PinPad, parse_key_hex
+from terminal.transport import TcpTransport, parse_address
+
+OPERATIONS = ("sale", "balance", "void", "refund")
+REVERSIBLE = frozenset({"sale", "void"})
+PROGRESS_SECONDS = 1.0
+STAN_BYTES = 3
+
+
+def parse_mix(text: str) -> dict[str, int]:
+    """``sale=80,balance=10`` -> weights; unknown operations and bad numbers are refused.
+
+    >>> parse_mix("sale=80,balance=20")
+    {'sale': 80, 'balance': 20}
+    """
+    mix: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, weight = part.partition("=")
+        if not sep or name not in OPERATIONS or not weight.isdigit():
+            raise BadInput(f"bad --mix item {part!r}: use {','.join(OPERATIONS)} with weights")
+        mix[name] = int(weight)
+    if not mix or sum(mix.values()) == 0:
+        raise BadInput("--mix needs at least one operation with a weight above 0")
+    return mix
+
+
+@dataclass(frozen=True)
+class LoadSettings:
+    host: str
+    port: int
+    terminals: int
+    duration: float
+    rate: float
+    mix: dict[str, int]
+    tids: list[str]
+    mid: str
+    tmk: bytes = field(repr=False)
+    cards: list[Card] = field(repr=False)
+    pin: str | None = field(default=None, repr=False)
+    mac: str = "x919"
+    timeout: float = 10.0
+    amount: int = 100
+    report: str | None = None
+    settle: bool = True
+    progress: bool = True
+
+    @classmethod
+    def from_cli(cls, *, address: str, terminals: int, duration: float, rate: float, mix: str,
+                 report: str | None, tid_prefix: str, mid: str, tmk: str,
+                 track2: tuple[str, ...], pin: str | None, mac: str, timeout: float,
+                 amount: str = "1.00", settle: bool = True) -> LoadSettings:
+        try:
+            host, port = parse_address(address)
+        except ValueError as exc:
+            raise BadInput(str(exc)) from None
+        return cls(host, port, terminals, duration, rate, parse_mix(mix),
+                   terminal_ids(tid_prefix, terminals), mid, parse_key_hex(tmk),
+                   [Card.from_track2(t) for t in track2], check_pin(pin) if pin else None,
+                   mac, timeout, parse_amount(amount), report, settle)
+
+
+def terminal_ids(prefix: str, count: int) -> list[str]:
+    """TIDs PREFIX + zero-filled index, 8 characters: ``LT000001`` ...
+
+    >>> terminal_ids("LT", 2)
+    ['LT000001', 'LT000002']
+    """
+    width = 8 - len(prefix)
+    if width < 1 or count >= 10**width:
+        raise BadInput(f"TID prefix {prefix!r} leaves no room for {count} terminals")
+    return [f"{prefix}{i:0{width}d}" for i in range(1, count + 1)]
+
+
+@dataclass
+class Stats:
+    """Shared by all load terminals (one trio thread: no locks needed)."""
+
+    latencies: dict[str, list[float]] = field(default_factory=dict)
+    codes: Counter[str] = field(default_factory=Counter)
+    by_operation: dict[str, Counter[str]] = field(default_factory=dict)
+    errors: Counter[str] = field(default_factory=Counter)
+    signed_on: int = 0
+    settlements: Counter[str] = field(default_factory=Counter)
+    completed: int = 0
+
+    def record(self, op: str, code: str, seconds: float) -> None:
+        self.latencies.setdefault(op, []).append(seconds)
+        self.codes[code] += 1
+        self.by_operation.setdefault(op, Counter())[code] += 1
+        self.completed += 1
+
+
+class Template:
+    """A request encoded once; :meth:`render` splices a STAN and appends a fresh MAC."""
+
+    def __init__(self, profile: Profile, doc: Message, pinpad: PinPad) -> None:
+        self.doc = doc
+        self.pinpad = pinpad
+        self.head = Frame(profile.tpdu, profile.header, b"").payload()
+        body = encode_message({**doc, "11": "000000", "64": "00" * 8})
+        other = encode_message({**doc, "11": "999999", "64": "00" * 8})
+        diff = [i for i, (a, b) in enumerate(zip(body, other, strict=True)) if a != b]
+        if len(diff) != STAN_BYTES or diff[-1] - diff[0] != STAN_BYTES - 1:
+            raise TerminalError("cannot locate the STAN in a request template")
+        self.at = diff[0]
+        self.before, self.after = body[: self.at], body[self.at + STAN_BYTES : -8]
+
+    def render(self, stan: str) -> tuple[Message, bytes]:
+        body = self.before + bytes.fromhex(stan) + self.after
+        doc = dict(self.doc)
+        doc["11"] = stan
+        return doc, self.head + body + self.pinpad.mac(body)
+
+
+@dataclass
+class Sold:
+    stan: str
+    batch: str
+    rrn: str
+    auth: str | None
+    date: str
+    amount: int
+
+
+class LoadTerminal:
+    """One emulated terminal with in-memory state."""
+
+    def __init__(self, settings: LoadSettings, tid: str, card: Card, stats: Stats,
+                 rng: random.Random) -> None:
+        self.s = settings
+        self.profile = Profile(tid, settings.mid)
+        self.card = card
+        self.stats = stats
+        self.rng = rng
+        self.pinpad = PinPad(settings.tmk, settings.mac)
+        self.transport = TcpTransport(settings.host, settings.port)
+        self.stan = f"{rng.randrange(1, 900_000):06d}"
+        self.batch = "000000"
+        self.sold: deque[Sold] = deque(maxlen=1000)
+        self.reversal: Message | None = None
+        self.templates: dict[str, Template] = {}
+        self.batch_entries: dict[str, core.BatchEntry] = {}
+        weights = settings.mix
+        self.plan = [op for op in OPERATIONS for _ in range(weights.get(op, 0))]
+        rng.shuffle(self.plan)
+
+    def next_stan(self) -> str:
+        self.stan = core.next_stan(self.stan)
+        return self.stan
+
+    async def exchange(self, doc: Message, payload: bytes | None = None) -> Outcome:
+        payload = payload or core.encode_request(self.profile, doc, self.pinpad)
+        answer = await self.transport.exchange(payload, self.s.timeout)
+        return core.evaluate(doc, answer, self.pinpad)
+
+    async def sign_on(self) -> None:
+        doc = core.management_request("sign_on", self.profile, self.next_stan(), self.batch)
+        outcome = await self.exchange(doc)
+        if not outcome.approved or outcome.response is None:
+            raise TerminalError(f"{self.profile.tid} sign-on: {outcome.problem or outcome.code}")
+        self.pinpad.install_key_data(outcome.response["62"])
+        self.batch = core.signon_batch(outcome.response)
+        pin_block = self.pinpad.pin_block(self.s.pin, self.card.pan) if self.s.pin else None
+        self.templates = {
+            "sale": Template(self.profile, core.sale_request(
+                self.profile, "000000", self.batch, self.card, self.s.amount, pin_block),
+                self.pinpad),
+            "balance": Template(self.profile, core.balance_request(
+                self.profile, "000000", self.batch, self.card, pin_block), self.pinpad),
+        }
+        self.stats.signed_on += 1
+
+    async def run(self, deadline: float, interval: float) -> None:
+        try:
+            await self.sign_on()
+        except (TerminalError, CommunicationError) as exc:
+            self.stats.errors[f"sign-on: {type(exc).__name__}"] += 1
+            await self.transport.aclose()
+            return
+        next_at = trio.current_time() + self.rng.random() * interval
+        index = 0
+        while trio.current_time() < deadline:
+            if interval:
+                await trio.sleep_until(next_at)
+                next_at = max(next_at + interval, trio.current_time() - interval)
+                if trio.current_time() >= deadline:
+                    break
+            op = self.plan[index % len(self.plan)]
+            index += 1
+            await self.one(op)
+        if self.s.settle:
+            await self.settle()
+        await self.transport.aclose()
+
+    async def one(self, op: str) -> None:
+        if self.reversal is not None:
+            await self.send_reversal()
+            if self.reversal is not None:
+                return
+        if op in ("void", "refund") and not self.sold:
+            op = "sale"
+        doc, payload = self.request(op)
+        started = time.perf_counter()
+        try:
+            outcome = await self.exchange(doc, payload)
+        except CommunicationError as exc:
+            self.stats.errors[f"{op}: {type(exc).__name__}"] += 1
+            if op in REVERSIBLE:
+                self.reversal = core.reversal_request(doc, core.REASON_NO_RESPONSE)
+            return
+        elapsed = time.perf_counter() - started
+        if not outcome.believed:
+            self.stats.errors[f"{op}: rejected {outcome.reversal_reason}"] += 1
+            if op in REVERSIBLE:
+                self.reversal = core.reversal_request(doc, outcome.reversal_reason or "06")
+            return
+        self.stats.record(op, outcome.code or "??", elapsed)
+        self.after(op, doc, outcome)
+        if outcome.sign_on_again:
+            await self.sign_on()
+
+    def request(self, op: str) -> tuple[Message, bytes | None]:
+        stan = self.next_stan()
+        if op in self.templates:
+            return self.templates[op].render(stan)
+        sold = self.sold.popleft()
+        original = Original(sold.batch, sold.stan, sold.rrn, sold.amount, sold.auth, sold.date)
+        if op == "void":
+            return core.void_request(self.profile, stan, self.batch, self.card, original), None
+        return core.refund_request(self.profile, stan, self.batch, self.card, original,
+                                   sold.amount), None
+
+    def after(self, op: str, doc: Message, outcome: Outcome) -> None:
+        stan = doc["11"]
+        if op == "sale" and outcome.approved:
+            self.sold.append(Sold(stan, self.batch, outcome.get("37") or "", outcome.get("38"),
+                                  outcome.get("13") or "", int(doc["4"])))
+            self.batch_entries[stan] = core.BatchEntry(
+                "sale", stan, self.card.pan, int(doc["4"]), core.is_domestic(outcome.get("63")))
+        elif op == "void" and outcome.approved:
+            self.batch_entries.pop(doc["61"][6:12], None)
+        elif op == "refund" and outcome.accepted:
+            self.batch_entries[stan] = core.BatchEntry(
+                "refund", stan, self.card.pan, int(doc["4"]), core.is_domestic(outcome.get("63")))
+
+    async def send_reversal(self) -> None:
+        assert self.reversal is not None
+        started = time.perf_counter()
+        try:
+            outcome = await self.exchange(self.reversal)
+        except CommunicationError:
+            self.stats.errors["reversal: no response"] += 1
+            await trio.sleep(min(1.0, self.s.timeout))
+            return
+        if outcome.code is not None:
+            # The reversed request was never believed, so it never entered batch_entries.
+            self.stats.record("reversal", outcome.code, time.perf_counter() - started)
+            self.reversal = None
+
+    async def settle(self) -> None:
+        """Close the batch: 0500 with this run's totals, batch upload when not balanced."""
+        try:
+            if self.reversal is not None:
+                await self.send_reversal()
+            entries = list(self.batch_entries.values())
+            totals = core.batch_totals(entries)
+            doc = core.settlement_request(self.profile, self.next_stan(), self.batch, totals)
+            outcome = await self.exchange(doc)
+            if not outcome.approved or outcome.response is None:
+                self.stats.settlements[f"declined {outcome.code}"] += 1
+                return
+            result = core.settlement_result(outcome.response)
+            if result == NOT_BALANCED:
+                await self.upload(entries)
+            self.stats.settlements[{BALANCED: "balanced", NOT_BALANCED: "uploaded"}.get(
+                result, "error")] += 1
+        except (TerminalError, CommunicationError) as exc:
+            self.stats.settlements[f"failed: {type(exc).__name__}"] += 1
+
+    async def upload(self, entries: list[core.BatchEntry]) -> None:
+        for chunk in core.upload_chunks(entries):
+            await self.exchange(core.upload_request(self.profile, self.next_stan(), self.batch,
+                                                    chunk))
+        await self.exchange(core.upload_end_request(self.profile, self.next_stan(), self.batch,
+                                                    len(entries)))
+
+
+def percentile(sorted_values: list[float], fraction: float) -> float:
+    """Nearest-rank percentile of an ascending list (0 for an empty one)."""
+    if not sorted_values:
+        return 0.0
+    rank = max(1, math.ceil(fraction * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+def latency_summary(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    ms = {f"p{int(q * 100)}": round(percentile(ordered, q) * 1000, 3) for q in (0.5, 0.95, 0.99)}
+    ms["max"] = round(ordered[-1] * 1000, 3) if ordered else 0.0
+    ms["mean"] = round(sum(ordered) / len(ordered) * 1000, 3) if ordered else 0.0
+    return ms
+
+
+def build_report(settings: LoadSettings, stats: Stats, elapsed: float) -> dict[str, Any]:
+    every = [v for values in stats.latencies.values() for v in values]
+    return {
+        "settings": {k: v for k, v in asdict(settings).items()
+                     if k not in ("tmk", "cards", "pin", "tids")}
+        | {"cards": [mask_pan(c.pan) for c in settings.cards]},
+        "elapsed_s": round(elapsed, 3),
+        "completed": stats.completed,
+        "throughput_per_s": round(stats.completed / elapsed, 1) if elapsed else 0.0,
+        "latency_ms": latency_summary(every),
+        "operations": {op: {"count": len(v), "latency_ms": latency_summary(v),
+                            "codes": dict(stats.by_operation.get(op, {}))}
+                       for op, v in sorted(stats.latencies.items())},
+        "response_codes": dict(stats.codes),
+        "errors": dict(stats.errors),
+        "terminals_signed_on": stats.signed_on,
+        "settlements": dict(stats.settlements),
+    }
+
+
+async def run_load(settings: LoadSettings,
+                   progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run the load and return the report."""
+    stats = Stats()
+    seed = random.Random()
+    interval = settings.terminals / settings.rate if settings.rate else 0.0
+    started = trio.current_time()
+    deadline = started + settings.duration
+    terminals = [LoadTerminal(settings, tid, settings.cards[i % len(settings.cards)], stats,
+                              random.Random(seed.random()))
+                 for i, tid in enumerate(settings.tids)]
+    async with trio.open_nursery() as nursery:
+        for t in terminals:
+            nursery.start_soon(t.run, deadline, interval)
+        if progress is not None:
+            nursery.start_soon(_progress, stats, started, deadline, progress)
+    elapsed = min(trio.current_time(), deadline + settings.timeout) - started
+    return build_report(settings, stats, max(elapsed, 1e-9))
+
+
+async def _progress(stats: Stats, started: float, deadline: float,
+                    show: Callable[[str], None]) -> None:
+    last = 0
+    while trio.current_time() < deadline:
+        await trio.sleep(PROGRESS_SECONDS)
+        now = trio.current_time() - started
+        done = stats.completed
+        show(f"t={now:5.1f}s  done={done}  rate={(done - last) / PROGRESS_SECONDS:.0f}/s  "
+             f"signed on={stats.signed_on}  errors={sum(stats.errors.values())}")
+        last = done
+
+
+def render_report(report: dict[str, Any]) -> str:
+    lat = report["latency_ms"]
+    lines = [
+        f"completed {report['completed']} in {report['elapsed_s']} s: "
+        f"{report['throughput_per_s']} /s from {report['terminals_signed_on']} terminals",
+        f"latency ms  p50 {lat['p50']}  p95 {lat['p95']}  p99 {lat['p99']}  max {lat['max']}",
+    ]
+    for op, data in report["operations"].items():
+        codes = " ".join(f"{c}:{n}" for c, n in sorted(data["codes"].items()))
+        lines.append(f"  {op:<9} {data['count']:>8}  p95 {data['latency_ms']['p95']} ms  {codes}")
+    if report["errors"]:
+        lines.append("errors: " + ", ".join(f"{k} x{v}" for k, v in report["errors"].items()))
+    if report["settlements"]:
+        lines.append("settlements: " + ", ".join(
+            f"{k} x{v}" for k, v in report["settlements"].items()))
+    return "\n".join(lines)
+
+
+def run_load_cli(settings: LoadSettings) -> dict[str, Any]:
+    """Run under trio with a progress line on stderr; print and write the report."""
+    def show(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    report = trio.run(run_load, settings, show if settings.progress else None)
+    print(render_report(report), file=sys.stderr)
+    if settings.report:
+        with open(settings.report, "w", encoding="utf-8") as fh:
+            json.dump(report, fh, indent=2, sort_keys=True)
+    return report
