@@ -289,3 +289,118 @@ def txn_list(tid: str | None, as_json: bool, limit: int, db_path: Path) -> None:
         click.echo(json.dumps(rows, indent=2))
     else:
         _table(rows)
+
+
+# --------------------------------------------------------------------------- end of day
+
+
+@main.group()
+def batch() -> None:
+    """Terminal batches and their settlement."""
+
+
+@batch.command("list")
+@click.option("--tid", default=None)
+@db_option
+def batch_list(tid: str | None, db_path: Path) -> None:
+    _table(reports.list_batches(_read(db_path), tid))
+
+
+@batch.command("show")
+@click.argument("tid")
+@click.argument("batch_no", type=int)
+@click.option("--json", "as_json", is_flag=True)
+@db_option
+def batch_show(tid: str, batch_no: int, as_json: bool, db_path: Path) -> None:
+    try:
+        info = reports.show_batch(_read(db_path), tid, batch_no)
+    except HostError as exc:
+        _fail(str(exc))
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    for key in ("tid", "batch", "state", "result", "opened_at", "closed_at", "note"):
+        click.echo(f"{key:<16}{info.get(key) if info.get(key) is not None else ''}")
+    for key in ("host_totals", "terminal_totals"):
+        click.echo(f"{key:<16}{_totals_text(info[key])}")
+    click.echo(f"exceptions ({len(info['exceptions'])}):")
+    _exceptions_table(info["exceptions"])
+
+
+def _totals_text(t: dict | None) -> str:
+    if not t:
+        return "-"
+    parts = []
+    for side in ("domestic", "foreign"):
+        s = t[side]
+        parts.append(f"{side}: debit {s['debit_amount'] / 100:.2f} x{s['debit_count']},"
+                     f" credit {s['credit_amount'] / 100:.2f} x{s['credit_count']}")
+    return "; ".join(parts)
+
+
+def _exceptions_table(rows: list[dict]) -> None:
+    flat = []
+    for r in rows:
+        h, t = r["host_data"] or {}, r["terminal_data"] or {}
+        flat.append({"id": r["id"], "tid": r["tid"], "batch": r["batch"], "kind": r["kind"],
+                     "trace": r["trace"], "host": _side(h), "terminal": _side(t),
+                     "state": r["state"], "comment": r["comment"]})
+    _table(flat, ["id", "tid", "batch", "kind", "trace", "host", "terminal", "state", "comment"])
+
+
+def _side(d: dict) -> str:
+    if not d:
+        return "-"
+    if "amount" in d:
+        return f"{d.get('pan_masked', '')} {d['amount'] / 100:.2f} {d.get('kind', '')}".strip()
+    return json.dumps(d)
+
+
+@main.group()
+def exceptions() -> None:
+    """Reconciliation exceptions (differences found by batch upload)."""
+
+
+@exceptions.command("list")
+@click.option("--open", "open_only", is_flag=True, help="only those not yet resolved")
+@click.option("--json", "as_json", is_flag=True)
+@db_option
+def exceptions_list(open_only: bool, as_json: bool, db_path: Path) -> None:
+    rows = reports.list_exceptions(_read(db_path), open_only=open_only)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        _exceptions_table(rows)
+
+
+@exceptions.command("resolve")
+@click.argument("exception_id", type=int)
+@click.option("--comment", required=True)
+@db_option
+def exceptions_resolve(exception_id: int, comment: str, db_path: Path) -> None:
+    try:
+        reports.resolve_exception(_read(db_path), exception_id, comment)
+    except HostError as exc:
+        _fail(str(exc))
+    click.echo(f"exception {exception_id} resolved")
+
+
+@main.group()
+def settlement() -> None:
+    """The acquirer's daily reconciliation file."""
+
+
+@settlement.command("report")
+@click.option("--date", "day", required=True, help="YYYY-MM-DD")
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv",
+              show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=None)
+@db_option
+def settlement_report(day: str, fmt: str, out: Path | None, db_path: Path) -> None:
+    report = reports.settlement_report(_read(db_path), day)
+    text = json.dumps(report, indent=2) + "\n" if fmt == "json" else reports.report_csv(report)
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        out.write_text(text)
+        click.echo(f"{len(report['lines'])} line(s) written to {out}")
