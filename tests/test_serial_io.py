@@ -39,15 +39,16 @@ def io_clock() -> trio.testing.MockClock:
 
 @contextmanager
 def pty_pair() -> Iterator[tuple[int, str]]:
-    """(master fd, slave path). The master end is non-blocking; the slave is raw."""
+    """(master fd, slave path). The master end is non-blocking; the slave is raw and kept
+    open here too, so the master never reads EIO while the subject has the slave closed."""
     master, slave = os.openpty()
     tty.setraw(slave)
     path = os.ttyname(slave)
-    os.close(slave)
     os.set_blocking(master, False)
     try:
         yield master, path
     finally:
+        os.close(slave)
         with suppress(OSError):  # the test may have closed it already (a hang-up)
             os.close(master)
 
