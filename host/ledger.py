@@ -104,8 +104,9 @@ class Ledger:
 
     # ------------------------------------------------------------------ common helpers
 
-    def reply(self, req: Request, code: str, extra: Mapping[str, str] | None = None) -> Message:
-        return respond(req.kind, req.doc, code, req.now, self.rrns.next(), extra)
+    def reply(self, req: Request, code: str, extra: Mapping[str, str] | None = None,
+              rrn: str | None = None) -> Message:
+        return respond(req.kind, req.doc, code, req.now, rrn or self.rrns.next(), extra)
 
     def _remember(self, conn: sqlite3.Connection, req: Request, response: Message) -> None:
         conn.execute(
@@ -300,7 +301,7 @@ class Ledger:
                                  (decision.undo, pan_row[0]))
             if decision.restore_sale is not None:
                 conn.execute("UPDATE txns SET voided_by=NULL WHERE id=?", (decision.restore_sale,))
-        response = self.reply(req, decision.code)
+        response = self.reply(req, decision.code, rrn=original.rrn if original else None)
         conn.execute(
             "INSERT OR REPLACE INTO reversals VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (req.tid, req.batch, doc["11"], doc["3"], amount, reason,

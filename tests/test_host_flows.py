@@ -80,7 +80,7 @@ async def test_reversal_of_sale_and_duplicate_reversal(running_host: RunningHost
         await t.sign_on()
         sale = await t.sale(card, 3_000)
         rev = await t.reverse(sale.request)
-        assert rev.code == "00"
+        assert rev.code == "00" and rev["37"] == sale["37"]
         assert balance_of(running_host, "good") == card.balance_minor
         rev2 = await t.reverse(sale.request)
         assert rev2.code == "00" and rev2["37"] == rev["37"]

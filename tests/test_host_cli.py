@@ -1,0 +1,62 @@
+"""The poshost CLI: provisioning, listings, and `serve` as a process (ready line, SIGTERM)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from host.cli import main
+
+
+def _ok(args: list[str]) -> str:
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_provisioning_commands(tmp_path: Path) -> None:
+    db = str(tmp_path / "p.db")
+    _ok(["merchant", "add", "--mid", "MID000000000001", "--name", "Shop", "--db", db])
+    out = _ok(["terminal", "add", "--tid", "TERM0001", "--mid", "MID000000000001", "--db", db])
+    assert "component 1:" in out and "component 2:" in out
+    _ok(["terminal", "add", "--tid", "TERM0002", "--mid", "MID000000000001", "--tmk",
+         "0123456789ABCDEFFEDCBA9876543210", "--mac", "cup-ecb", "--db", db])
+    _ok(["card", "add", "--pan", "6222021234567890128", "--expiry", "3012", "--pin", "1234",
+         "--balance", "1000.00", "--limit", "500.50", "--db", db])
+    listed = _ok(["card", "list", "--db", db])
+    assert "622202*********0128" in listed and "6222021234567890128" not in listed
+    assert "100000" in listed and "50050" in listed
+    terminals = _ok(["terminal", "list", "--db", db])
+    assert "TERM0002" in terminals and "cup-ecb" in terminals
+    bad = CliRunner().invoke(main, ["terminal", "add", "--tid", "X", "--mid", "NOPE",
+                                    "--db", db])
+    assert bad.exit_code == 1 and "does not exist" in bad.output
+    assert json.loads(_ok(["txn", "list", "--json", "--db", db])) == []
+    _ok(["card", "set", "--pan", "6222021234567890128", "--reset-pin-tries", "--db", db])
+
+
+def test_init_demo(tmp_path: Path) -> None:
+    db = str(tmp_path / "d.db")
+    out = _ok(["init", "--demo", "--db", db])
+    assert "12345678" in out and "6222021234567890128" in out
+
+
+def test_serve_prints_ready_and_stops_on_sigterm(tmp_path: Path) -> None:
+    exe = Path(sys.executable).parent / "poshost"
+    proc = subprocess.Popen([str(exe), "serve", "--listen", "127.0.0.1:0", "--db",
+                             str(tmp_path / "s.db")], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("poshost ready on"):
+                break
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        proc.kill()
