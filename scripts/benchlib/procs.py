@@ -47,7 +47,8 @@ def host_argv(port: int, db_path: Path, *, profile_to: Path | None = None) -> li
     ``profile_to``, the same under cProfile (stats written on graceful stop)."""
     listen = ["--listen", f"127.0.0.1:{port}", "--db", str(db_path)]
     if has_serve_command():
-        module, args = ["-m", "host.cli"], ["serve", *listen, "--hsm", "embedded", "--lmk", "test"]
+        module = ["-m", "benchlib.hostcli"]
+        args = ["serve", *listen, "--hsm", "embedded", "--lmk", "test"]
         command = [*poshost_command(), *args]
     else:
         module, args = ["-m", "benchlib.hostproc"], listen

@@ -9,6 +9,7 @@ the host's database against what the terminals saw.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -90,7 +91,7 @@ class BenchTerminal:
     def __init__(self, host: str, port: int, tid: str, mid: str, tmk: bytes, pan: str,
                  recorder: Recorder | None = None, *, pin: str = TEST_PIN,
                  timeout: float = REQUEST_TIMEOUT, rng: random.Random | None = None,
-                 fast: bool = True) -> None:
+                 fast: bool = True, stan_source: Callable[[], int] | None = None) -> None:
         self.host, self.port = host, port
         self.tid, self.mid, self.pan = tid, mid, pan
         self.keys = wire.Keys(tmk)
@@ -107,6 +108,7 @@ class BenchTerminal:
         self.signed_on = False
         self.card: dict[str, str] | None = None
         self.fast = fast
+        self.stan_source = stan_source
         self._template: fastpath.SaleTemplate | None = None
         self._template_doc: Message | None = None
         self._template_amount = -1
@@ -114,8 +116,13 @@ class BenchTerminal:
     # ------------------------------------------------------------------ line
 
     def _next_stan(self) -> int:
-        self.stan = wire.next_stan(self.stan)
+        self.stan = self.stan_source() if self.stan_source else wire.next_stan(self.stan)
         return self.stan
+
+    def share_session(self, other: BenchTerminal) -> None:
+        """Use ``other``'s working keys and batch (another line of the same terminal)."""
+        self.keys, self.batch, self.card = other.keys, other.batch, other.card
+        self.signed_on = True
 
     async def _drop(self) -> None:
         if self.conn is not None:

@@ -1,0 +1,276 @@
+"""scripts/bench: throughput, latency, memory and settlement of ``poshost serve``, and the floor.
+
+For each terminal count of the sweep the host runs as its own process on a copy of a freshly
+provisioned database: first closed-loop (capacity), then paced at one common rate (latency
+comparable across terminal counts). The same generator then runs against the floor server.
+Idle-connection memory and a 10,000-transaction upload settlement follow. Results are printed
+and written to bench-results/bench-<time>.json (and a PNG chart when matplotlib is there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pstats
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from benchlib import fleet as fleet_mod
+from benchlib import procs
+from benchlib.limits import (
+    BENCH_MID,
+    BENCH_TMK_HEX,
+    IDLE_CONNECTIONS,
+    IDLE_SETTLE_SECONDS,
+    MEMORY_GOAL_BYTES_PER_CONNECTION,
+    QUICK_IDLE_CONNECTIONS,
+    QUICK_RUN_SECONDS,
+    QUICK_SETTLEMENT_TXNS,
+    QUICK_SWEEP_TERMINALS,
+    QUICK_WARMUP_SECONDS,
+    RESULTS_DIR,
+    RUN_SECONDS,
+    SETTLEMENT_GOAL_SECONDS,
+    SETTLEMENT_TXNS,
+    SWEEP_TERMINALS,
+    TARGET_P99_MS,
+    TARGET_RATE,
+    WARMUP_SECONDS,
+)
+from benchlib.load import Fleet, run_load
+from benchlib.settle import settlement_bench
+
+PACED_SHARE = 0.7
+"""Paced runs offer this share of the closed-loop capacity measured at 100 terminals (or at
+the largest sweep point below it), unless --rate is given."""
+PROFILE_LINES = 30
+
+
+def _log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+async def _idle_memory(port: int, server: procs.Server, count: int) -> dict[str, Any]:
+    before = server.status()["VmRSS"]
+    streams = []
+    try:
+        for _ in range(count):
+            streams.append(await trio.open_tcp_stream("127.0.0.1", port))
+        await trio.sleep(IDLE_SETTLE_SECONDS)
+        after = server.status()["VmRSS"]
+    finally:
+        for s in streams:
+            await s.aclose()
+    per = (after - before) / count
+    return {"connections": count, "rss_before": before, "rss_after": after,
+            "bytes_per_connection": round(per), "goal_bytes": MEMORY_GOAL_BYTES_PER_CONNECTION,
+            "meets_goal": per <= MEMORY_GOAL_BYTES_PER_CONNECTION}
+
+
+def _host(workdir: Path, template: Path, name: str, profile: Path | None = None) -> procs.Server:
+    db = workdir / f"{name}.db"
+    fleet_mod.copy_db(template, db)
+    port = procs.free_port()
+    return procs.Server(procs.host_argv(port, db, profile_to=profile), port,
+                        workdir / f"{name}.log")
+
+
+def _point(server: procs.Server, fleet: Fleet, n: int, seconds: float, warmup: float,
+           rate: float | None) -> dict[str, Any]:
+    cpu0 = server.cpu_seconds()
+    result = trio.run(run_load, "127.0.0.1", server.port, fleet, n, seconds, warmup, rate)
+    status = server.status()
+    result["server_cpu_s"] = round(server.cpu_seconds() - cpu0, 2)
+    result["server_peak_rss"] = status["VmHWM"]
+    result["server_rss"] = status["VmRSS"]
+    return result
+
+
+def _summary_line(label: str, r: dict[str, Any]) -> str:
+    lat = r["latency_ms"]
+    return (f"{label:<22} {r['terminals']:>5} term  {r['approved_per_s']:>8.1f} approved/s  "
+            f"p50 {lat['p50']:>7.2f}  p95 {lat['p95']:>7.2f}  p99 {lat['p99']:>7.2f}  "
+            f"max {lat['max']:>8.2f} ms  errors {r['error_count']}  declined {r['declined']}  "
+            f"peak RSS {r.get('server_peak_rss', 0) / 2**20:.1f} MiB")
+
+
+def _write_profile(path: Path, out: Path) -> list[str]:
+    if not path.exists():
+        return ["(no profile written: host did not stop gracefully)"]
+    with out.open("w") as f:
+        stats = pstats.Stats(str(path), stream=f)
+        stats.sort_stats("tottime").print_stats(PROFILE_LINES)
+        stats.sort_stats("cumulative").print_stats(PROFILE_LINES)
+    lines = []
+    stats = pstats.Stats(str(path))
+    stats.sort_stats("tottime")
+    for func in stats.fcn_list[:PROFILE_LINES]:  # type: ignore[attr-defined]
+        _cc, nc, tt, ct, _ = stats.stats[func]  # type: ignore[attr-defined]
+        lines.append(f"{tt:8.2f}s self {ct:8.2f}s cum  {nc:>9} calls  "
+                     f"{Path(func[0]).name}:{func[1]}({func[2]})")
+    return lines
+
+
+def _chart(results: dict[str, Any], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for key, style in (("host_closed", "o-"), ("floor_closed", "s--")):
+        pts = results.get(key, [])
+        xs = [p["approved_per_s"] for p in pts]
+        ax.plot(xs, [p["latency_ms"]["p99"] for p in pts], style, label=f"{key} p99")
+        ax.plot(xs, [p["latency_ms"]["p50"] for p in pts], style, alpha=0.4,
+                label=f"{key} p50")
+    ax.set_xlabel("approved sales / s")
+    ax.set_ylabel("latency (ms)")
+    ax.set_yscale("log")
+    ax.legend()
+    ax.set_title("poshost: latency against load")
+    fig.savefig(path)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run in seconds")
+    parser.add_argument("--terminals", type=int, nargs="+", help="sweep (default 10 100 1000)")
+    parser.add_argument("--seconds", type=float, help="measured seconds per point")
+    parser.add_argument("--rate", type=float, help="aggregate sales/s of the paced runs")
+    parser.add_argument("--settlement", type=int, help="transactions in the settlement batch")
+    parser.add_argument("--idle", type=int, help="idle connections for the memory figure")
+    parser.add_argument("--profile", action="store_true",
+                        help="run the host under cProfile at the largest point <= 100 terminals")
+    parser.add_argument("--no-floor", action="store_true")
+    parser.add_argument("--out", type=Path, default=procs.ROOT / RESULTS_DIR)
+    args = parser.parse_args(argv)
+    quick = args.quick
+    sweep = args.terminals or list(QUICK_SWEEP_TERMINALS if quick else SWEEP_TERMINALS)
+    seconds = args.seconds or (QUICK_RUN_SECONDS if quick else RUN_SECONDS)
+    warmup = QUICK_WARMUP_SECONDS if quick else WARMUP_SECONDS
+    settle_n = args.settlement or (QUICK_SETTLEMENT_TXNS if quick else SETTLEMENT_TXNS)
+    idle_n = args.idle or (QUICK_IDLE_CONNECTIONS if quick else IDLE_CONNECTIONS)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    results: dict[str, Any] = {"started": stamp, "quick": quick, "sweep": sweep,
+                               "seconds": seconds, "host_closed": [], "host_paced": [],
+                               "floor_closed": [], "floor_paced": []}
+    with tempfile.TemporaryDirectory(prefix="poshost-bench-") as tmp:
+        workdir = Path(tmp)
+        template = workdir / "template.db"
+        t0 = time.monotonic()
+        fleet = trio.run(fleet_mod.provision, template, max(sweep) + 1)
+        results["provision_s"] = round(time.monotonic() - t0, 2)
+        _log(f"provisioned {max(sweep) + 1} terminals and cards in {results['provision_s']} s")
+        anchor = max([n for n in sweep if n <= 100] or [min(sweep)])
+        for n in sweep:
+            profile = workdir / "host.prof" if args.profile and n == anchor else None
+            with _host(workdir, template, f"closed-{n}", profile) as server:
+                r = _point(server, fleet, n, seconds, warmup, None)
+            results["host_closed"].append(r)
+            _log(_summary_line("host closed-loop", r))
+            if profile is not None:
+                results["profile_top"] = _write_profile(profile, args.out / f"profile-{stamp}.txt")
+        capacity = next(r for r in results["host_closed"] if r["terminals"] == anchor)
+        rate = args.rate or round(capacity["approved_per_s"] * PACED_SHARE, -1) or 10.0
+        results["paced_rate"] = rate
+        for n in sweep:
+            with _host(workdir, template, f"paced-{n}") as server:
+                r = _point(server, fleet, n, seconds, warmup, rate)
+            results["host_paced"].append(r)
+            _log(_summary_line(f"host paced {rate:g}/s", r))
+        if not args.no_floor:
+            port = procs.free_port()
+            with procs.Server(procs.floor_argv(port), port, workdir / "floor.log") as floor:
+                for n in sweep:
+                    r = _point(floor, fleet, n, seconds, warmup, None)
+                    results["floor_closed"].append(r)
+                    _log(_summary_line("floor closed-loop", r))
+                    r = _point(floor, fleet, n, seconds, warmup, rate)
+                    results["floor_paced"].append(r)
+                    _log(_summary_line(f"floor paced {rate:g}/s", r))
+        with _host(workdir, template, "idle") as server:
+            results["idle_memory"] = trio.run(_idle_memory, server.port, server, idle_n)
+        _log(f"idle connections: {results['idle_memory']['bytes_per_connection']} bytes each")
+        with _host(workdir, template, "settle") as server:
+            results["settlement"] = trio.run(
+                settlement_bench, "127.0.0.1", server.port, fleet.tids[-1], BENCH_MID,
+                bytes.fromhex(BENCH_TMK_HEX), fleet.pans[-1], settle_n)
+        _log(f"settlement: {results['settlement']}")
+    results["goals"] = goals(results)
+    path = args.out / f"bench-{stamp}.json"
+    path.write_text(json.dumps(results, indent=2))
+    if _chart(results, args.out / f"bench-{stamp}.png"):
+        results["chart"] = str(args.out / f"bench-{stamp}.png")
+    print(report(results))
+    print(f"\nresults: {path}")
+    return 0
+
+
+def _at(points: list[dict[str, Any]], n: int) -> dict[str, Any] | None:
+    return next((p for p in points if p["terminals"] == n), None)
+
+
+def goals(results: dict[str, Any]) -> dict[str, Any]:
+    """The issue's goals against what was measured (reported, not asserted)."""
+    out: dict[str, Any] = {}
+    c100 = _at(results["host_closed"], 100)
+    p100, p1000 = _at(results["host_paced"], 100), _at(results["host_paced"], 1000)
+    if c100:
+        out["approved_per_s_at_100"] = {"measured": c100["approved_per_s"], "goal": TARGET_RATE,
+                                        "met": c100["approved_per_s"] >= TARGET_RATE}
+        out["errors_at_100"] = {"measured": c100["error_count"], "goal": 0,
+                                "met": c100["error_count"] == 0}
+    if p100:
+        out["p99_ms_at_100"] = {"measured": p100["latency_ms"]["p99"], "goal": TARGET_P99_MS,
+                                "at_rate": results["paced_rate"],
+                                "met": p100["latency_ms"]["p99"] <= TARGET_P99_MS}
+    if p100 and p1000:
+        ratio = p1000["latency_ms"]["p99"] / max(p100["latency_ms"]["p99"], 1e-9)
+        out["p99_ratio_1000_vs_100"] = {"measured": round(ratio, 2), "goal": 2.0,
+                                        "met": ratio <= 2.0}
+    idle = results.get("idle_memory")
+    if idle:
+        out["bytes_per_idle_connection"] = {"measured": idle["bytes_per_connection"],
+                                            "goal": MEMORY_GOAL_BYTES_PER_CONNECTION,
+                                            "met": idle["meets_goal"]}
+    settle = results.get("settlement")
+    if settle:
+        out["upload_settlement_s"] = {"measured": settle["total_s"],
+                                      "transactions": settle["transactions"],
+                                      "goal": SETTLEMENT_GOAL_SECONDS,
+                                      "met": settle["total_s"] <= SETTLEMENT_GOAL_SECONDS}
+    ratios = {}
+    for h in results["host_closed"]:
+        f = _at(results["floor_closed"], h["terminals"])
+        if f and f["approved_per_s"]:
+            ratios[h["terminals"]] = round(h["approved_per_s"] / f["approved_per_s"], 3)
+    out["host_over_floor_throughput"] = ratios
+    return out
+
+
+def report(results: dict[str, Any]) -> str:
+    lines = ["", "poshost bench" + (" (quick smoke run)" if results["quick"] else ""), ""]
+    for key, label in (("host_closed", "host closed-loop"), ("host_paced", "host paced"),
+                       ("floor_closed", "floor closed-loop"), ("floor_paced", "floor paced")):
+        for r in results[key]:
+            lines.append(_summary_line(label, r))
+    lines.append("")
+    for name, g in results["goals"].items():
+        lines.append(f"{name:<30} {json.dumps(g)}")
+    if results.get("profile_top"):
+        lines += ["", "host profile (self time):", *results["profile_top"][:15]]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
