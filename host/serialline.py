@@ -24,7 +24,7 @@ import math
 import os
 import termios
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, fields
 from typing import Protocol
@@ -214,7 +214,7 @@ class FdPort:
             try:
                 data = os.read(self.fd, READ_CHUNK)
             except BlockingIOError:
-                await trio.lowlevel.wait_readable(self.fd)
+                await self._wait(trio.lowlevel.wait_readable)
                 continue
             except OSError as exc:  # EIO: the other end of a pty, or the USB adapter, is gone
                 raise LineClosedError(f"{self.name}: {exc.strerror}") from None
@@ -230,9 +230,15 @@ class FdPort:
             try:
                 view = view[os.write(self.fd, view) :]
             except BlockingIOError:
-                await trio.lowlevel.wait_writable(self.fd)
+                await self._wait(trio.lowlevel.wait_writable)
             except OSError as exc:
                 raise LineClosedError(f"{self.name}: {exc.strerror}") from None
+
+    async def _wait(self, wait: Callable[[int], Awaitable[None]]) -> None:
+        try:
+            await wait(self.fd)
+        except trio.ClosedResourceError:  # closed by another task meanwhile
+            raise LineClosedError(f"{self.name} is closed") from None
 
     def discard_input(self) -> None:
         if os.isatty(self.fd):
