@@ -40,7 +40,8 @@ Tracer = Callable[[str, bytes, float], None]
 Sleep = Callable[[float], Awaitable[None]]
 ADVICE_RETRY_CODES = frozenset({"96", "A0", "22", "77"})
 """Advice answers that are not final: keep the advice queued and retry it later."""
-UPLOAD = "upload"
+UPLOAD, TOTALS = "upload", "totals"
+BATCH_MISMATCH = "77"
 
 
 @dataclass
@@ -359,22 +360,29 @@ class Terminal:
             raise NoResponse(f"{left} refund advice(s) still queued: settle again later")
         entries = self.store.batch_entries()
         totals = core.batch_totals(entries)
+        summary = {"debit_amount_minor": totals.domestic.debit_amount + totals.foreign.debit_amount,
+                   "debit_count": totals.domestic.debit_count + totals.foreign.debit_count,
+                   "credit_amount_minor": (totals.domestic.credit_amount
+                                           + totals.foreign.credit_amount),
+                   "credit_count": totals.domestic.credit_count + totals.foreign.credit_count}
         phase, _ = self.store.settlement_progress()
-        summary = {"debit_amount_minor": totals.domestic.debit_amount,
-                   "debit_count": totals.domestic.debit_count,
-                   "credit_amount_minor": totals.domestic.credit_amount,
-                   "credit_count": totals.domestic.credit_count}
         if phase != UPLOAD:
-            result = await self._send_totals(totals, summary)
+            result = await self._send_totals(totals, summary, retry=phase == TOTALS)
             if result is not None:
                 return result
         return await self._upload(entries, summary)
 
-    async def _send_totals(self, totals: Any, summary: dict[str, Any]) -> Result | None:
+    async def _send_totals(self, totals: Any, summary: dict[str, Any],
+                           retry: bool) -> Result | None:
+        """The 0500. ``retry``: an earlier 0500 of this batch went unanswered."""
+        self.store.set_settlement_progress(TOTALS, 0)
         stan, batch = self.store.allocate_stan()
         outcome = await self._send(core.settlement_request(self.profile, stan, batch, totals))
         self._believe(outcome, "settlement")
+        if outcome.code == BATCH_MISMATCH and retry:
+            return await self._confirm_closed(batch, summary)
         if not outcome.approved or outcome.response is None:
+            self.store.set_settlement_progress(None, 0)
             return self._result("settle", "declined", outcome.code, batch=batch, **summary)
         try:
             balance = core.settlement_result(outcome.response)
@@ -385,11 +393,26 @@ class Terminal:
             return self._result("settle", "balanced", outcome.code, batch=batch,
                                 new_batch=new_batch, **summary)
         if balance != NOT_BALANCED:
+            self.store.set_settlement_progress(None, 0)
             return self._result("settle", "declined", outcome.code, batch=batch,
                                 host_result=balance, **summary)
         self.store.set_settlement_progress(UPLOAD, 0)
         self._note("host totals differ: uploading the batch")
         return None
+
+    async def _confirm_closed(self, batch: str, summary: dict[str, Any]) -> Result:
+        """77 to a repeated 0500: the host closed the batch when the first 0510 was lost.
+        Sign on (as 77 asks); a new batch number from the host confirms the close."""
+        signon = await self.sign_on()
+        new_batch = signon.details.get("batch")
+        if signon.status != "approved" or new_batch in (None, batch):
+            self.store.set_settlement_progress(None, 0)
+            return self._result("settle", "declined", BATCH_MISMATCH, batch=batch, **summary)
+        self.store.close_batch(new_batch)
+        self._note(f"the host had closed batch {batch} (its 0510 was lost); sign-on confirmed "
+                   f"batch {new_batch}")
+        return self._result("settle", "balanced", APPROVED, batch=batch, new_batch=new_batch,
+                            **summary)
 
     async def _upload(self, entries: list[core.BatchEntry], summary: dict[str, Any]) -> Result:
         _, sent = self.store.settlement_progress()

@@ -369,14 +369,13 @@ class Store:
             db.execute("UPDATE terminal SET settle_phase = ?, settle_sent = ? WHERE id = 1",
                        (phase, sent))
 
-    def close_batch(self) -> str:
-        """Archive the journal, batch number up by one; returns the new batch."""
+    def close_batch(self, new_batch: str | None = None) -> str:
+        """Archive the journal; the batch number goes up by one (or to ``new_batch``)."""
         with self.transaction() as db:
             row = self._row(db)
             assert row is not None
-            batch = row["batch"]
             db.execute("UPDATE journal SET settled = 1 WHERE settled = 0")
-            new_batch = next_stan(batch)
+            new_batch = new_batch or next_stan(row["batch"])
             db.execute("UPDATE terminal SET batch = ?, settle_phase = NULL, settle_sent = 0"
                        " WHERE id = 1", (new_batch,))
             return new_batch

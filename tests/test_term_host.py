@@ -430,3 +430,21 @@ async def test_key_check_failure_refuses_keys(running_host: Any, tmp_path: Path)
     with pytest.raises(NotReady, match="not signed on"):
         await t.sale(swipe(host), 100, "1234")
     await t.transport.aclose()
+
+
+async def test_lost_settlement_response_then_settle_again(running_host: Any, proxy: Proxy,
+                                                          tmp_path: Path) -> None:
+    host = running_host
+    t = await signed_on(host, tmp_path / "t.db", port=proxy.port, timeout=0.5)
+    await t.sale(swipe(host), 100, "1234")
+    proxy.on_next("0510", swallow)
+    with pytest.raises(NoResponse):
+        await t.settle()
+    await t.transport.aclose()
+    t = reopen(t.store)
+    r = await t.settle()
+    assert r.status == "balanced", r
+    assert r.details["new_batch"] == "000002" and t.store.row()["batch"] == "000002"
+    assert t.store.journal() == [] and t.store.settlement_progress() == (None, 0)
+    assert (await t.sale(swipe(host), 100, "1234")).status == "approved"
+    await t.transport.aclose()

@@ -1,0 +1,93 @@
+"""Load mode against the real host: several signed-on terminals, the whole mix, settlement."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from terminal import core
+from terminal.cards import Card
+from terminal.errors import BadInput
+from terminal.load import LoadSettings, Template, latency_summary, parse_mix, run_load, terminal_ids
+from terminal.pinpad import PinPad
+from tests.test_term_core import CARD, MAK, PIK, PROFILE, TMK
+
+LOAD_TMK = "0123456789ABCDEFFEDCBA9876543210"
+
+
+def test_template_renders_what_core_encodes() -> None:
+    pad = PinPad(TMK, "x919", PIK, MAK)
+    doc = core.sale_request(PROFILE, "000000", "000001", CARD, 100, pad.pin_block("1234", CARD.pan))
+    template = Template(PROFILE, doc, pad)
+    rendered_doc, payload = template.render("000123")
+    assert rendered_doc["11"] == "000123"
+    assert payload == core.encode_request(PROFILE, rendered_doc, pad)
+
+
+def test_mix_and_ids() -> None:
+    assert parse_mix("sale=1, void=2") == {"sale": 1, "void": 2}
+    for bad in ["sale", "sale=x", "cash=1", "sale=0"]:
+        with pytest.raises(BadInput):
+            parse_mix(bad)
+    assert terminal_ids("LT", 3)[-1] == "LT000003"
+    with pytest.raises(BadInput):
+        terminal_ids("LOADTST", 10)
+    summary = latency_summary([0.001 * i for i in range(1, 101)])
+    assert summary["p50"] == 50.0 and summary["p99"] == 99.0 and summary["max"] == 100.0
+
+
+async def test_load_against_host(running_host: Any, tmp_path: Path) -> None:
+    tids = terminal_ids("LT", 3)
+    for tid in tids:
+        await running_host.add_terminal(tid)
+    card = running_host.cards["good"]
+    settings = LoadSettings(
+        running_host.host, running_host.port, len(tids), 1.5, 0.0,
+        parse_mix("sale=70,balance=10,void=10,refund=10"), tids, running_host.mid,
+        bytes.fromhex(LOAD_TMK), [Card.from_track2(card.track2)], card.pin,
+        report=str(tmp_path / "r.json"))
+    report = await run_load(settings)
+    assert report["terminals_signed_on"] == 3
+    assert report["completed"] > 20 and not report["errors"], report["errors"]
+    assert set(report["operations"]) == {"sale", "balance", "void", "refund"}
+    assert report["response_codes"] == {"00": report["completed"]}
+    assert report["settlements"] == {"balanced": 3}
+    assert report["latency_ms"]["p99"] >= report["latency_ms"]["p50"] > 0
+    json.dumps(report)  # serialisable
+
+    # a second run starts in the new batch: no duplicates
+    report = await run_load(settings)
+    assert set(report["response_codes"]) == {"00"} and report["settlements"] == {"balanced": 3}
+
+
+def test_quick_evaluate_agrees_with_core() -> None:
+    from specs.framing import Frame
+    from specs.messages import decode_message
+    from terminal.load import scan_fields
+    from tests.test_term_core import _response
+
+    pad = PinPad(TMK, "x919", PIK, MAK)
+    template = Template(PROFILE, core.sale_request(PROFILE, "000000", "000001", CARD, 100,
+                                                   None), pad)
+    doc, _ = template.render("000042")
+    good = _response(doc, {"39": "00", "38": "123456", "63": "CUP"})
+    quick = template.quick_evaluate(doc, good)
+    full = core.evaluate(doc, good, pad)
+    assert quick is not None and quick.approved and full.approved
+    for key in ("37", "38", "39", "13", "63"):
+        assert quick.get(key) == full.get(key)
+    body = Frame.parse(good).body
+    raw = scan_fields(body)
+    assert set(raw) == {int(k) for k in decode_message(body) if k.isdigit()}
+
+    declined = _response(doc, {"39": "51"})
+    assert template.quick_evaluate(doc, declined).code == "51"  # type: ignore[union-attr]
+    bad_mac = good[:-1] + bytes([good[-1] ^ 1])
+    assert template.quick_evaluate(doc, bad_mac) is None
+    other, _ = template.render("000043")
+    assert template.quick_evaluate(other, good) is None
+    assert template.quick_evaluate(doc, _response(doc, {"39": "A0"}, mak=None)) is None
+    assert template.quick_evaluate(doc, good[:-3]) is None
