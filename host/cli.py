@@ -23,6 +23,7 @@ from host.errors import HostError
 from host.hsm import TEST_LMK_WARNING_TEXT, open_hsm
 from hsm_sim.client import HsmClient
 from hsm_sim.errors import HsmError
+from specs.view import render_contract
 
 T = TypeVar("T")
 DEFAULT_DB = Path("poshost.db")
@@ -184,6 +185,13 @@ def init(db_path: Path, hsm: str, lmk: str, demo: bool) -> None:
 
 
 # --------------------------------------------------------------------------- provisioning
+
+
+@main.command()
+def spec() -> None:
+    """Print the wire contract (framing, every field, every message kind, response codes),
+    generated from the same data in specs/ that the host and posterm use."""
+    click.echo(render_contract(), nl=False)
 
 
 @main.group()
