@@ -15,7 +15,7 @@ import trio
 
 from benchlib.limits import BENCH_MID, BENCH_TMK_HEX, SALE_AMOUNT
 from benchlib.stats import Recorder
-from benchlib.term import LOST, BenchTerminal
+from benchlib.term import ERROR_TEXT, LOST, BenchTerminal
 
 SIGN_ON_CONCURRENCY = 50
 """Terminals signing on at once when a run starts (no connect storm on the host's backlog)."""
@@ -61,7 +61,7 @@ async def _drive(t: BenchTerminal, stop_at: float, interval: float | None,
         try:
             await t.sale(SALE_AMOUNT)
         except LOST as exc:
-            t.recorder.error(type(exc).__name__)
+            t.recorder.error(f"{type(exc).__name__}: {exc}"[:ERROR_TEXT])
             await trio.sleep(0.01)
 
 

@@ -28,6 +28,8 @@ from specs.composite import SettlementTotals, Totals, decode_settlement_totals
 from specs.framing import SIGN_ON_AGAIN, Frame
 from specs.messages import Message
 
+ERROR_TEXT = 60
+"""Characters of an error message kept as its key in the error counts."""
 SIGN_ON_CODES = frozenset({"22", "77", "A0"})
 APPROVED, DUPLICATE = "00", "94"
 LOST = (OSError, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError)
@@ -212,7 +214,7 @@ class BenchTerminal:
         try:
             response, again = await self._exchange(doc, self.keys)
         except LOST as exc:
-            self.recorder.error(type(exc).__name__)
+            self.recorder.error(f"{type(exc).__name__}: {exc}"[:ERROR_TEXT])
             return None
         except wire.BadResponse as exc:
             self.reversal.reason = exc.reason
@@ -269,7 +271,7 @@ class BenchTerminal:
             code, extra = self._template.check(payload, stan_bytes)
         except LOST as exc:
             await self._drop()
-            self.recorder.error(type(exc).__name__)
+            self.recorder.error(f"{type(exc).__name__}: {exc}"[:ERROR_TEXT])
             return None
         except wire.BadResponse as exc:
             self.reversal.reason = exc.reason
@@ -325,7 +327,7 @@ class BenchTerminal:
         try:
             await self.flush()
         except LOST as exc:
-            self.recorder.error(type(exc).__name__)
+            self.recorder.error(f"{type(exc).__name__}: {exc}"[:ERROR_TEXT])
             return
         self.recorder.record(trio.current_time() - started, APPROVED)
 
