@@ -142,10 +142,20 @@ class Terminal:
     # ----------------------------------------------------------------- pending work
 
     def _ready_for_financial(self) -> None:
-        self.store.require_signed_on()
         phase, _ = self.store.settlement_progress()
         if phase is not None:
             raise NotReady("a settlement is in progress: run posterm settle to finish it")
+
+    async def _online(self) -> None:
+        """Connect; sign on first when the host asked for it (22, 77, A0 or header 3)."""
+        again = self.store.require_signed_on()
+        await self.transport.connect()
+        if again:
+            result = await self.sign_on()
+            if result.status != "approved":
+                raise NotReady(f"the host asked for a new sign-on, which it refused: "
+                               f"{result.code} {describe_code(result.code or '')}")
+            self._note(f"signed on again as the host asked (batch {result.details['batch']})")
 
     async def send_reversals(self) -> int:
         """Send every pending reversal (oldest first); raise if one stays pending."""
@@ -207,7 +217,7 @@ class Terminal:
     async def _prepare_online(self) -> None:
         """Connect, then send pending reversals (must succeed) and forward advices."""
         self._ready_for_financial()
-        await self.transport.connect()
+        await self._online()
         await self.send_reversals()
         await self.forward_advices()
 
@@ -340,8 +350,7 @@ class Terminal:
 
     async def flush(self) -> Result:
         """``posterm reversal --send``: pending reversals, then queued advices."""
-        self.store.require_signed_on()
-        await self.transport.connect()
+        await self._online()
         sent = await self.send_reversals()
         done, left = await self.forward_advices()
         status = "done" if left == 0 else "queued"
@@ -352,8 +361,7 @@ class Terminal:
 
     async def settle(self) -> Result:
         """Reversals and advices first, then 0500; upload when not balanced; close the batch."""
-        self.store.require_signed_on()
-        await self.transport.connect()
+        await self._online()
         await self.send_reversals()
         _, left = await self.forward_advices()
         if left:

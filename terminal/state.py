@@ -230,12 +230,12 @@ class Store:
         with self.transaction() as db:
             db.execute("UPDATE terminal SET sign_on_again = 1 WHERE id = 1")
 
-    def require_signed_on(self) -> None:
+    def require_signed_on(self) -> bool:
+        """Raise unless signed on; True when the host asked for a new sign-on."""
         r = self.row()
         if not r["signed_on"] or r["pik"] is None:
             raise NotReady("terminal is not signed on: run posterm signon")
-        if r["sign_on_again"]:
-            raise NotReady("the host asked this terminal to sign on again: run posterm signon")
+        return bool(r["sign_on_again"])
 
     # ----------------------------------------------------------------- STAN, journal
 

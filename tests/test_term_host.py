@@ -6,7 +6,9 @@ swallow a response, corrupt a response MAC, or be down (connection refused).
 
 from __future__ import annotations
 
+import json
 import sqlite3
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -448,3 +450,63 @@ async def test_lost_settlement_response_then_settle_again(running_host: Any, pro
     assert t.store.journal() == [] and t.store.settlement_progress() == (None, 0)
     assert (await t.sale(swipe(host), 100, "1234")).status == "approved"
     await t.transport.aclose()
+
+
+def ask_sign_on(payload: bytes) -> bytes:
+    """Set the header's processing requirement to 3 (outside the MAC)."""
+    at = 5 + 2
+    return payload[:at] + bytes([(payload[at] & 0xF0) | 0x03]) + payload[at + 1:]
+
+
+async def test_header_sign_on_request_signs_on_before_next(running_host: Any, proxy: Proxy,
+                                                            tmp_path: Path) -> None:
+    host = running_host
+    t = await signed_on(host, tmp_path / "t.db", port=proxy.port)
+    proxy.on_next("0210", ask_sign_on)
+    assert (await t.sale(swipe(host), 100, "1234")).status == "approved"
+    assert t.store.row()["sign_on_again"] == 1
+    proxy.seen.clear()
+    r = await t.sale(swipe(host), 100, "1234")
+    assert r.status == "approved" and proxy.sent_mtis() == ["0800", "0200"]
+    assert any("signed on again" in n for n in r.notes)
+    assert t.store.row()["sign_on_again"] == 0
+    await t.transport.aclose()
+
+
+async def test_host_a0_after_key_loss_then_recovers(running_host: Any, proxy: Proxy,
+                                                    tmp_path: Path) -> None:
+    host = running_host
+    t = await signed_on(host, tmp_path / "t.db", port=proxy.port)
+    with t.store.transaction() as db:  # the terminal's MAK no longer matches the host's
+        db.execute("UPDATE terminal SET mak = ?", (bytes.fromhex("22" * 16),))
+    t = reopen(t.store)
+    r = await t.sale(swipe(host), 100, "1234")
+    assert r.status == "declined" and r.code == "A0"
+    assert not t.store.reversals()  # a believed decline: nothing to reverse
+    proxy.seen.clear()
+    assert (await t.sale(swipe(host), 100, "1234")).status == "approved"
+    assert proxy.sent_mtis() == ["0800", "0200"]
+    await t.transport.aclose()
+
+
+async def test_two_cli_processes_share_one_state_safely(running_host: Any,
+                                                       tmp_path: Path) -> None:
+    from tests.test_term_cli import arun, init_args
+
+    state = tmp_path / "t.db"
+    card = running_host.cards["good"]
+    await arun(state, *init_args(running_host.port))
+    await arun(state, "signon")
+    results: list[Any] = []
+    posterm = str(Path(sys.executable).parent / "posterm")
+
+    async def one() -> None:
+        results.append(await trio.run_process(
+            [posterm, "--state", str(state), "sale", "1.00", "--track2", card.track2,
+             "--pin", "1234", "--json"], capture_stdout=True, check=False))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(4):
+            nursery.start_soon(one)
+    stans = {json.loads(r.stdout)["stan"] for r in results}
+    assert all(r.returncode == 0 for r in results) and len(stans) == 4
