@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import pstats
+import subprocess
 import sys
 import tempfile
 import time
@@ -25,6 +26,7 @@ from benchlib import procs
 from benchlib.limits import (
     BENCH_MID,
     BENCH_TMK_HEX,
+    CARD_EXPIRY,
     IDLE_CONNECTIONS,
     IDLE_SETTLE_SECONDS,
     MEMORY_GOAL_BYTES_PER_CONNECTION,
@@ -35,11 +37,14 @@ from benchlib.limits import (
     QUICK_WARMUP_SECONDS,
     RESULTS_DIR,
     RUN_SECONDS,
+    SALE_AMOUNT,
     SETTLEMENT_GOAL_SECONDS,
     SETTLEMENT_TXNS,
     SWEEP_TERMINALS,
     TARGET_P99_MS,
     TARGET_RATE,
+    TEST_PIN,
+    TID_PREFIX,
     WARMUP_SECONDS,
 )
 from benchlib.load import Fleet, run_load
@@ -80,10 +85,42 @@ def _host(workdir: Path, template: Path, name: str, profile: Path | None = None)
                         workdir / f"{name}.log")
 
 
+def posterm_load(port: int, fleet: Fleet, n: int, seconds: float, rate: float | None,
+                 workdir: Path) -> dict[str, Any]:
+    """The same point driven by ``posterm load`` (its own process), normalised."""
+    report = workdir / f"posterm-{n}-{rate or 0:g}.json"
+    argv = [str(procs.VENV_BIN / "posterm"), "load", "--host", f"127.0.0.1:{port}",
+            "--terminals", str(n), "--duration", str(seconds), "--rate", str(rate or 0),
+            "--mix", "sale=100", "--tid-prefix", TID_PREFIX, "--mid", fleet.mid,
+            "--tmk", fleet.tmk_hex, "--pin", TEST_PIN, "--amount", f"{SALE_AMOUNT / 100:.2f}",
+            "--no-settle", "--state", str(workdir / f"posterm-{n}.db"), "--report", str(report),
+            "--json"]
+    for pan in fleet.pans[:n]:
+        argv += ["--track2", f"{pan}D{CARD_EXPIRY}1010000000000"]
+    subprocess.run(argv, check=True, cwd=procs.ROOT, stdout=subprocess.DEVNULL)
+    raw = json.loads(report.read_text())
+    elapsed = raw["elapsed_s"]
+    codes = raw.get("response_codes", {})
+    approved = codes.get("00", 0)
+    errors = raw.get("errors", {})
+    return {"elapsed_s": elapsed, "transactions": raw["completed"], "approved": approved,
+            "approved_per_s": round(approved / elapsed, 1) if elapsed else 0.0,
+            "throughput_per_s": raw["throughput_per_s"], "latency_ms": raw["latency_ms"],
+            "response_codes": codes, "declined": raw["completed"] - approved,
+            "errors": errors, "error_count": sum(errors.values()), "terminals": n,
+            "mode": "paced" if rate else "closed-loop", "offered_rate": rate,
+            "generator": "posterm"}
+
+
 def _point(server: procs.Server, fleet: Fleet, n: int, seconds: float, warmup: float,
-           rate: float | None) -> dict[str, Any]:
+           rate: float | None, generator: str = "builtin",
+           workdir: Path | None = None) -> dict[str, Any]:
     cpu0 = server.cpu_seconds()
-    result = trio.run(run_load, "127.0.0.1", server.port, fleet, n, seconds, warmup, rate)
+    if generator == "posterm":
+        assert workdir is not None
+        result = posterm_load(server.port, fleet, n, seconds + warmup, rate, workdir)
+    else:
+        result = trio.run(run_load, "127.0.0.1", server.port, fleet, n, seconds, warmup, rate)
     status = server.status()
     result["server_cpu_s"] = round(server.cpu_seconds() - cpu0, 2)
     result["server_peak_rss"] = status["VmHWM"]
@@ -151,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true",
                         help="run the host under cProfile at the largest point <= 100 terminals")
     parser.add_argument("--no-floor", action="store_true")
+    parser.add_argument("--generator", choices=("builtin", "posterm"), default="builtin",
+                        help="load generator: the harness's own or `posterm load`")
     parser.add_argument("--out", type=Path, default=procs.ROOT / RESULTS_DIR)
     args = parser.parse_args(argv)
     quick = args.quick
@@ -159,11 +198,12 @@ def main(argv: list[str] | None = None) -> int:
     warmup = QUICK_WARMUP_SECONDS if quick else WARMUP_SECONDS
     settle_n = args.settlement or (QUICK_SETTLEMENT_TXNS if quick else SETTLEMENT_TXNS)
     idle_n = args.idle or (QUICK_IDLE_CONNECTIONS if quick else IDLE_CONNECTIONS)
+    gen = args.generator
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     results: dict[str, Any] = {"started": stamp, "quick": quick, "sweep": sweep,
-                               "seconds": seconds, "host_closed": [], "host_paced": [],
-                               "floor_closed": [], "floor_paced": []}
+                               "seconds": seconds, "generator": gen, "host_closed": [],
+                               "host_paced": [], "floor_closed": [], "floor_paced": []}
     with tempfile.TemporaryDirectory(prefix="poshost-bench-") as tmp:
         workdir = Path(tmp)
         template = workdir / "template.db"
@@ -175,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         for n in sweep:
             profile = workdir / "host.prof" if args.profile and n == anchor else None
             with _host(workdir, template, f"closed-{n}", profile) as server:
-                r = _point(server, fleet, n, seconds, warmup, None)
+                r = _point(server, fleet, n, seconds, warmup, None, gen, workdir)
             results["host_closed"].append(r)
             _log(_summary_line("host closed-loop", r))
             if profile is not None:
@@ -185,17 +225,17 @@ def main(argv: list[str] | None = None) -> int:
         results["paced_rate"] = rate
         for n in sweep:
             with _host(workdir, template, f"paced-{n}") as server:
-                r = _point(server, fleet, n, seconds, warmup, rate)
+                r = _point(server, fleet, n, seconds, warmup, rate, gen, workdir)
             results["host_paced"].append(r)
             _log(_summary_line(f"host paced {rate:g}/s", r))
         if not args.no_floor:
             port = procs.free_port()
             with procs.Server(procs.floor_argv(port), port, workdir / "floor.log") as floor:
                 for n in sweep:
-                    r = _point(floor, fleet, n, seconds, warmup, None)
+                    r = _point(floor, fleet, n, seconds, warmup, None, gen, workdir)
                     results["floor_closed"].append(r)
                     _log(_summary_line("floor closed-loop", r))
-                    r = _point(floor, fleet, n, seconds, warmup, rate)
+                    r = _point(floor, fleet, n, seconds, warmup, rate, gen, workdir)
                     results["floor_paced"].append(r)
                     _log(_summary_line(f"floor paced {rate:g}/s", r))
         with _host(workdir, template, "idle") as server:
