@@ -21,7 +21,7 @@ import trio
 from terminal import receipt
 from terminal.cards import Card, card_from_options, check_pin, parse_amount, parse_trace
 from terminal.core import Original
-from terminal.errors import EXIT_DECLINED, BadInput, TerminalError
+from terminal.errors import EXIT_COMMUNICATION, EXIT_DECLINED, BadInput, TerminalError
 from terminal.pinpad import MAC_ALGORITHMS, combine_components, kcv_hex, parse_key_hex
 from terminal.session import Result, Terminal
 from terminal.state import DEFAULT_PATH, Config, Store, open_store
@@ -100,7 +100,8 @@ def _fail(exc: TerminalError, notes: list[str] | None = None) -> NoReturn:
 def _finish(result: Result) -> NoReturn:
     data = result.as_dict()
     _emit(data, receipt.render_result(data))
-    sys.exit(0 if result.ok else EXIT_DECLINED)
+    codes = {"declined": EXIT_DECLINED, "queued": EXIT_COMMUNICATION}
+    sys.exit(codes.get(result.status, 0))
 
 
 def _tracer(direction: str, payload: bytes, elapsed: float) -> None:
@@ -434,9 +435,15 @@ def status() -> None:
               help="Settle each terminal's batch at the end (next run starts a fresh batch).")
 @click.option("--mac", type=click.Choice(sorted(MAC_ALGORITHMS)), default="x919")
 @click.option("--timeout", type=click.FloatRange(min=0.01), default=10.0, show_default=True)
-@_common(trace=False)
+@click.option("--json", "as_json", is_flag=True, expose_value=False, callback=_set("as_json"),
+              help="Print the report as JSON on stdout.")
 def load_command(**kwargs: Any) -> None:
-    """Run N emulated terminals against a host; report throughput and latency."""
+    """Run N emulated terminals against a host; report throughput and latency.
+
+    The terminals (TIDs PREFIX000001 ...) must exist on the host with the TMK given, e.g. for
+    poshost: poshost terminal add --tid LT000001 --mid MID --tmk TMK, once per terminal.
+    Progress goes to stderr each second; the summary to stderr; --report writes JSON.
+    """
     from terminal.load import LoadSettings, run_load_cli
 
     try:
@@ -446,3 +453,4 @@ def load_command(**kwargs: Any) -> None:
         _fail(exc)
     if _opts().as_json:
         click.echo(json.dumps(report, indent=2, sort_keys=True))
+    sys.exit(0 if report["completed"] and not report["errors"] else EXIT_COMMUNICATION)

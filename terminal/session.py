@@ -54,10 +54,6 @@ class Result:
     details: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
-    @property
-    def ok(self) -> bool:
-        return self.status not in ("declined",)
-
     def as_dict(self) -> dict[str, Any]:
         meaning = describe_code(self.code) if self.code else None
         return {"command": self.command, "status": self.status, "response_code": self.code,

@@ -91,3 +91,26 @@ def test_quick_evaluate_agrees_with_core() -> None:
     assert template.quick_evaluate(other, good) is None
     assert template.quick_evaluate(doc, _response(doc, {"39": "A0"}, mak=None)) is None
     assert template.quick_evaluate(doc, good[:-3]) is None
+
+
+async def test_load_cli_writes_report(running_host: Any, tmp_path: Path) -> None:
+    import trio
+    from click.testing import CliRunner
+
+    from terminal.cli import main
+
+    for tid in terminal_ids("CL", 2):
+        await running_host.add_terminal(tid)
+    card = running_host.cards["good"]
+    report_path = tmp_path / "report.json"
+    args = ["load", "--host", f"{running_host.host}:{running_host.port}", "--terminals", "2",
+            "--duration", "1", "--rate", "20", "--tid-prefix", "CL", "--mid", running_host.mid,
+            "--tmk", LOAD_TMK, "--track2", card.track2, "--pin", card.pin,
+            "--report", str(report_path), "--json"]
+    result = await trio.to_thread.run_sync(
+        lambda: CliRunner().invoke(main, args, catch_exceptions=False))
+    assert result.exit_code == 0, result.output
+    report = json.loads(report_path.read_text())
+    assert report["terminals_signed_on"] == 2 and report["errors"] == {}
+    assert 10 <= report["completed"] <= 30  # --rate 20 for about a second
+    assert card.pan not in report_path.read_text()
