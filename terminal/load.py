@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import socket
 import sys
 import time
 from collections import Counter, deque
@@ -25,21 +26,31 @@ import trio
 from specs.catalog import ECHO_FIELDS, identify_request
 from specs.codes import APPROVED, NO_MAC_CODES
 from specs.composite import BALANCED, NOT_BALANCED
+from specs.errors import FramingError
 from specs.fields import FIELDS, FieldDef
-from specs.framing import BODY_OFFSET, TPDU_LENGTH, Frame
+from specs.framing import BODY_OFFSET, TPDU_LENGTH, Frame, TcpFrameDecoder, encode_frame_tcp
 from specs.messages import Message, encode_message
 from specs.pretty import mask_pan
 from terminal import core
 from terminal.cards import Card, check_pin, parse_amount
 from terminal.core import Original, Outcome, Profile
-from terminal.errors import BadInput, CommunicationError, TerminalError
+from terminal.errors import (
+    BadInput,
+    CommunicationError,
+    ConnectFailed,
+    NoResponse,
+    TerminalError,
+)
 from terminal.pinpad import PinPad, parse_key_hex
-from terminal.transport import TcpTransport, parse_address
+from terminal.transport import parse_address
 
 OPERATIONS = ("sale", "balance", "void", "refund")
 REVERSIBLE = frozenset({"sale", "void"})
 PROGRESS_SECONDS = 1.0
 STAN_BYTES = 3
+CONNECT_TIMEOUT = 10.0
+RETRY_PAUSE = 0.5
+RECEIVE_SIZE = 65536
 
 
 def parse_mix(text: str) -> dict[str, int]:
@@ -228,6 +239,67 @@ class Sold:
     amount: int
 
 
+class FastLine:
+    """A bare trio socket to the host for load mode.
+
+    :meth:`send_receive` has no timeout of its own: the load terminal bounds it with one
+    long-lived cancel scope whose deadline it moves (a cancel scope per request costs more
+    than the rest of the request). :meth:`exchange` is the ordinary Transport call.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self._sock: trio.socket.SocketType | None = None
+        self._decoder = TcpFrameDecoder()
+
+    async def connect(self) -> None:
+        if self._sock is not None:
+            return
+        sock = trio.socket.socket()
+        try:
+            with trio.fail_after(CONNECT_TIMEOUT):
+                await sock.connect((self.host, self.port))
+        except (OSError, trio.TooSlowError) as exc:
+            sock.close()
+            raise ConnectFailed(f"cannot connect to {self.host}:{self.port}: {exc}") from None
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._sock, self._decoder = sock, TcpFrameDecoder()
+
+    async def send_receive(self, payload: bytes) -> bytes:
+        await self.connect()
+        sock = self._sock
+        assert sock is not None
+        data = encode_frame_tcp(payload)
+        try:
+            while data:
+                data = data[await sock.send(data):]
+            while (answer := self._decoder.next_payload()) is None:
+                chunk = await sock.recv(RECEIVE_SIZE)
+                if not chunk:
+                    raise NoResponse("host closed the connection")
+                self._decoder.feed(chunk)
+        except (OSError, FramingError) as exc:
+            self.close()
+            raise NoResponse(f"connection to {self.host}:{self.port} lost: {exc}") from None
+        return answer
+
+    async def exchange(self, payload: bytes, timeout: float) -> bytes:
+        try:
+            with trio.fail_after(timeout):
+                return await self.send_receive(payload)
+        except trio.TooSlowError:
+            self.close()
+            raise NoResponse(f"no response in {timeout:g} s") from None
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    async def aclose(self) -> None:
+        self.close()
+
+
 class LoadTerminal:
     """One emulated terminal with in-memory state."""
 
@@ -239,7 +311,9 @@ class LoadTerminal:
         self.stats = stats
         self.rng = rng
         self.pinpad = PinPad(settings.tmk, settings.mac)
-        self.transport = TcpTransport(settings.host, settings.port)
+        self.line = FastLine(settings.host, settings.port)
+        self.scope: trio.CancelScope | None = None
+        self.inflight: tuple[str, Message] | None = None
         self.stan = f"{rng.randrange(1, 900_000):06d}"
         self.batch = "000000"
         self.sold: deque[Sold] = deque(maxlen=1000)
@@ -255,9 +329,19 @@ class LoadTerminal:
         return self.stan
 
     async def exchange(self, doc: Message, payload: bytes | None = None,
-                       template: Template | None = None) -> Outcome:
+                       template: Template | None = None, op: str = "") -> Outcome:
         payload = payload or core.encode_request(self.profile, doc, self.pinpad)
-        answer = await self.transport.exchange(payload, self.s.timeout)
+        scope = self.scope
+        if scope is None:
+            answer = await self.line.exchange(payload, self.s.timeout)
+        else:
+            self.inflight = (op or doc["t"], doc)
+            scope.deadline = trio.current_time() + self.s.timeout
+            try:
+                answer = await self.line.send_receive(payload)
+            finally:
+                scope.deadline = math.inf
+            self.inflight = None
         if template is not None and (quick := template.quick_evaluate(doc, answer)) is not None:
             return quick
         return core.evaluate(doc, answer, self.pinpad)
@@ -284,22 +368,38 @@ class LoadTerminal:
             await self.sign_on()
         except (TerminalError, CommunicationError) as exc:
             self.stats.errors[f"sign-on: {type(exc).__name__}"] += 1
-            await self.transport.aclose()
+            await self.line.aclose()
             return
-        next_at = trio.current_time() + self.rng.random() * interval
-        index = 0
+        self.next_at = trio.current_time() + self.rng.random() * interval
+        self.index = 0
         while trio.current_time() < deadline:
-            if interval:
-                await trio.sleep_until(next_at)
-                next_at = max(next_at + interval, trio.current_time() - interval)
-                if trio.current_time() >= deadline:
-                    break
-            op = self.plan[index % len(self.plan)]
-            index += 1
-            await self.one(op)
+            with trio.CancelScope() as self.scope:
+                await self.drive(deadline, interval)
+            self.scope = None
+            if self.inflight is not None:
+                self.timed_out(*self.inflight)
         if self.s.settle:
             await self.settle()
-        await self.transport.aclose()
+        await self.line.aclose()
+
+    async def drive(self, deadline: float, interval: float) -> None:
+        while trio.current_time() < deadline:
+            if interval:
+                await trio.sleep_until(self.next_at)
+                self.next_at = max(self.next_at + interval, trio.current_time() - interval)
+                if trio.current_time() >= deadline:
+                    return
+            op = self.plan[self.index % len(self.plan)]
+            self.index += 1
+            await self.one(op)
+
+    def timed_out(self, op: str, doc: Message) -> None:
+        """The moving deadline fired during an exchange: no response in time."""
+        self.inflight = None
+        self.line.close()
+        self.stats.errors[f"{op}: NoResponse"] += 1
+        if op in REVERSIBLE:
+            self.reversal = core.reversal_request(doc, core.REASON_NO_RESPONSE)
 
     async def one(self, op: str) -> None:
         if self.reversal is not None:
@@ -311,11 +411,13 @@ class LoadTerminal:
         doc, payload = self.request(op)
         started = time.perf_counter()
         try:
-            outcome = await self.exchange(doc, payload, self.templates.get(op))
+            outcome = await self.exchange(doc, payload, self.templates.get(op), op)
         except CommunicationError as exc:
+            self.inflight = None
             self.stats.errors[f"{op}: {type(exc).__name__}"] += 1
-            if op in REVERSIBLE:
+            if op in REVERSIBLE and not isinstance(exc, ConnectFailed):
                 self.reversal = core.reversal_request(doc, core.REASON_NO_RESPONSE)
+            await trio.sleep(RETRY_PAUSE)
             return
         elapsed = time.perf_counter() - started
         if not outcome.believed:
@@ -356,10 +458,11 @@ class LoadTerminal:
         assert self.reversal is not None
         started = time.perf_counter()
         try:
-            outcome = await self.exchange(self.reversal)
+            outcome = await self.exchange(self.reversal, op="reversal")
         except CommunicationError:
+            self.inflight = None
             self.stats.errors["reversal: no response"] += 1
-            await trio.sleep(min(1.0, self.s.timeout))
+            await trio.sleep(RETRY_PAUSE)
             return
         if outcome.code is not None:
             # The reversed request was never believed, so it never entered batch_entries.
