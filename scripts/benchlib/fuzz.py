@@ -35,6 +35,7 @@ from benchlib.limits import (
     FUZZ_WORKERS,
     GOOD_RATE,
     GOOD_TERMINALS,
+    HOSTILE_RATE,
     P99_FACTOR,
     POLL_INTERVAL,
     RSS_GROWTH_ALLOWED,
@@ -103,12 +104,13 @@ async def session(server: procs.Server, fleet: fleet_mod.Fleet, args: argparse.N
     await sign_on_all(terminals)
     baseline = await _paced(terminals, recorder, args.rate, args.baseline, None)
     before = {**server.status(), "fds": server.open_fds()}
+    cpu_before = server.cpu_seconds()
     out = workdir / "hostile.json"
     argv = [sys.executable, "-m", "benchlib.hostile", "--port", str(server.port),
             "--frames", str(args.frames), "--workers", str(args.workers),
             "--seed", str(args.seed), "--drips", str(args.drips),
             "--drip-interval", str(args.drip_interval), "--flood", str(args.flood),
-            "--out", str(out)]
+            "--rate", str(args.hostile_rate), "--out", str(out)]
     done = trio.Event()
     rc: list[int] = []
     started = time.monotonic()
@@ -123,6 +125,7 @@ async def session(server: procs.Server, fleet: fleet_mod.Fleet, args: argparse.N
         nursery.start_soon(thrower)
         under_fuzz = await _paced(terminals, recorder, args.rate, None, done)
     fuzz_s = time.monotonic() - started
+    host_cpu = server.cpu_seconds() - cpu_before
     for t in terminals:
         await t.close()
     fds_after = await _wait_fds(server, before["fds"] + FD_SLACK)
@@ -144,6 +147,7 @@ async def session(server: procs.Server, fleet: fleet_mod.Fleet, args: argparse.N
         "p99_within_factor": ratio <= P99_FACTOR,
     }
     return {"frames": thrown.get("frames", 0), "fuzz_seconds": round(fuzz_s, 1),
+            "hostile_rate": args.hostile_rate, "host_cpu_s_during_fuzz": round(host_cpu, 2),
             "thrown": thrown, "baseline": baseline, "under_fuzz": under_fuzz,
             "p99_ratio": round(ratio, 2), "host_before": before, "host_after": after,
             "rss_growth": after["VmRSS"] - before["VmRSS"], "checks": checks,
@@ -178,6 +182,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--drips", type=int, default=SLOW_DRIP_SENDERS)
     p.add_argument("--drip-interval", type=float, default=SLOW_DRIP_INTERVAL)
     p.add_argument("--flood", type=int, default=FLOOD_CONNECTIONS)
+    p.add_argument("--hostile-rate", type=float, default=HOSTILE_RATE,
+                   help="hostile frames per second (0: as fast as the thrower can)")
     p.add_argument("--seed", type=int, default=8)
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, db)")
     return p

@@ -192,12 +192,26 @@ async def _answer_or_close(stream: trio.SocketStream, decoder: TcpFrameDecoder) 
     return "timeout"
 
 
+class Pacer:
+    """Spaces events of all workers ``1 / rate`` seconds apart (no pacing when rate is 0)."""
+
+    def __init__(self, rate: float) -> None:
+        self.interval = 1 / rate if rate > 0 else 0.0
+        self.next_at = trio.current_time()
+
+    async def wait(self) -> None:
+        if self.interval:
+            at = self.next_at = max(self.next_at + self.interval, trio.current_time())
+            await trio.sleep_until(at)
+
+
 async def worker(port: int, frames: itertools.count[int], total: int, rng: random.Random,
-                 bases: list[bytes], tally: Tally) -> None:
+                 bases: list[bytes], tally: Tally, pacer: Pacer) -> None:
     stream: trio.SocketStream | None = None
     decoder = TcpFrameDecoder()
     try:
         while next(frames) < total:
+            await pacer.wait()
             if stream is None:
                 stream = await trio.open_tcp_stream("127.0.0.1", port)
                 decoder = TcpFrameDecoder()
@@ -272,8 +286,10 @@ async def flood(port: int, count: int, hold: float) -> dict[str, Any]:
 
 
 async def throw(port: int, frames: int, workers: int, seed: int, drips: int,
-                drip_interval: float, flood_count: int, flood_hold: float) -> dict[str, Any]:
+                drip_interval: float, flood_count: int, flood_hold: float,
+                rate: float = 0.0) -> dict[str, Any]:
     rng = random.Random(seed)
+    pacer = Pacer(rate)
     bases = base_payloads()
     tally = Tally()
     counter = itertools.count()
@@ -285,7 +301,7 @@ async def throw(port: int, frames: int, workers: int, seed: int, drips: int,
     async with trio.open_nursery() as nursery:
         for _ in range(workers):
             nursery.start_soon(worker, port, counter, frames, random.Random(rng.random()),
-                               bases, tally)
+                               bases, tally, pacer)
         for i in range(drips):
             stall = None if i % 2 == 0 else rng.randint(3, 20)
             nursery.start_soon(slow_drip, port, bases[1], drip_interval, stall, tally)
@@ -306,10 +322,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drip-interval", type=float, default=SLOW_DRIP_INTERVAL)
     parser.add_argument("--flood", type=int, default=0)
     parser.add_argument("--flood-hold", type=float, default=2.0)
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="hostile frames per second in all (0: as fast as possible)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     result = trio.run(throw, args.port, args.frames, args.workers, args.seed, args.drips,
-                      args.drip_interval, args.flood, args.flood_hold)
+                      args.drip_interval, args.flood, args.flood_hold, args.rate)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
     return 0

@@ -76,6 +76,8 @@ REVERSAL_RETRY_DEADLINE = 60.0
 # --- fuzz
 FUZZ_FRAMES = 100_000
 """Hostile frames scripts/fuzz sends."""
+HOSTILE_RATE = 1000.0
+"""Hostile frames per second scripts/fuzz offers by default (0 = as fast as possible)."""
 FUZZ_WORKERS = 16
 """Concurrent hostile connections (besides slow-drip and flood)."""
 FLOOD_CONNECTIONS = 1500
