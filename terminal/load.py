@@ -549,7 +549,7 @@ async def run_load(settings: LoadSettings,
             nursery.start_soon(t.run, deadline, interval)
         if progress is not None:
             nursery.start_soon(_progress, stats, started, deadline, progress)
-    elapsed = min(trio.current_time(), deadline + settings.timeout) - started
+    elapsed = min(trio.current_time(), deadline) - started
     return build_report(settings, stats, max(elapsed, 1e-9))
 
 

@@ -189,7 +189,7 @@ class Terminal:
         done = left = 0
         for advice in self.store.advices():
             try:
-                final = await self._forward(advice)
+                final = await self._forward(advice) is not None
             except CommunicationError as exc:
                 self._note(f"advice STAN {advice.request['11']} kept queued: {exc}")
                 left += 1
@@ -197,18 +197,18 @@ class Terminal:
             done, left = (done + 1, left) if final else (done, left + 1)
         return done, left
 
-    async def _forward(self, advice: QueuedAdvice) -> bool:
-        """One 0220; True when the host gave a final answer (00/94 accepted, or a decline)."""
+    async def _forward(self, advice: QueuedAdvice) -> Outcome | None:
+        """One 0220; its outcome when final (00/94 accepted, or a decline), else None."""
         self.store.count_attempt("advices", advice.journal_id)
         outcome = await self._send(advice.request)
         stan = advice.request["11"]
         if not outcome.believed or outcome.code in ADVICE_RETRY_CODES:
             self._note(f"advice STAN {stan} kept queued: {outcome.problem or outcome.code}")
-            return False
+            return None
         status = ST_APPROVED if outcome.accepted else DECLINED
         self.store.finish(advice.journal_id, status, _response_fields(outcome))
         self._note(f"advice STAN {stan} forwarded: {outcome.code} {describe_code(outcome.code)}")
-        return True
+        return outcome
 
     async def _prepare_online(self) -> None:
         """Connect, then send pending reversals (must succeed) and forward advices."""
@@ -331,17 +331,13 @@ class Terminal:
         journal_id, request = self.store.begin("refund", build, advice=True, details=details)
         advice = QueuedAdvice(journal_id, request, 0)
         try:
-            final = await self._forward(advice)
+            outcome = await self._forward(advice)
         except CommunicationError as exc:
             raise NoResponse(f"{exc}; refund STAN {request['11']} stored, forwarded later "
                              "(posterm reversal --send or any online command)") from None
-        if not final:
-            result = self._result("refund", "queued", None, stan=request["11"],
-                                  amount_minor=amount, pan=mask_pan(card.pan))
-            return result
-        entry = next(e for e in self.store.journal() if e.id == journal_id)
-        outcome = Outcome(request, {"39": entry.code or "", "37": entry.rrn or "",
-                                    "38": entry.auth or ""}, entry.code)
+        if outcome is None:
+            return self._result("refund", "queued", None, stan=request["11"],
+                                amount_minor=amount, pan=mask_pan(card.pan))
         return self._financial_result("refund", outcome, card, amount)
 
     async def flush(self) -> Result:

@@ -213,3 +213,25 @@ async def test_refund_of_older_sale_by_rrn(running_host: Any, tmp_path: Path) ->
                    "--track2", card.track2, "--json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["status"] == "approved"
+
+
+def test_init_refuses_to_drop_pending_work(tmp_path: Path) -> None:
+    path = tmp_path / "t.db"
+    assert run(path, *init_args(free_port())).exit_code == 0
+    store = Store(path)
+    store.begin("sale", lambda stan, batch: {"t": "0200", "11": stan},
+                reversal=lambda r: {"t": "0400", "11": r["11"]})
+    store.close()
+    r = run(path, *init_args(free_port()))
+    assert r.exit_code == 5 and "pending reversal" in r.output
+
+
+async def test_group_trace_with_void(running_host: Any, tmp_path: Path) -> None:
+    state = tmp_path / "t.db"
+    card = running_host.cards["good"]
+    await arun(state, *init_args(running_host.port))
+    await arun(state, "signon")
+    await arun(state, "sale", "3.00", "--track2", card.track2, "--pin", "1234")
+    r = await arun(state, "--trace", "void", "--trace", "2")
+    assert r.exit_code == 0 and "MTI  0200" in r.output and "F61" in r.output
+    assert card.pan not in r.output

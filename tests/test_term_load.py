@@ -114,3 +114,22 @@ async def test_load_cli_writes_report(running_host: Any, tmp_path: Path) -> None
     assert report["terminals_signed_on"] == 2 and report["errors"] == {}
     assert 10 <= report["completed"] <= 30  # --rate 20 for about a second
     assert card.pan not in report_path.read_text()
+
+
+async def test_load_reverses_what_went_unanswered(running_host: Any, nursery: Any) -> None:
+    from tests.test_term_host import Proxy, swallow
+
+    await running_host.add_terminal("LR000001")
+    proxy = Proxy(running_host.host, running_host.port)
+    await proxy.start(nursery)
+    proxy.on_next("0210", swallow)
+    card = running_host.cards["good"]
+    settings = LoadSettings(
+        "127.0.0.1", proxy.port, 1, 1.5, 0.0, parse_mix("sale=1"), ["LR000001"],
+        running_host.mid, bytes.fromhex(LOAD_TMK), [Card.from_track2(card.track2)], None,
+        timeout=0.3)
+    report = await run_load(settings)
+    assert report["errors"] == {"sale: NoResponse": 1}
+    assert report["operations"]["reversal"]["codes"] == {"00": 1}
+    assert report["settlements"] == {"balanced": 1}
+    assert "0400" in proxy.sent_mtis()
