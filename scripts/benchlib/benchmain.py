@@ -123,6 +123,9 @@ def _point(server: procs.Server, fleet: Fleet, n: int, seconds: float, warmup: f
         result = trio.run(run_load, "127.0.0.1", server.port, fleet, n, seconds, warmup, rate)
     status = server.status()
     result["server_cpu_s"] = round(server.cpu_seconds() - cpu0, 2)
+    done = result["transactions"] or 1
+    result["server_cpu_us_per_txn"] = round(result["server_cpu_s"] / done * 1e6 * (
+        result["elapsed_s"] / (result["elapsed_s"] + warmup)), 1)
     result["server_peak_rss"] = status["VmHWM"]
     result["server_rss"] = status["VmRSS"]
     return result
@@ -133,7 +136,8 @@ def _summary_line(label: str, r: dict[str, Any]) -> str:
     return (f"{label:<22} {r['terminals']:>5} term  {r['approved_per_s']:>8.1f} approved/s  "
             f"p50 {lat['p50']:>7.2f}  p95 {lat['p95']:>7.2f}  p99 {lat['p99']:>7.2f}  "
             f"max {lat['max']:>8.2f} ms  errors {r['error_count']}  declined {r['declined']}  "
-            f"peak RSS {r.get('server_peak_rss', 0) / 2**20:.1f} MiB")
+            f"peak RSS {r.get('server_peak_rss', 0) / 2**20:.1f} MiB  "
+            f"server CPU {r.get('server_cpu_us_per_txn', 0):.0f} us/txn")
 
 
 def _write_profile(path: Path, out: Path) -> list[str]:
