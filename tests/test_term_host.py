@@ -510,3 +510,14 @@ async def test_two_cli_processes_share_one_state_safely(running_host: Any,
             nursery.start_soon(one)
     stans = {json.loads(r.stdout)["stan"] for r in results}
     assert all(r.returncode == 0 for r in results) and len(stans) == 4
+
+
+@pytest.mark.xfail(reason="contract gap: the host counts foreign cards apart but answers F63 "
+                   "'CUP' for every card, so a terminal cannot tell them apart", strict=False)
+async def test_foreign_card_batch_balances(running_host: Any, tmp_path: Path) -> None:
+    host = running_host
+    t = await signed_on(host, tmp_path / "t.db")
+    assert (await t.sale(swipe(host, "foreign"), 100, "4321")).status == "approved"
+    r = await t.settle()
+    assert r.status == "balanced"
+    await t.transport.aclose()
