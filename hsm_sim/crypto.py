@@ -17,6 +17,7 @@ Thales error code a command would return (15 data, 20 PIN block, 23 format, 24 P
 from __future__ import annotations
 
 import secrets
+import threading
 from functools import lru_cache
 from typing import Protocol
 
@@ -533,14 +534,40 @@ def pad_mac_data(data: bytes, padding: int) -> bytes:
     raise HsmError(f"padding method {padding} not supported", code="15")
 
 
+class _ChainedCbc:
+    """A long-lived (3)DES-CBC object for one key: building a cipher costs more than a MAC.
+
+    A CBC object carries its last ciphertext block as the next IV. Prepending the block
+    ``last XOR D(0)`` makes that block encrypt to zero, so the data proper is chained from a
+    zero IV exactly as by a fresh object. A lock keeps concurrent callers (the TCP HSM's
+    threads) from interleaving on one chain.
+    """
+
+    def __init__(self, effective: bytes) -> None:
+        if len(effective) == DES_BLOCK:
+            self._cbc = DES.new(effective, DES.MODE_CBC, iv=bytes(DES_BLOCK))
+        else:
+            self._cbc = DES3.new(effective, DES3.MODE_CBC, iv=bytes(DES_BLOCK))
+        self._reset = int.from_bytes(get_tdes_cipher(effective).decrypt(bytes(DES_BLOCK)), "big")
+        self._state = 0
+        self._lock = threading.Lock()
+
+    def last_block(self, data: bytes) -> bytes:
+        with self._lock:
+            lead = (self._state ^ self._reset).to_bytes(DES_BLOCK, "big")
+            last = self._cbc.encrypt(lead + data)[-DES_BLOCK:]
+            self._state = int.from_bytes(last, "big")
+        return last
+
+
+@lru_cache(maxsize=CIPHER_CACHE_SIZE)
+def _cbc_chain(key: bytes) -> _ChainedCbc:
+    return _ChainedCbc(reduce_des_key(key))
+
+
 def _cbc_last_block(key: bytes, data: bytes) -> bytes:
-    """Last block of (3)DES-CBC with a zero IV (a fresh CBC object: they are stateful)."""
-    effective = reduce_des_key(key)
-    if len(effective) == DES_BLOCK:
-        cipher = DES.new(effective, DES.MODE_CBC, iv=bytes(DES_BLOCK))
-    else:
-        cipher = DES3.new(effective, DES3.MODE_CBC, iv=bytes(DES_BLOCK))
-    return cipher.encrypt(data)[-DES_BLOCK:]
+    """Last block of (3)DES-CBC with a zero IV (through a cached chain, see `_ChainedCbc`)."""
+    return _cbc_chain(key).last_block(data)
 
 
 def generate_mac_iso9797_alg1(key: bytes, data: bytes, padding: int = 1) -> bytes:
@@ -553,9 +580,12 @@ def generate_mac_iso9797_alg3(key: bytes, data: bytes, padding: int = 1) -> byte
     """ISO 9797-1 MAC algorithm 3 (retail MAC, X9.19) with a double-length key, 8 bytes."""
     if len(key) != 16:
         raise HsmError("MAC algorithm 3 needs a double-length key", code="27")
-    left, right = key[:DES_BLOCK], key[DES_BLOCK:]
-    last = _cbc_last_block(left, pad_mac_data(data, padding))
-    return get_tdes_cipher(left).encrypt(get_tdes_cipher(right).decrypt(last))
+    padded = pad_mac_data(data, padding)
+    last = padded[-DES_BLOCK:]
+    if len(padded) > DES_BLOCK:
+        last = xor_bytes(_cbc_last_block(key[:DES_BLOCK], padded[:-DES_BLOCK]), last)
+    # The last block's E(K1), D(K2), E(K1) is one 2-key 3DES-EDE encryption under the MAK.
+    return get_tdes_cipher(key).encrypt(last)
 
 
 def generate_mac_x99(key: bytes, data: bytes) -> bytes:

@@ -20,9 +20,13 @@ class SpecError(Exception):
 class DecodeError(SpecError):
     """Bytes that do not decode: ``field`` names where, ``position`` the byte offset."""
 
-    def __init__(self, message: str, *, field: str, position: int) -> None:
+    def __init__(self, message: str, *, field: str, position: int,
+                 partial: dict[str, str] | None = None) -> None:
         super().__init__(f"{message} (field {field}, byte {position})", field=field)
         self.position = position
+        self.partial: dict[str, str] = partial if partial is not None else {}
+        """The fields decoded before the fault (MTI included when it decoded), e.g. F41 to
+        answer a terminal whose request does not decode."""
 
 
 class FramingError(DecodeError):
