@@ -140,6 +140,26 @@ def _summary_line(label: str, r: dict[str, Any]) -> str:
             f"server CPU {r.get('server_cpu_us_per_txn', 0):.0f} us/txn")
 
 
+AREAS = (("hsm_sim/", "HSM (embedded)"), ("Crypto/", "pycryptodome"), ("cffi", "pycryptodome"),
+         ("specs/", "specs codec"), ("iso8583/", "pyiso8583"), ("host/", "host"),
+         ("trio", "trio"), ("outcome", "trio"), ("contextlib", "trio"),
+         ("logging/", "logging"), ("TextIOWrapper", "logging"), ("json/", "json"),
+         ("sqlite3", "sqlite"), ("_thread.lock", "writer thread handoff"),
+         ("socket", "socket syscalls"), ("epoll", "idle (epoll)"))
+"""Profile self time is summed into these areas (first match of the file or function)."""
+
+
+def profile_areas(path: Path) -> dict[str, float]:
+    """Self seconds per area of a cProfile dump."""
+    stats = pstats.Stats(str(path))
+    areas: dict[str, float] = {}
+    for func, (_cc, _nc, tt, _ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
+        where = f"{func[0]}:{func[2]}"
+        area = next((label for key, label in AREAS if key in where), "other")
+        areas[area] = areas.get(area, 0.0) + tt
+    return {k: round(v, 2) for k, v in sorted(areas.items(), key=lambda kv: -kv[1])}
+
+
 def _write_profile(path: Path, out: Path) -> list[str]:
     if not path.exists():
         return ["(no profile written: host did not stop gracefully)"]
@@ -224,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
             _log(_summary_line("host closed-loop", r))
             if profile is not None:
                 results["profile_top"] = _write_profile(profile, args.out / f"profile-{stamp}.txt")
+                if profile.exists():
+                    results["profile_areas"] = profile_areas(profile)
         capacity = next(r for r in results["host_closed"] if r["terminals"] == anchor)
         rate = args.rate or round(capacity["approved_per_s"] * PACED_SHARE, -1) or 10.0
         results["paced_rate"] = rate
@@ -311,6 +333,8 @@ def report(results: dict[str, Any]) -> str:
     lines.append("")
     for name, g in results["goals"].items():
         lines.append(f"{name:<30} {json.dumps(g)}")
+    if results.get("profile_areas"):
+        lines += ["", "host profile, self seconds by area: " + json.dumps(results["profile_areas"])]
     if results.get("profile_top"):
         lines += ["", "host profile (self time):", *results["profile_top"][:15]]
     return "\n".join(lines)
