@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from host.limits import FRAME_TIMEOUT as HOST_FRAME_TIMEOUT
+from host.limits import MAX_CONNECTIONS as HOST_MAX_CONNECTIONS
+
 # --- processes
 READY_TIMEOUT = 30.0
 """Seconds a freshly started server gets to accept its first connection."""
@@ -80,13 +83,13 @@ HOSTILE_RATE = 1000.0
 """Hostile frames per second scripts/fuzz offers by default (0 = as fast as possible)."""
 FUZZ_WORKERS = 16
 """Concurrent hostile connections (besides slow-drip and flood)."""
-FLOOD_CONNECTIONS = 1500
-"""Connections the flood opens at once (below the host's MAX_CONNECTIONS, 2000)."""
+FLOOD_CONNECTIONS = min(1500, HOST_MAX_CONNECTIONS - 100)
+"""Connections the flood opens at once (kept below the host's MAX_CONNECTIONS)."""
 SLOW_DRIP_SENDERS = 20
 """Connections that send a frame a byte at a time."""
 SLOW_DRIP_INTERVAL = 0.2
 """Seconds between two bytes of a slow-drip sender."""
-HOSTILE_ANSWER_TIMEOUT = 15.0
+HOSTILE_ANSWER_TIMEOUT = HOST_FRAME_TIMEOUT + 5.0
 """Seconds a hostile connection waits for an answer or a close (above host FRAME_TIMEOUT)."""
 GOOD_TERMINALS = 10
 """Well-behaved terminals that transact during the fuzz."""
