@@ -49,6 +49,7 @@ from benchlib.limits import (
 )
 from benchlib.load import Fleet, run_load
 from benchlib.settle import settlement_bench
+from benchlib.svgchart import line_chart
 
 PACED_SHARE = 0.7
 """Paced runs offer this share of the closed-loop capacity measured at 100 terminals (or at
@@ -201,6 +202,19 @@ def _chart(results: dict[str, Any], path: Path) -> bool:
     return True
 
 
+def _svg_chart(results: dict[str, Any], path: Path) -> Path:
+    """p99 latency against approved sales/s, one line per run kind (no matplotlib needed)."""
+    series = {}
+    for key in ("host_closed", "host_paced", "floor_closed", "floor_paced"):
+        pts = [(p["approved_per_s"], p["latency_ms"]["p99"]) for p in results.get(key, [])]
+        if pts:
+            labels = ",".join(str(p["terminals"]) for p in results[key])
+            series[f"{key} ({labels} term)"] = sorted(pts)
+    path.write_text(line_chart(series, "approved sales / s", "p99 latency (ms)",
+                               "poshost: p99 latency against load"))
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run in seconds")
@@ -277,6 +291,9 @@ def main(argv: list[str] | None = None) -> int:
     path.write_text(json.dumps(results, indent=2))
     if _chart(results, args.out / f"bench-{stamp}.png"):
         results["chart"] = str(args.out / f"bench-{stamp}.png")
+    else:
+        results["chart"] = str(_svg_chart(results, args.out / f"bench-{stamp}.svg"))
+    path.write_text(json.dumps(results, indent=2))
     print(report(results))
     print(f"\nresults: {path}")
     return 0
