@@ -53,3 +53,44 @@ def describe_code(code: str) -> str:
     'unknown response code'
     """
     return RESPONSE_CODES.get(code, "unknown response code")
+
+
+# Constant field values of the dialect (protocol.md sections 2 and 3).
+CURRENCY_CNY = "156"
+"""F49: ISO 4217 numeric code of the renminbi, the dialect's currency."""
+SECURITY_CONTROL_ISO0_DOUBLE = "2600000000000000"
+"""F53: PIN block ISO format 0 with PAN, double-length keys."""
+OPERATOR_CODE = "01 "
+"""F63 of sign-on and settlement requests: operator 01."""
+DOMESTIC_ORGANISATION = "CUP"
+"""F63 of refund advices, and of responses for domestic (UnionPay) cards."""
+
+# Card organisations by BIN prefix (longest prefix wins); the response's F63 names the card's
+# organisation so that a terminal can total domestic and foreign cards apart (DECISIONS.md).
+CARD_ORGANISATIONS: dict[str, str] = {
+    "62": DOMESTIC_ORGANISATION, "4": "VIS", "51": "MCC", "52": "MCC", "53": "MCC",
+    "54": "MCC", "55": "MCC", "2": "MCC", "35": "JCB", "34": "AEX", "37": "AEX",
+}
+
+
+def card_organisation(pan: str) -> str:
+    """The organisation of a card from its BIN; unknown BINs count as domestic.
+
+    >>> card_organisation("6222021234567890128"), card_organisation("4761739001010010")
+    ('CUP', 'VIS')
+    """
+    for length in (2, 1):
+        org = CARD_ORGANISATIONS.get(pan[:length])
+        if org is not None:
+            return org
+    return DOMESTIC_ORGANISATION
+
+
+def is_foreign_organisation(organisation: str) -> bool:
+    """Whether a response's F63 (organisation, then text) makes a card foreign: anything but
+    CUP; an absent or empty F63 counts as domestic.
+
+    >>> [is_foreign_organisation(f63) for f63 in ("VIS", "CUP approved", "")]
+    [True, False, False]
+    """
+    return organisation[:3].strip() not in ("", DOMESTIC_ORGANISATION)

@@ -13,7 +13,16 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from specs.catalog import KINDS, MessageKind, identify_request
-from specs.codes import APPROVED, DUPLICATE, REVERSAL_REASONS
+from specs.codes import (
+    APPROVED,
+    CURRENCY_CNY,
+    DOMESTIC_ORGANISATION,
+    DUPLICATE,
+    OPERATOR_CODE,
+    REVERSAL_REASONS,
+    SECURITY_CONTROL_ISO0_DOUBLE,
+    is_foreign_organisation,
+)
 from specs.composite import (
     BALANCED,
     NOT_BALANCED,
@@ -48,13 +57,6 @@ from terminal.cards import Card
 from terminal.errors import BadInput
 from terminal.pinpad import PinPad
 
-OPERATOR_CODE = "01 "
-"""F63 of a sign-on / settlement request: operator 01."""
-CARD_ORGANISATION = "CUP"
-"""F63 of a refund advice."""
-CURRENCY = "156"
-SECURITY_CONTROL = "2600000000000000"
-"""F53: ISO format 0 with PAN, double-length keys."""
 MAX_STAN = 999999
 REASON_NO_RESPONSE, REASON_MAC, REASON_OTHER = "98", "A0", "06"
 assert set(REVERSAL_REASONS) == {REASON_NO_RESPONSE, REASON_MAC, REASON_OTHER}
@@ -111,7 +113,7 @@ def _build(kind: MessageKind | str, fields: Mapping[str, str]) -> Message:
 def _card_fields(card: Card, pin_block: str | None) -> dict[str, str]:
     fields = {**card.fields(), "22": card.entry_mode(pin_block is not None)}
     if pin_block is not None:
-        fields.update({"26": "06", "52": pin_block, "53": SECURITY_CONTROL})
+        fields.update({"26": "06", "52": pin_block, "53": SECURITY_CONTROL_ISO0_DOUBLE})
     return fields
 
 
@@ -128,7 +130,7 @@ def financial_request(
 ) -> Message:
     """A 0200/0220 of ``kind_name`` (sale, balance, void, refund), without F64."""
     kind = KINDS[kind_name]
-    fields = {"11": stan, **profile.ids(), "49": CURRENCY, "60": field60_for(kind, batch)}
+    fields = {"11": stan, **profile.ids(), "49": CURRENCY_CNY, "60": field60_for(kind, batch)}
     fields.update(_card_fields(card, pin_block))
     if amount is not None:
         fields["4"] = f"{amount:012d}"
@@ -175,7 +177,7 @@ def refund_request(profile: Profile, stan: str, batch: str, card: Card, original
     extra = {
         "37": original.rrn,
         "61": encode_field61(Field61(original.batch, original.trace, original.date)),
-        "63": CARD_ORGANISATION,
+        "63": DOMESTIC_ORGANISATION,
     }
     return financial_request("refund", profile, stan, batch, card, amount=amount, extra=extra)
 
@@ -289,8 +291,7 @@ class BatchEntry:
 
 def is_domestic(organisation: str | None) -> bool:
     """A card is foreign when the response's F63 names an organisation other than CUP."""
-    org = (organisation or "")[:3].strip()
-    return org in ("", CARD_ORGANISATION)
+    return not is_foreign_organisation(organisation or "")
 
 
 def _totals(entries: list[BatchEntry]) -> Totals:
@@ -309,7 +310,8 @@ def batch_totals(entries: Iterable[BatchEntry]) -> SettlementTotals:
 def settlement_request(profile: Profile, stan: str, batch: str,
                        totals: SettlementTotals) -> Message:
     fields = {"11": stan, **profile.ids(), "48": encode_settlement_totals(totals),
-              "49": CURRENCY, "60": field60_for(KINDS["settlement"], batch), "63": OPERATOR_CODE}
+              "49": CURRENCY_CNY, "60": field60_for(KINDS["settlement"], batch),
+              "63": OPERATOR_CODE}
     return _build("settlement", fields)
 
 
