@@ -23,9 +23,10 @@ from terminal.cards import Card, card_from_options, check_pin, parse_amount, par
 from terminal.core import Original
 from terminal.errors import EXIT_COMMUNICATION, EXIT_DECLINED, BadInput, TerminalError
 from terminal.pinpad import MAC_ALGORITHMS, combine_components, kcv_hex, parse_key_hex
+from terminal.serial_transport import SerialTransport
 from terminal.session import Result, Terminal
 from terminal.state import DEFAULT_PATH, Config, Store, open_store
-from terminal.transport import TcpTransport, parse_address
+from terminal.transport import TcpTransport, Transport, parse_address
 
 HELP = __doc__.split("\n\n", 1)[1] if __doc__ else ""
 
@@ -108,6 +109,14 @@ def _tracer(direction: str, payload: bytes, elapsed: float) -> None:
     click.echo(receipt.render_frame(direction, payload, elapsed), err=True)
 
 
+def _transport(config: Config) -> Transport:
+    """TCP to host:port, or the serial line when the terminal was initialised with --serial."""
+    if config.serial:
+        trace = (lambda line: click.echo(line, err=True)) if _opts().trace else None
+        return SerialTransport(config.serial, trace=trace)
+    return TcpTransport(config.host, config.port)
+
+
 def _run_online(action: Callable[[Terminal], Awaitable[Result]]) -> NoReturn:
     """Open the state, take the line, run ``action`` under trio, report."""
     terminal: Terminal | None = None
@@ -116,7 +125,7 @@ def _run_online(action: Callable[[Terminal], Awaitable[Result]]) -> NoReturn:
         try:
             with store.online_lock():
                 config = store.config()
-                transport = TcpTransport(config.host, config.port)
+                transport = _transport(config)
                 terminal = Terminal(store, transport, tracer=_tracer if _opts().trace else None)
                 result = trio.run(_with_transport, terminal, action)
         finally:
@@ -168,7 +177,9 @@ def _text_field(value: str, length: int, what: str) -> str:
 @click.option("--tmk", help="Terminal master key, 32 hex digits.")
 @click.option("--tmk-component", "components", multiple=True,
               help="TMK component (32 hex); repeat: the TMK is their XOR.")
-@click.option("--host", "address", required=True, help="Host address HOST:PORT.")
+@click.option("--host", "address", help="Host address HOST:PORT.")
+@click.option("--serial", default=None, metavar="PORT[,baud=9600][,framing=stx|length]",
+              help="Reach the host over this serial line instead of --host.")
 @click.option("--mac", type=click.Choice(sorted(MAC_ALGORITHMS)), default="x919",
               show_default=True, help="MAC algorithm agreed with the host.")
 @click.option("--nii", default="0003", show_default=True, help="Destination NII (4 digits).")
@@ -179,28 +190,35 @@ def _text_field(value: str, length: int, what: str) -> str:
 @click.option("--attempts", type=click.IntRange(min=1), default=3, show_default=True,
               help="Reversal sends per command before giving up (it stays pending).")
 @_common(trace=False)
-def init(tid: str, mid: str, tmk: str | None, components: tuple[str, ...], address: str,
-         mac: str, nii: str, timeout: float, backoff: float, attempts: int) -> None:
+def init(tid: str, mid: str, tmk: str | None, components: tuple[str, ...],
+         address: str | None, serial: str | None, mac: str, nii: str, timeout: float,
+         backoff: float, attempts: int) -> None:
     """Create or reset the terminal: identity, host, TMK (prints only its KCV)."""
 
     def parse() -> tuple[Config, bytes]:
         if bool(tmk) == bool(components):
             raise BadInput("give --tmk or --tmk-component (not both)")
         key = parse_key_hex(tmk) if tmk else combine_components(list(components))
-        try:
-            host, port = parse_address(address)
-        except ValueError as exc:
-            raise BadInput(str(exc)) from None
+        if bool(address) == bool(serial):
+            raise BadInput("give --host HOST:PORT or --serial PORT[,...] (one of them)")
+        host, port = "", 0
+        if serial:
+            SerialTransport(serial)  # checks the line spec now, not at the first transaction
+        else:
+            try:
+                host, port = parse_address(address or "")
+            except ValueError as exc:
+                raise BadInput(str(exc)) from None
         if len(nii) != 4 or not nii.isdigit():
             raise BadInput("NII must be 4 digits")
         config = Config(_text_field(tid, 8, "TID"), _text_field(mid, 15, "MID"), host, port,
-                        nii, mac, timeout, backoff, attempts)
+                        nii, mac, timeout, backoff, attempts, serial or "")
         return config, key
 
     config, key = _guard(parse)
     _offline(lambda store: store.initialise(config, key))
     data = {"command": "init", "status": "done", "tid": config.tid, "mid": config.mid,
-            "host": f"{config.host}:{config.port}", "mac": mac, "kcv_tmk": kcv_hex(key),
+            "host": config.endpoint, "mac": mac, "kcv_tmk": kcv_hex(key),
             "state": os.path.abspath(_opts().state)}
     _emit(data, f"INIT  DONE\n  TID {config.tid}   MID {config.mid}\n"
                 f"  host {data['host']}  MAC {mac}\n  TMK KCV {data['kcv_tmk']}\n"
@@ -395,7 +413,7 @@ def status() -> None:
         phase, sent = store.settlement_progress()
         entries = store.batch_entries()
         data = {
-            "tid": config.tid, "mid": config.mid, "host": f"{config.host}:{config.port}",
+            "tid": config.tid, "mid": config.mid, "host": config.endpoint,
             "nii": config.nii, "mac": config.mac, "timeout": config.timeout,
             "stan": row["stan"], "batch": row["batch"], "signed_on": bool(row["signed_on"]),
             "sign_on_again": bool(row["sign_on_again"]), **{

@@ -35,7 +35,7 @@ CREATE TABLE IF NOT EXISTS terminal (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     tid TEXT NOT NULL, mid TEXT NOT NULL, host TEXT NOT NULL, port INTEGER NOT NULL,
     nii TEXT NOT NULL, mac TEXT NOT NULL, timeout REAL NOT NULL, backoff REAL NOT NULL,
-    attempts INTEGER NOT NULL,
+    attempts INTEGER NOT NULL, serial TEXT NOT NULL DEFAULT '',
     stan TEXT NOT NULL DEFAULT '000000', batch TEXT NOT NULL DEFAULT '000000',
     tmk BLOB NOT NULL, pik BLOB, mak BLOB,
     signed_on INTEGER NOT NULL DEFAULT 0, sign_on_again INTEGER NOT NULL DEFAULT 0,
@@ -75,6 +75,12 @@ class Config:
     timeout: float = 30.0
     backoff: float = 2.0
     attempts: int = 3
+    serial: str = ""
+    """A serial line spec (host.serialline.LineSettings) used instead of host:port when set."""
+
+    @property
+    def endpoint(self) -> str:
+        return f"serial {self.serial}" if self.serial else f"{self.host}:{self.port}"
 
     @property
     def profile(self) -> Profile:
@@ -140,6 +146,13 @@ class Store:
             os.umask(old_umask)
         self._db.row_factory = sqlite3.Row
         self._db.executescript(_SCHEMA)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """State files written before the serial column existed gain it (empty: TCP)."""
+        columns = {r["name"] for r in self._db.execute("PRAGMA table_info(terminal)")}
+        if "serial" not in columns:
+            self._db.execute("ALTER TABLE terminal ADD COLUMN serial TEXT NOT NULL DEFAULT ''")
 
     def close(self) -> None:
         self._db.close()
@@ -185,9 +198,9 @@ class Store:
             db.execute("DELETE FROM terminal")
             db.execute(
                 "INSERT INTO terminal (id, tid, mid, host, port, nii, mac, timeout, backoff,"
-                " attempts, tmk) VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " attempts, serial, tmk) VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (config.tid, config.mid, config.host, config.port, config.nii, config.mac,
-                 config.timeout, config.backoff, config.attempts, tmk),
+                 config.timeout, config.backoff, config.attempts, config.serial, tmk),
             )
 
     @staticmethod
@@ -211,7 +224,7 @@ class Store:
     def config(self) -> Config:
         r = self.row()
         return Config(r["tid"], r["mid"], r["host"], r["port"], r["nii"], r["mac"],
-                      r["timeout"], r["backoff"], r["attempts"])
+                      r["timeout"], r["backoff"], r["attempts"], r["serial"])
 
     def pinpad(self) -> PinPad:
         r = self.row()

@@ -6,6 +6,7 @@ the cable (NAK, retransmission, one transaction)."""
 from __future__ import annotations
 
 import functools
+import json
 import os
 import tty
 from collections.abc import AsyncIterator, Callable
@@ -218,3 +219,38 @@ async def test_serve_serial_lines_next_to_tcp_terminals(running_host: Any) -> No
 async def _sign_on_and_sell(kit: TestTerminal, host: Any) -> None:
     assert (await kit.sign_on()).code == "00"
     assert (await kit.sale(host.cards["good"], 100)).code == "00"
+
+
+async def test_posterm_cli_initialised_with_serial_runs_over_the_line(
+    running_host: Any, tmp_path: Path
+) -> None:
+    """`posterm init --serial PORT` makes every later command use the line, not TCP."""
+    from tests.test_term_cli import TMK, TRACK2, arun
+
+    state = tmp_path / "cli.db"
+    with trio.fail_after(E2E_TIMEOUT):
+        async with serial_host(running_host, "stx", "serve") as cable:
+            init = await arun(state, "init", "--tid", running_host.tid, "--mid",
+                              running_host.mid, "--tmk", TMK, "--serial",
+                              f"{cable.a},baud=115200", "--timeout", "5")
+            assert init.exit_code == 0, init.output
+            assert f"serial {cable.a}" in init.output
+            before = transaction_count(running_host)
+            signon = await arun(state, "--json", "signon")
+            assert signon.exit_code == 0, signon.output
+            sale = await arun(state, "--json", "sale", "12.34", "--track2", TRACK2,
+                              "--pin", "1234")
+            assert sale.exit_code == 0, sale.output
+            assert json.loads(sale.output)["response_code"] == "00"
+            assert transaction_count(running_host) == before + 1
+
+
+def test_posterm_init_needs_exactly_one_of_host_and_serial(tmp_path: Path) -> None:
+    from tests.test_term_cli import TMK, run
+
+    base = ["init", "--tid", "12345678", "--mid", "123456789012345", "--tmk", TMK]
+    neither = run(tmp_path / "a.db", *base)
+    both = run(tmp_path / "b.db", *base, "--host", "127.0.0.1:5000", "--serial", "/dev/null")
+    bad = run(tmp_path / "c.db", *base, "--serial", "/dev/ttyS0,baud=fast")
+    for result in (neither, both, bad):
+        assert result.exit_code == 2, result.output
