@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pstats
 import subprocess
 import sys
@@ -117,6 +118,7 @@ def _point(server: procs.Server, fleet: Fleet, n: int, seconds: float, warmup: f
            rate: float | None, generator: str = "builtin",
            workdir: Path | None = None) -> dict[str, Any]:
     cpu0 = server.cpu_seconds()
+    load_before = os.getloadavg()[0]
     if generator == "posterm":
         assert workdir is not None
         result = posterm_load(server.port, fleet, n, seconds + warmup, rate, workdir)
@@ -124,6 +126,7 @@ def _point(server: procs.Server, fleet: Fleet, n: int, seconds: float, warmup: f
         result = trio.run(run_load, "127.0.0.1", server.port, fleet, n, seconds, warmup, rate)
     status = server.status()
     result["server_cpu_s"] = round(server.cpu_seconds() - cpu0, 2)
+    result["loadavg_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     done = result["transactions"] or 1
     result["server_cpu_us_per_txn"] = round(result["server_cpu_s"] / done * 1e6 * (
         result["elapsed_s"] / (result["elapsed_s"] + warmup)), 1)
@@ -138,7 +141,8 @@ def _summary_line(label: str, r: dict[str, Any]) -> str:
             f"p50 {lat['p50']:>7.2f}  p95 {lat['p95']:>7.2f}  p99 {lat['p99']:>7.2f}  "
             f"max {lat['max']:>8.2f} ms  errors {r['error_count']}  declined {r['declined']}  "
             f"peak RSS {r.get('server_peak_rss', 0) / 2**20:.1f} MiB  "
-            f"server CPU {r.get('server_cpu_us_per_txn', 0):.0f} us/txn")
+            f"server CPU {r.get('server_cpu_us_per_txn', 0):.0f} us/txn  "
+            f"load {r.get('loadavg_1min', ['?'])[-1]}")
 
 
 AREAS = (("hsm_sim/", "HSM (embedded)"), ("Crypto/", "pycryptodome"), ("cffi", "pycryptodome"),
