@@ -15,6 +15,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime
+from functools import cached_property
 
 from host import rules
 from host.db import Card, PanProtector, get_meta, load_card, set_meta
@@ -74,15 +75,15 @@ class Request:
     now: datetime
     pin: PinResult = PinResult.ABSENT
 
-    @property
+    @cached_property
     def tid(self) -> str:
         return self.doc["41"].strip()
 
-    @property
+    @cached_property
     def batch(self) -> int:
         return int(decode_field60(self.doc["60"]).batch)
 
-    @property
+    @cached_property
     def key(self) -> tuple[str, int, str, str]:
         return (self.tid, self.batch, self.doc["11"], self.doc["t"])
 

@@ -25,10 +25,11 @@ def host_fields(kind: MessageKind, request: Mapping[str, str], now: datetime,
                 rrn: str) -> dict[str, str]:
     """The fields the host fills, limited to those the kind's response may carry."""
     allowed = kind.response_mandatory | kind.response_optional | kind.response_on_approval
+    mmdd = f"{now.month:02d}{now.day:02d}"  # strftime("%m%d"), without its cost
     candidates = {
-        "12": now.strftime("%H%M%S"),
-        "13": now.strftime("%m%d"),
-        "15": now.strftime("%m%d"),
+        "12": f"{now.hour:02d}{now.minute:02d}{now.second:02d}",
+        "13": mmdd,
+        "15": mmdd,
         "32": ACQUIRER_ID,
         "37": rrn,
         "44": f"{ISSUER_ID:<11}{ACQUIRER_ID:<11}",

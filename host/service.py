@@ -12,8 +12,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-import iso8583
-
 from host import rules
 from host.db import Terminal, load_card, load_terminal
 from host.errors import CloseConnection, HostError, ProtocolError
@@ -34,11 +32,13 @@ from specs.composite import (
     encode_key_data,
 )
 from specs.errors import DecodeError, FramingError, SpecError, ValidationError
-from specs.fields import MAC_FIELD, MAC_LENGTH, SPEC
+from specs.fields import MAC_FIELD
 from specs.framing import BODY_OFFSET, SIGN_ON_AGAIN, Frame, encode_frame_tcp
 from specs.messages import (
     Message,
+    attach_mac,
     decode_message,
+    encode_for_mac,
     encode_message,
     mac_block,
     message_mac,
@@ -76,15 +76,10 @@ class TerminalCache:
         self._rows.pop(tid, None)
 
 
-def salvage_tid(body: bytes) -> str | None:
-    """The TID of a body that does not decode, when the bytes up to F41 do."""
-    try:
-        doc, _ = iso8583.decode(body, SPEC)
-    except iso8583.DecodeError as exc:
-        doc = exc.doc_dec
-    except Exception:
-        return None
-    tid = doc.get("41")
+def salvage_tid(partial: Mapping[str, str]) -> str | None:
+    """The TID of a body that does not decode, when the bytes up to F41 did
+    (``partial`` is :attr:`DecodeError.partial`)."""
+    tid = partial.get("41")
     return tid if isinstance(tid, str) and tid.strip() and tid.isprintable() else None
 
 
@@ -121,15 +116,16 @@ class HostService:
         ex = self._decode(frame)
         response = await self._answer(ex)
         out = await self._encode(ex, response)
-        ms = (time.perf_counter() - started) * 1000
-        log.info("%s -> rc=%s ms=%.1f", summarize(ex.request), response.get("39"), ms)
+        if log.isEnabledFor(logging.INFO):
+            ms = (time.perf_counter() - started) * 1000
+            log.info("%s -> rc=%s ms=%.1f", summarize(ex.request), response.get("39"), ms)
         return out
 
     def _decode(self, frame: Frame) -> Exchange:
         try:
             return Exchange(frame, decode_message(frame.body, offset=BODY_OFFSET))
         except DecodeError as exc:
-            tid = salvage_tid(frame.body)
+            tid = salvage_tid(exc.partial)
             mti = frame.body[:2].hex()
             if tid is None or not mti.isdigit():
                 raise CloseConnection(f"undecodable frame: {exc}") from None
@@ -258,12 +254,10 @@ class HostService:
                      and code not in NO_MAC_CODES)
         try:
             if needs_mac and terminal is not None and terminal.mak_lmk:
-                placeholder = dict(response)
-                placeholder[MAC_FIELD] = "00" * MAC_LENGTH
-                block = mac_block(encode_message(placeholder))
+                block = encode_for_mac(response)
                 mac = await self.hsm.generate_mac(terminal.mak_lmk, block,
                                                   terminal.mac_algorithm)
-                body = block + mac
+                body = attach_mac(block, mac)
             else:
                 body = encode_message(response)
         except (SpecError, HsmError) as exc:

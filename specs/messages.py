@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import binascii
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import iso8583
 
@@ -296,13 +297,23 @@ MacFunction = Callable[[bytes], bytes]
 def encode_with_mac(doc: Mapping[str, str], generate_mac: MacFunction) -> bytes:
     """Encode with F64 = generate_mac(MAC block); the block runs from the MTI to the byte
     before F64, with bitmap bit 64 already set (protocol.md section 4)."""
+    block = encode_for_mac(doc)
+    return attach_mac(block, generate_mac(block))
+
+
+def encode_for_mac(doc: Mapping[str, str]) -> bytes:
+    """The MAC block of ``doc`` encoded with F64 (whatever F64 ``doc`` has is replaced): for
+    callers that get the MAC asynchronously, then finish with :func:`attach_mac`."""
     placeholder = dict(doc)
     placeholder[MAC_FIELD] = "00" * MAC_LENGTH
-    body = encode_message(placeholder)
-    mac = generate_mac(mac_block(body))
+    return mac_block(encode_message(placeholder))
+
+
+def attach_mac(block: bytes, mac: bytes) -> bytes:
+    """The encoded message: a block from :func:`encode_for_mac` followed by its 8-byte MAC."""
     if len(mac) != MAC_LENGTH:
         raise EncodeError("MAC must be 8 bytes", field=MAC_FIELD)
-    return body[:-MAC_LENGTH] + mac
+    return block + mac
 
 
 def mac_block(body: bytes) -> bytes:
@@ -323,6 +334,9 @@ def field60_for(kind: MessageKind, batch: str) -> str:
 
 
 def _require(doc: Mapping[str, str], mandatory: frozenset[str], allowed: frozenset[str]) -> None:
+    keys = doc.keys()
+    if mandatory <= keys and all(k in allowed for k in keys if k.isdigit()):
+        return
     for key in sorted(mandatory, key=int):
         if key not in doc:
             raise ValidationError(f"mandatory field {key} is missing", field=key)
@@ -331,10 +345,35 @@ def _require(doc: Mapping[str, str], mandatory: frozenset[str], allowed: frozens
             raise ValidationError(f"field {key} is not expected here", field=key)
 
 
+@dataclass(frozen=True)
+class _KindSets:
+    """What checking and answering a kind needs, computed once per kind."""
+
+    request_allowed: frozenset[str]
+    echo: tuple[str, ...]
+    response_mti: str
+    response_allowed: frozenset[str]
+    response_checked: frozenset[str]
+
+
+_KIND_SETS: dict[MessageKind, _KindSets] = {}
+
+
+def _sets(kind: MessageKind) -> _KindSets:
+    sets = _KIND_SETS.get(kind)
+    if sets is None:
+        allowed = kind.response_mandatory | kind.response_on_approval | kind.response_optional
+        sets = _KindSets(kind.request_mandatory | kind.request_optional,
+                         (*kind.echo_fields(), *COPIED_FIELDS), kind.response_mti,
+                         allowed, allowed | {MAC_FIELD, "4"})
+        _KIND_SETS[kind] = sets
+    return sets
+
+
 def validate_request(doc: Mapping[str, str]) -> MessageKind:
     """Identify a request and check its fields against the catalog (error code 30/40)."""
     kind = identify_request(doc)
-    _require(doc, kind.request_mandatory, kind.request_mandatory | kind.request_optional)
+    _require(doc, kind.request_mandatory, _sets(kind).request_allowed)
     if kind.condition_code is not None and doc.get("25") != kind.condition_code:
         raise ValidationError("condition code must be 00", field="25")
     if kind.type_code is not None and doc["60"][0:2] != kind.type_code:
@@ -367,8 +406,9 @@ def build_response(
     """A response to ``request``: MTI + 10, echo fields and COPIED_FIELDS copied, then
     ``fields`` (which must include 39). Checked against the kind's response fields; F64 is
     added by the caller."""
-    doc: Message = {"t": kind.response_mti}
-    for key in (*kind.echo_fields(), *COPIED_FIELDS):
+    sets = _sets(kind)
+    doc: Message = {"t": sets.response_mti}
+    for key in sets.echo:
         if key in request:
             doc[key] = request[key]
     doc.update(fields)
@@ -376,11 +416,11 @@ def build_response(
     mandatory = kind.response_mandatory - ({"4"} if "4" not in request else set())
     if code == APPROVED:
         mandatory = mandatory | kind.response_on_approval
-    allowed = kind.response_mandatory | kind.response_on_approval | kind.response_optional
+    allowed = sets.response_allowed
     for key in COPIED_FIELDS:
         if key not in allowed:
             doc.pop(key, None)
-    _require(doc, frozenset(mandatory) - {MAC_FIELD}, allowed | {MAC_FIELD, "4"})
+    _require(doc, frozenset(mandatory) - {MAC_FIELD}, sets.response_checked)
     return doc
 
 
