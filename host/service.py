@@ -202,13 +202,16 @@ class HostService:
         try:
             if kind.name == "settlement":
                 totals = decode_settlement_totals(doc["48"])
-                return await self.writer.submit(lambda c: self.ledger.settle(c, req, totals))
+                return await self.writer.submit(lambda c: self.ledger.settle(c, req, totals),
+                                               heavy=True)
             if kind.name == "batch_upload":
                 records = decode_upload_records(doc["48"])
-                return await self.writer.submit(lambda c: self.ledger.upload(c, req, records))
+                return await self.writer.submit(lambda c: self.ledger.upload(c, req, records),
+                                               heavy=True)
             if kind.name == "batch_upload_end":
                 total = decode_upload_end(doc["48"])
-                return await self.writer.submit(lambda c: self.ledger.upload_end(c, req, total))
+                return await self.writer.submit(lambda c: self.ledger.upload_end(c, req, total),
+                                               heavy=True)
         except ValidationError as exc:
             raise ProtocolError(str(exc), exc.response_code) from None
         pin = await self._verify_pin(terminal, doc)
@@ -221,8 +224,8 @@ class HostService:
         keys = await self.hsm.generate_terminal_keys(terminal.tmk_lmk)
         stored = {"pik_lmk": keys.pik_lmk, "pik_kcv": keys.pik_cv.hex().upper(),
                   "mak_lmk": keys.mak_lmk, "mak_kcv": keys.mak_cv.hex().upper()}
-        batch = await self.writer.submit(
-            lambda c: self.ledger.sign_on(c, terminal.tid, stored, now))
+        batch = await self.writer.submit(  # heavy: may close an abandoned upload
+            lambda c: self.ledger.sign_on(c, terminal.tid, stored, now), heavy=True)
         self.terminals.forget(terminal.tid)
         f62 = encode_key_data(KeyData(keys.pik_under_tmk, keys.pik_cv, keys.mak_under_tmk,
                                       keys.mak_cv))
