@@ -555,7 +555,9 @@ class _ChainedCbc:
     def last_block(self, data: bytes) -> bytes:
         with self._lock:
             lead = (self._state ^ self._reset).to_bytes(DES_BLOCK, "big")
-            last = self._cbc.encrypt(lead + data)[-DES_BLOCK:]
+            out = bytearray(DES_BLOCK + len(data))  # a caller's buffer is much cheaper
+            self._cbc.encrypt(lead + data, output=out)
+            last = bytes(out[-DES_BLOCK:])
             self._state = int.from_bytes(last, "big")
         return last
 
