@@ -61,8 +61,8 @@ IDLE_SETTLE_SECONDS = 1.0
 SETTLEMENT_TXNS = 10_000
 """Transactions in the batch whose upload settlement is timed."""
 QUICK_SETTLEMENT_TXNS = 200
-SETTLEMENT_FILL_CONNECTIONS = 16
-"""Concurrent connections (one TID, distinct STANs) used to fill the settlement batch."""
+SETTLEMENT_BATCH = 500
+"""Sales per terminal batch in the settlement benchmark (settlement counts are n3: <= 999)."""
 SETTLEMENT_GOAL_SECONDS = 10.0
 MEMORY_GOAL_BYTES_PER_CONNECTION = 50 * 1024
 RESULTS_DIR = "bench-results"
