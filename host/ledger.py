@@ -1,8 +1,9 @@
 """The acquirer's ledger: applies one request to the store inside the writer's transaction.
 
-Every method runs on the writer thread with a transaction already open: it reads the rows it
-needs, asks host/rules.py for the decision, writes the effects and the idempotence row, and
-returns the response (without F12/F13/F64). Nothing here awaits.
+Every method runs inside the writer's group transaction (on the event loop thread, or on the
+writer's worker thread for heavy jobs; see host/writer.py): it reads the rows it needs, asks
+host/rules.py for the decision, writes the effects and the idempotence row, and returns the
+response (without F12/F13/F64). Nothing here awaits.
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def _txn(row: sqlite3.Row | None) -> Txn | None:
 
 
 class Ledger:
-    """Applies requests to the store. One instance per host, used by the writer thread."""
+    """Applies requests to the store. One instance per host, used by the writer only."""
 
     def __init__(self, pans: PanProtector, rrns: RrnCounter) -> None:
         self.pans = pans
