@@ -95,11 +95,14 @@ def posterm_load(port: int, fleet: Fleet, n: int, seconds: float, rate: float | 
             "--terminals", str(n), "--duration", str(seconds), "--rate", str(rate or 0),
             "--mix", "sale=100", "--tid-prefix", TID_PREFIX, "--mid", fleet.mid,
             "--tmk", fleet.tmk_hex, "--pin", TEST_PIN, "--amount", f"{SALE_AMOUNT / 100:.2f}",
-            "--no-settle", "--state", str(workdir / f"posterm-{n}.db"), "--report", str(report),
-            "--json"]
+            "--no-settle", "--report", str(report), "--json"]
     for pan in fleet.pans[:n]:
         argv += ["--track2", f"{pan}D{CARD_EXPIRY}1010000000000"]
-    subprocess.run(argv, check=True, cwd=procs.ROOT, stdout=subprocess.DEVNULL)
+    env = {**os.environ, "POSTERM_STATE": str(workdir / f"posterm-{n}.db")}
+    done = subprocess.run(argv, cwd=procs.ROOT, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+    if done.returncode != 0:  # the command line holds PANs: show only posterm's own message
+        raise RuntimeError(f"posterm load exited {done.returncode}: {done.stderr[-500:]}")
     raw = json.loads(report.read_text())
     elapsed = raw["elapsed_s"]
     codes = raw.get("response_codes", {})
