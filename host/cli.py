@@ -251,14 +251,14 @@ def card() -> None:
 @click.option("--balance", required=True, help="e.g. 1000.00")
 @click.option("--limit", default=None, help="per-transaction limit, e.g. 5000.00")
 @click.option("--status", type=click.Choice(["active", "lost", "stolen"]), default="active")
-@click.option("--foreign", is_flag=True, help="count as a foreign card at settlement")
 @db_option
 @hsm_options
 def card_add(pan: str, expiry: str, pin: str, balance: str, limit: str | None, status: str,
-             foreign: bool, db_path: Path, hsm: str, lmk: str) -> None:
+             db_path: Path, hsm: str, lmk: str) -> None:
+    """An issuer-simulator card. Domestic (CUP, BIN 62) or foreign follows the BIN."""
     amount, cap = parse_amount(balance), None if limit is None else parse_amount(limit)
-    with_hsm(lambda c: provision.add_card(db_path, c, pan, expiry, pin, amount, cap, status,
-                                          not foreign), hsm, lmk)
+    with_hsm(lambda c: provision.add_card(db_path, c, pan, expiry, pin, amount, cap, status),
+             hsm, lmk)
     click.echo(f"card {reports.mask_pan(pan)} added")
 
 

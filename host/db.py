@@ -32,7 +32,7 @@ CREATE TABLE IF NOT EXISTS cards (
     pan TEXT PRIMARY KEY, expiry TEXT NOT NULL, pvv TEXT NOT NULL, pvki INTEGER NOT NULL,
     balance INTEGER NOT NULL, limit_minor INTEGER, status TEXT NOT NULL,
     pin_tries INTEGER NOT NULL DEFAULT 0, domestic INTEGER NOT NULL DEFAULT 1,
-    created TEXT NOT NULL);
+    created TEXT NOT NULL, pan_hash TEXT);
 CREATE TABLE IF NOT EXISTS batches (
     tid TEXT NOT NULL, batch INTEGER NOT NULL, state TEXT NOT NULL,
     opened_at TEXT NOT NULL, closed_at TEXT, host_totals TEXT, terminal_totals TEXT,
@@ -88,6 +88,19 @@ def initialise(conn: sqlite3.Connection) -> None:
     conn.executescript(SCHEMA)
     conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
     conn.execute("INSERT OR IGNORE INTO meta VALUES ('pan_salt', ?)", (secrets.token_hex(16),))
+    _hash_card_pans(conn)
+
+
+def _hash_card_pans(conn: sqlite3.Connection) -> None:
+    """Give every card its keyed PAN hash (databases made before cards carried it)."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(cards)")}
+    if "pan_hash" not in columns:
+        conn.execute("ALTER TABLE cards ADD COLUMN pan_hash TEXT")
+    conn.execute("CREATE INDEX IF NOT EXISTS cards_pan_hash ON cards (pan_hash)")
+    pans = PanProtector.load(conn)
+    missing = [row[0] for row in conn.execute("SELECT pan FROM cards WHERE pan_hash IS NULL")]
+    conn.executemany("UPDATE cards SET pan_hash = ? WHERE pan = ?",
+                     [(pans.hash(pan), pan) for pan in missing])
 
 
 def open_store(db_path: Path | str, *, check_same_thread: bool = True) -> sqlite3.Connection:

@@ -24,6 +24,7 @@ from host.limits import BATCH_FIRST, BATCH_MAX, RRN_RESTART_GAP
 from host.responses import replayed, respond, storable
 from host.rules import PinResult, Txn
 from specs.catalog import KINDS, MessageKind
+from specs.codes import DOMESTIC_ORGANISATION, card_organisation
 from specs.composite import (
     Field60,
     SettlementTotals,
@@ -247,6 +248,7 @@ class Ledger:
         if card is not None:
             self._move(conn, pan, decision)
         extra = dict(decision.extra)
+        extra["63"] = card_organisation(pan) if pan else DOMESTIC_ORGANISATION
         if decision.approved and req.kind.name in ("sale", "void", "balance"):
             extra["38"] = new_auth_code()
         response = self.reply(req, decision.code, extra)
@@ -296,11 +298,8 @@ class Ledger:
             conn.execute("UPDATE txns SET reversed=1, reversal_reason=? WHERE id=?",
                          (reason, original.id))
             if decision.undo:
-                pan_row = conn.execute(
-                    "SELECT pan FROM cards WHERE pan = ?", (rules.card_pan(doc),)).fetchone()
-                if pan_row is not None:
-                    conn.execute("UPDATE cards SET balance = balance + ? WHERE pan = ?",
-                                 (decision.undo, pan_row[0]))
+                conn.execute("UPDATE cards SET balance = balance + ? WHERE pan_hash = ?",
+                             (decision.undo, original.pan_hash))
             if decision.restore_sale is not None:
                 conn.execute("UPDATE txns SET voided_by=NULL WHERE id=?", (decision.restore_sale,))
         response = self.reply(req, decision.code, rrn=original.rrn if original else None)

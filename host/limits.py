@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from specs.codes import CURRENCY_CNY, DOMESTIC_ORGANISATION
 from specs.framing import MAX_FRAME_LENGTH
 
 __all__ = ["MAX_FRAME_LENGTH"]
@@ -36,9 +37,9 @@ ACQUIRER_ID = "48020000"
 """F32 acquiring institution id (lab value)."""
 ISSUER_ID = "48020000"
 """Issuer id of the on-us issuer simulator (first half of F44)."""
-ORGANISATION = "CUP"
-"""Card organisation code at the start of F63 in responses."""
-CURRENCY = "156"
+ORGANISATION = DOMESTIC_ORGANISATION
+"""F63 of responses that concern no card (the card's organisation otherwise)."""
+CURRENCY = CURRENCY_CNY
 """Currency of the issuer simulator's accounts (CNY)."""
 BATCH_FIRST = 1
 BATCH_MAX = 999_999

@@ -11,12 +11,13 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
-from host.db import open_store
+from host.db import PanProtector, open_store
 from host.errors import ConfigError
 from host.hsm import TMK_TYPE, check_lmk, ensure_pvk
 from host.rules import CARD_STATUSES
 from hsm_sim.client import HsmClient
 from hsm_sim.errors import HsmError
+from specs.codes import DOMESTIC_ORGANISATION, card_organisation
 
 MAC_ALGORITHMS = ("x919", "cup-ecb")
 TID_LENGTH = 8
@@ -98,9 +99,16 @@ def _check_card(pan: str, expiry: str, pin: str, status: str) -> None:
 
 async def add_card(db_path: Path | str, hsm: HsmClient, pan: str, expiry: str, pin: str,
                    balance_minor: int, limit_minor: int | None = None, status: str = "active",
-                   domestic: bool = True) -> None:
-    """An issuer-simulator card; the PIN is kept only as the Visa PVV the HSM computes."""
+                   domestic: bool | None = None) -> None:
+    """An issuer-simulator card; the PIN is kept only as the Visa PVV the HSM computes.
+
+    Domestic or foreign follows the card's organisation by BIN (specs.codes), the same rule
+    that names it in responses' F63, so terminal and host total it on the same side."""
     _check_card(pan, expiry, pin, status)
+    by_bin = card_organisation(pan) == DOMESTIC_ORGANISATION
+    if domestic is not None and domestic != by_bin:
+        raise ConfigError(f"a {card_organisation(pan)} card is "
+                          f"{'domestic' if by_bin else 'foreign'} by its BIN")
     with _store(db_path) as conn:
         await check_lmk(conn, hsm)
         pvk = await ensure_pvk(conn, hsm)
@@ -111,9 +119,9 @@ async def add_card(db_path: Path | str, hsm: HsmClient, pan: str, expiry: str, p
         try:
             conn.execute(
                 "INSERT INTO cards (pan, expiry, pvv, pvki, balance, limit_minor, status,"
-                " domestic, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (pan, expiry, pvv, PVKI, balance_minor, limit_minor, status, int(domestic),
-                 _now()),
+                " domestic, created, pan_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (pan, expiry, pvv, PVKI, balance_minor, limit_minor, status, int(by_bin),
+                 _now(), PanProtector.load(conn).hash(pan)),
             )
         except sqlite3.IntegrityError:
             raise ConfigError("a card with this PAN already exists") from None

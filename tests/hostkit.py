@@ -17,6 +17,12 @@ from hsm_sim.crypto import (
     unwrap_key_tmk,
 )
 from specs.catalog import KINDS, identify_request
+from specs.codes import (
+    CURRENCY_CNY,
+    DOMESTIC_ORGANISATION,
+    OPERATOR_CODE,
+    SECURITY_CONTROL_ISO0_DOUBLE,
+)
 from specs.composite import (
     Field61,
     SettlementTotals,
@@ -43,7 +49,7 @@ from specs.messages import (
     response_needs_mac,
 )
 
-SECURITY_CONTROL = "2600000000000000"
+SECURITY_CONTROL = SECURITY_CONTROL_ISO0_DOUBLE
 ANSWER_TIMEOUT = 10.0
 
 
@@ -175,7 +181,7 @@ class TestTerminal:
     async def sign_on(self) -> Answer:
         doc = build_request("sign_on", {**self._ids(),
                                         "60": field60_for(KINDS["sign_on"], self.batch),
-                                        "63": "01 "})
+                                        "63": OPERATOR_CODE})
         answer = await self.exchange(doc)
         if answer.code == "00":
             keys = decode_key_data(answer["62"])
@@ -212,7 +218,7 @@ class TestTerminal:
 
     def financial(self, kind: str, card: TestCard, amount: int | None, pin: str | None,
                   extra: Mapping[str, str] | None = None, manual: bool = False) -> Message:
-        fields = {**self._ids(), **self.card_fields(card, pin, manual), "49": "156",
+        fields = {**self._ids(), **self.card_fields(card, pin, manual), "49": CURRENCY_CNY,
                   "60": field60_for(KINDS[kind], self.batch), "64": "00" * 8}
         if amount is not None:
             fields["4"] = f"{amount:012d}"
@@ -238,17 +244,17 @@ class TestTerminal:
 
     async def refund(self, card: TestCard, sale: Answer, amount: int) -> Answer:
         batch, trace = decode_field60(sale.request["60"]).batch, sale.request["11"]
-        extra = {"37": sale["37"], "63": "CUP",
+        extra = {"37": sale["37"], "63": DOMESTIC_ORGANISATION,
                  "61": encode_field61(Field61(batch, trace, sale["13"]))}
         return await self.exchange(self.financial("refund", card, amount, None, extra))
 
     def reversal_of(self, original: Mapping[str, str], reason: str = "98",
                     auth_code: str | None = None) -> Message:
+        # protocol.md section 3: the original's fields; 35 is dropped, so a swiped sale's
+        # reversal carries no PAN and the host must find the card from its own record.
         keep = ("2", "3", "4", "11", "14", "22", "25", "41", "42", "49", "60", "61")
         fields = {k: v for k, v in original.items() if k in keep}
         fields.update({"39": reason, "64": "00" * 8})
-        if "2" not in fields and "35" in original:
-            fields["2"] = original["35"].split("D")[0]
         if auth_code:
             fields["38"] = auth_code
         doc: Message = {"t": "0400", **fields}
@@ -259,8 +265,8 @@ class TestTerminal:
 
     async def settle(self, totals: SettlementTotals) -> Answer:
         return await self.exchange(build_request("settlement", {
-            **self._ids(), "48": encode_settlement_totals(totals), "49": "156",
-            "60": field60_for(KINDS["settlement"], self.batch), "63": "01 "}))
+            **self._ids(), "48": encode_settlement_totals(totals), "49": CURRENCY_CNY,
+            "60": field60_for(KINDS["settlement"], self.batch), "63": OPERATOR_CODE}))
 
     async def upload(self, records: list[UploadRecord]) -> Answer:
         return await self.exchange(build_request("batch_upload", {
