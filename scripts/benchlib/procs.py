@@ -42,6 +42,13 @@ def has_serve_command() -> bool:
     return "serve" in getattr(main, "commands", {})
 
 
+def _serve_options() -> set[str]:
+    from host.cli import main
+
+    serve = main.commands["serve"]  # type: ignore[attr-defined]
+    return {opt for param in serve.params for opt in getattr(param, "opts", [])}
+
+
 def host_argv(port: int, db_path: Path, *, profile_to: Path | None = None) -> list[str]:
     """``poshost serve`` on 127.0.0.1:port with the embedded HSM and the test LMK; with
     ``profile_to``, the same under cProfile (stats written on graceful stop)."""
@@ -49,6 +56,8 @@ def host_argv(port: int, db_path: Path, *, profile_to: Path | None = None) -> li
     if has_serve_command():
         module = ["-m", "benchlib.hostcli"]
         args = ["serve", *listen, "--hsm", "embedded", "--lmk", "test"]
+        if "--demo" in _serve_options():
+            args.append("--no-demo")  # the bench provisions its own fleet
         command = [*poshost_command(), *args]
     else:
         module, args = ["-m", "benchlib.hostproc"], listen
