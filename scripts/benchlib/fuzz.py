@@ -203,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     summary["outcomes"] = result["thrown"].get("by_outcome", {})
     summary["violations"] = result["thrown"].get("violations", [])
     summary["flood"] = result["thrown"].get("flood", {})
+    summary["good_errors"] = result["under_fuzz"]["errors"]
     print(json.dumps(summary, indent=2))
     print("fuzz " + ("PASSED" if result["ok"] else "FAILED"), file=sys.stderr)
     return 0 if result["ok"] else 1
