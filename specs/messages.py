@@ -12,7 +12,6 @@ text for an/ans). Fixed an/ans values shorter than their field are space-padded 
 
 from __future__ import annotations
 
-import binascii
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -64,9 +63,6 @@ def decode_message(body: bytes, *, offset: int = 0) -> Message:
     raises :class:`DecodeError` naming the field and byte position, with the fields decoded
     before the fault in its ``partial``.
     """
-    doc = _fast_decode(body)
-    if doc is not None:
-        return doc
     return _decode_checked(body, offset)
 
 
@@ -116,157 +112,6 @@ def _salvage(body: bytes) -> Message:
     return {k: v for k, v in doc.items() if k not in ("h", "p") and isinstance(v, str)}
 
 
-# --------------------------------------------------------------------------- fast codec
-# The message path decodes and encodes every message; pyiso8583 walks its generic spec at
-# about 10 us per field. These walk the dialect's own table instead, for well-formed messages
-# only: anything unusual (a bad nibble, a zero-length or oversized field, a value that does
-# not fit) returns None and the reference path above decides, so results and errors are the
-# reference's by construction (tests/test_perf_codec.py compares both on generated messages).
-
-_NIBBLES, _BYTES, _TEXT = 0, 1, 2
-
-
-def _fast_table() -> dict[int, tuple[str, int, int, int, int, int, str]]:
-    """number -> (key, prefix bytes, max units, fixed units or 0, kind, pad side, check)."""
-    table = {}
-    for number, f in FIELDS.items():
-        spec = SPEC[str(number)]
-        kind = (_NIBBLES if spec["data_enc"] == "b" and spec["len_count"] == "nibbles"
-                else _BYTES if spec["data_enc"] == "b" else _TEXT)
-        pad = 1 if "left_pad" in spec else -1 if "right_pad" in spec else 0
-        fixed = spec["max_len"] if spec["len_type"] == 0 else 0
-        table[number] = (str(number), spec["len_type"], spec["max_len"], fixed, kind, pad,
-                         f.fmt)
-    return table
-
-
-_FAST = _fast_table()
-_FAST_MASK = sum(1 << (64 - n) for n in _FAST)
-_BYTE_FIELDS = [[tuple(_FAST[n] for n in range(8 * i + 1, 8 * i + 9)
-                       if n in _FAST and value >> (8 * i + 8 - n) & 1)
-                 for value in range(256)] for i in range(BITMAP_LENGTH)]
-"""Bitmap byte i, value v -> the table entries of the fields that byte names, in order."""
-
-
-def _present(body: bytes) -> list[tuple[str, int, int, int, int, int, str]]:
-    entries = []
-    for i in range(BITMAP_LENGTH):
-        entries += _BYTE_FIELDS[i][body[MTI_LENGTH + i]]
-    return entries
-
-
-def _fast_decode(body: bytes) -> Message | None:
-    size = len(body)
-    if size < MTI_LENGTH + BITMAP_LENGTH:
-        return None
-    mti = body[:MTI_LENGTH].hex()
-    if not mti.isdigit():
-        return None
-    bits = int.from_bytes(body[MTI_LENGTH : MTI_LENGTH + BITMAP_LENGTH], "big")
-    if bits & ~_FAST_MASK:
-        return None  # bit 1 (secondary bitmap) or a field outside the dialect
-    doc: Message = {"t": mti}
-    pos = MTI_LENGTH + BITMAP_LENGTH
-    for key, len_type, max_len, fixed, kind, pad, fmt in _present(body):
-        if fixed:
-            units = fixed
-        else:
-            digits = body[pos : pos + len_type].hex()
-            if len(digits) != 2 * len_type or not digits.isdigit():
-                return None
-            units = int(digits)
-            if units == 0 or units > max_len:
-                return None
-            pos += len_type
-        width = (units + 1) // 2 if kind == _NIBBLES else units
-        data = body[pos : pos + width]
-        if len(data) != width:
-            return None
-        pos += width
-        if kind == _TEXT:
-            if not data.isascii():
-                return None
-            doc[key] = data.decode("ascii")
-            continue
-        value = data.hex().upper()
-        if kind == _NIBBLES and units & 1:
-            if pad == 1 and value[0] == "0":
-                value = value[1:]
-            elif pad == -1 and value[-1] == "0":
-                value = value[:-1]
-            else:
-                return None
-        if fmt == "n":
-            if not value.isdigit():
-                return None
-        elif fmt == "z" and not set(value) <= _TRACK2:
-            return None
-        doc[key] = value
-    if pos != size:
-        return None
-    return doc
-
-
-def _fast_encode(doc: Mapping[str, str]) -> bytes | None:
-    mti = doc.get("t")
-    if type(mti) is not str or len(mti) != 2 * MTI_LENGTH:
-        return None
-    try:
-        out = [binascii.a2b_hex(mti), b""]
-    except (binascii.Error, ValueError):
-        return None
-    numbers = []
-    for key in doc:
-        if key == "t":
-            continue
-        number = _KEY_NUMBERS.get(key)
-        if number is None:
-            return None
-        numbers.append(number)
-    numbers.sort()
-    bits = 0
-    for number in numbers:
-        key, len_type, max_len, fixed, kind, pad, _fmt = _FAST[number]
-        value = doc[key]
-        if type(value) is not str:
-            return None
-        if kind == _TEXT:
-            if fixed:
-                value = value.ljust(fixed)
-            if not value.isascii():
-                return None
-            data = value.encode("ascii")
-            units = len(data)
-        else:
-            units = len(value)
-            if kind == _NIBBLES and units & 1:
-                if pad == 0:
-                    return None
-                value = "0" + value if pad == 1 else value + "0"
-            try:
-                data = binascii.a2b_hex(value)
-            except (binascii.Error, ValueError):
-                return None
-            if kind == _BYTES:
-                units = len(data)
-        if fixed:
-            if units != fixed:
-                return None
-        else:
-            if units > max_len:
-                return None
-            out.append(_BCD_LENGTHS[len_type][units])
-        out.append(data)
-        bits |= 1 << (64 - number)
-    out[1] = bits.to_bytes(BITMAP_LENGTH, "big")
-    return b"".join(out)
-
-
-_KEY_NUMBERS = {str(n): n for n in _FAST}
-_BCD_LENGTHS = {lt: [bytes.fromhex(f"{u:0{2 * lt}d}") for u in range(10 ** (2 * lt))]
-                for lt in (1, 2)}
-
-
 def _padded(doc: Mapping[str, str]) -> Message:
     out = dict(doc)
     for key, value in doc.items():
@@ -281,9 +126,6 @@ def _padded(doc: Mapping[str, str]) -> Message:
 
 def encode_message(doc: Mapping[str, str]) -> bytes:
     """Encode a message (MTI onwards). Raises :class:`EncodeError` naming the field."""
-    body = _fast_encode(doc)
-    if body is not None:
-        return body
     try:
         body, _ = iso8583.encode(_padded(doc), SPEC)
     except iso8583.EncodeError as exc:
