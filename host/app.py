@@ -9,6 +9,7 @@ from pathlib import Path
 
 import trio
 
+from host.bridge import serve_serial_lines
 from host.db import PanProtector, open_store
 from host.hsm import check_lmk, ensure_pvk, open_hsm
 from host.ledger import Ledger, RrnCounter
@@ -26,6 +27,8 @@ class HostConfig:
     db_path: Path = Path("poshost.db")
     hsm: str = "embedded"
     lmk: str = "test"
+    serial_lines: tuple[str, ...] = ()
+    """Serial line specs (host.serialline.LineSettings) served as terminal connections."""
 
 
 async def run_host(config: HostConfig, *,
@@ -50,6 +53,7 @@ async def run_host(config: HostConfig, *,
             host, port = listeners[0].socket.getsockname()[:2]
             async with trio.open_nursery() as nursery:
                 await nursery.start(writer.run)
+                await nursery.start(serve_serial_lines, config.serial_lines, host, port)
                 log.info("listening on %s:%d (%s)", host, port, info.description)
                 task_status.started((host, port))
                 await Server(service).serve(listeners, stop)

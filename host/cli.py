@@ -17,6 +17,7 @@ import trio
 
 from host import provision, reports
 from host.app import HostConfig, run_host
+from host.bridge import run_bridge
 from host.db import open_store
 from host.demo import init_demo
 from host.errors import HostError
@@ -27,6 +28,7 @@ from specs.view import render_contract
 
 T = TypeVar("T")
 DEFAULT_DB = Path("poshost.db")
+LINE_SPEC = "PORT[,baud=9600][,parity=N][,rtscts=0][,framing=stx|length]"
 DEFAULT_LISTEN = "127.0.0.1:5000"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
@@ -129,14 +131,17 @@ def _print_demo(rows: list[tuple[str, ...]], listen: str) -> None:
 @hsm_options
 @click.option("--demo/--no-demo", default=None,
               help="load the demo data when the database is new (default: with the test LMK)")
-def serve(listen: str, db_path: Path, hsm: str, lmk: str, demo: bool | None) -> None:
+@click.option("--serial", "serial_lines", multiple=True, metavar=LINE_SPEC,
+              help="also serve a terminal on this serial line (repeatable)")
+def serve(listen: str, db_path: Path, hsm: str, lmk: str, demo: bool | None,
+          serial_lines: tuple[str, ...]) -> None:
     """Run the acquiring host until SIGINT/SIGTERM."""
     host, _, port = listen.rpartition(":")
     if not port.isdigit():
         _fail(f"--listen must be HOST:PORT, not {listen!r}")
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     logging.getLogger("hsm_sim.audit").setLevel(logging.WARNING)
-    config = HostConfig(host or "127.0.0.1", int(port), db_path, hsm, lmk)
+    config = HostConfig(host or "127.0.0.1", int(port), db_path, hsm, lmk, serial_lines)
     new_db = not db_path.exists()
 
     async def main() -> None:
@@ -154,6 +159,23 @@ def serve(listen: str, db_path: Path, hsm: str, lmk: str, demo: bool | None) -> 
             sys.stdout.flush()
 
     _run(main)
+
+
+@main.command()
+@click.option("--serial", "line", required=True, metavar=LINE_SPEC,
+              help="the serial line the POS is attached to")
+@click.option("--to", "target", required=True, metavar="HOST:PORT",
+              help="the host speaking the TCP framing (2-byte length)")
+@click.option("--trace", is_flag=True, help="print every frame (masked) and link event")
+def bridge(line: str, target: str, trace: bool) -> None:
+    """Relay a serial POS to a TCP host (the network access controller's role): keeps the
+    TPDU, reconnects with back-off, never loses or duplicates a frame it has ACKed."""
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        _fail(f"--to must be HOST:PORT, not {target!r}")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    echo = partial(click.echo, err=True) if trace else None
+    _run(lambda: run_bridge(line, host, int(port), trace=echo))
 
 
 async def _stop_on_signal(stop: trio.Event) -> None:

@@ -254,3 +254,32 @@ def test_posterm_init_needs_exactly_one_of_host_and_serial(tmp_path: Path) -> No
     bad = run(tmp_path / "c.db", *base, "--serial", "/dev/ttyS0,baud=fast")
     for result in (neither, both, bad):
         assert result.exit_code == 2, result.output
+
+
+async def test_run_host_serves_its_configured_serial_lines(running_host: Any,
+                                                           tmp_path: Path) -> None:
+    """`poshost serve --serial PORT` = HostConfig.serial_lines: run_host bridges each line into
+    its own listener, and posterm on the far end of the cable signs on and sells."""
+    from host.app import HostConfig, run_host
+    from tests.test_term_cli import TMK, TRACK2, arun
+
+    cable = NullModem()
+    state = tmp_path / "cli.db"
+    try:
+        with trio.fail_after(E2E_TIMEOUT):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(cable.run)
+                config = HostConfig("127.0.0.1", 0, running_host.db_path,
+                                    serial_lines=(f"{cable.b},baud=115200",))
+                await nursery.start(run_host, config)
+                init = await arun(state, "init", "--tid", running_host.tid, "--mid",
+                                  running_host.mid, "--tmk", TMK, "--serial",
+                                  f"{cable.a},baud=115200", "--timeout", "5")
+                assert init.exit_code == 0, init.output
+                assert (await arun(state, "signon")).exit_code == 0
+                sale = await arun(state, "--json", "sale", "1.00", "--track2", TRACK2,
+                                  "--pin", "1234")
+                assert json.loads(sale.output)["response_code"] == "00", sale.output
+                nursery.cancel_scope.cancel()
+    finally:
+        cable.close()
