@@ -25,6 +25,8 @@ from host.hsm import TEST_LMK_WARNING_TEXT, open_hsm
 from hsm_sim.client import HsmClient
 from hsm_sim.errors import HsmError
 from specs.view import render_contract
+from terminal.errors import TerminalError
+from terminal.load import terminal_ids
 
 T = TypeVar("T")
 DEFAULT_DB = Path("poshost.db")
@@ -253,6 +255,31 @@ def terminal_add(tid: str, mid: str, tmk: str | None, mac: str, db_path: Path, h
         click.echo("TMK clear components, shown ONCE - inject into the terminal, then destroy:")
         for i, comp in enumerate(components, 1):
             click.echo(f"  component {i}: {comp}")
+
+
+@terminal.command("add-range")
+@click.option("--prefix", required=True, help="TID prefix; TIDs are PREFIX000001, ...")
+@click.option("--count", type=click.IntRange(min=1), required=True)
+@click.option("--mid", required=True)
+@click.option("--tmk", required=True, help="clear TMK, 32 hex, shared by all (lab load tests)")
+@click.option("--mac", type=click.Choice(provision.MAC_ALGORITHMS), default="x919",
+              show_default=True)
+@db_option
+@hsm_options
+def terminal_add_range(prefix: str, count: int, mid: str, tmk: str, mac: str, db_path: Path,
+                       hsm: str, lmk: str) -> None:
+    """COUNT terminals named as `posterm load --tid-prefix PREFIX` expects, for load tests."""
+    try:
+        tids = terminal_ids(prefix, count)
+    except TerminalError as exc:
+        _fail(str(exc))
+
+    async def go(client: HsmClient) -> None:
+        for tid in tids:
+            await provision.add_terminal(db_path, client, tid, mid, tmk, mac)
+
+    with_hsm(go, hsm, lmk)
+    click.echo(f"terminals {tids[0]}..{tids[-1]} added (merchant {mid}, MAC {mac})")
 
 
 @terminal.command("list")

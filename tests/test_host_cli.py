@@ -60,3 +60,20 @@ def test_serve_prints_ready_and_stops_on_sigterm(tmp_path: Path) -> None:
         assert proc.wait(timeout=15) == 0
     finally:
         proc.kill()
+
+
+def test_terminal_add_range_names_terminals_as_posterm_load_expects(tmp_path: Path) -> None:
+    from terminal.load import terminal_ids
+
+    db = str(tmp_path / "r.db")
+    _ok(["merchant", "add", "--mid", "MID000000000001", "--name", "Shop", "--db", db])
+    out = _ok(["terminal", "add-range", "--prefix", "LT", "--count", "12", "--mid",
+               "MID000000000001", "--tmk", "0123456789ABCDEFFEDCBA9876543210", "--db", db])
+    assert "LT000001..LT000012" in out
+    listed = _ok(["terminal", "list", "--db", db])
+    assert all(tid in listed for tid in terminal_ids("LT", 12))
+    assert "LT000013" not in listed
+    crowded = CliRunner().invoke(main, ["terminal", "add-range", "--prefix", "LTXYZ", "--count",
+                                        "1000", "--mid", "MID000000000001", "--tmk",
+                                        "0123456789ABCDEFFEDCBA9876543210", "--db", db])
+    assert crowded.exit_code == 1 and "no room" in crowded.output
