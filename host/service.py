@@ -249,6 +249,21 @@ class HostService:
             ok = False
         return PinResult.OK if ok else PinResult.WRONG
 
+    async def _encode_with_mac(self, response: Message, terminal: Terminal) -> bytes:
+        """Encode with F64 from the HSM. When the HSM cannot MAC (it is down: the answer is
+        then a 96), the answer goes out without F64 rather than not at all: the terminal takes
+        it as a MAC failure and reverses, which is harmless, instead of waiting for nothing."""
+        block = encode_for_mac(response)
+        try:
+            mac = await self.hsm.generate_mac(terminal.mak_lmk or "", block,
+                                              terminal.mac_algorithm)
+        except HsmError as exc:
+            log.error("tid=%s answer %s sent without MAC: %s", terminal.tid,
+                      response.get("39"), exc)
+            unmaced = {k: v for k, v in response.items() if k != MAC_FIELD}
+            return encode_message(unmaced)
+        return attach_mac(block, mac)
+
     async def _encode(self, ex: Exchange, response: Message) -> bytes:
         code = response.get("39", "")
         requirement = SIGN_ON_AGAIN if code in SIGN_ON_AGAIN_CODES else None
@@ -257,12 +272,9 @@ class HostService:
                      and code not in NO_MAC_CODES)
         try:
             if needs_mac and terminal is not None and terminal.mak_lmk:
-                block = encode_for_mac(response)
-                mac = await self.hsm.generate_mac(terminal.mak_lmk, block,
-                                                  terminal.mac_algorithm)
-                body = attach_mac(block, mac)
+                body = await self._encode_with_mac(response, terminal)
             else:
                 body = encode_message(response)
-        except (SpecError, HsmError) as exc:
+        except SpecError as exc:
             raise CloseConnection(f"cannot encode the answer: {exc}") from None
         return encode_frame_tcp(ex.frame.answer(body, requirement=requirement).payload())
