@@ -7,6 +7,7 @@ helpers that compute published vectors on the operator's screen (never for live 
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 from collections.abc import Callable
@@ -98,8 +99,14 @@ def _load_engine(lmk_spec: str, header_length: int) -> HsmEngine:
 @click.option(
     "--lmk", "lmk_spec", required=True, help="'test' (published test LMK) or an LMK file."
 )
+@click.option(
+    "--audit-log", type=click.Path(dir_okay=False), default=None,
+    help="Append the audit log (one line per command: client, command, error code, KCVs) "
+    "to this file instead of stderr.",
+)
 @_hsm_errors
-def serve(host: str, port: int, header_length: int, lmk_spec: str) -> None:
+def serve(host: str, port: int, header_length: int, lmk_spec: str,
+          audit_log: str | None) -> None:
     """Run the HSM on TCP (2-byte length framing, payShield host commands).
 
     Prints one 'hsm-sim ready on HOST:PORT' line when listening; stops on SIGINT/SIGTERM.
@@ -110,8 +117,20 @@ def serve(host: str, port: int, header_length: int, lmk_spec: str) -> None:
                    Y4 import a clear key, Y6 clear components, Y8 generate components
                    (Y4/Y6/Y8 only while the test LMK is loaded, else error 17).
     """
+    _start_audit_log(audit_log)
     engine = _load_engine(lmk_spec, header_length)
     trio.run(_run_server, engine, host, port, header_length)
+
+
+def _start_audit_log(path: str | None) -> None:
+    """The audit lines of hsm_sim.audit, with a timestamp, to ``path`` or stderr. They never
+    carry a key, PIN or PIN block (see hsm_sim.commands)."""
+    handler = logging.FileHandler(path) if path else logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s audit %(message)s"))
+    audit = logging.getLogger("hsm_sim.audit")
+    audit.addHandler(handler)
+    audit.setLevel(logging.INFO)
+    audit.propagate = False
 
 
 # --------------------------------------------------------------------------- LMK

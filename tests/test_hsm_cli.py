@@ -154,7 +154,12 @@ def test_serve_process_ready_line_answers_and_stops(stop_signal: signal.Signals)
         assert result.returncode == 0 and result.stdout.startswith("0000ND00")
         proc.send_signal(stop_signal)
         assert proc.wait(timeout=READY_TIMEOUT) == 0
-        assert "TEST LMK" in proc.stderr.read()
+        err = proc.stderr.read()
+        assert "TEST LMK" in err
+        audit = [line for line in err.splitlines() if " audit " in line]
+        assert any("cmd=BU err=00" in line for line in audit), err
+        assert any("cmd=NC err=00" in line for line in audit), err
+        assert "0406FBB23A5214DF" not in err  # the key under LMK is not logged either
     finally:
         if proc.poll() is None:
             proc.kill()
