@@ -12,15 +12,12 @@ import hmac
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from Crypto.Cipher import DES
-
 from hsm_sim.crypto import (
     encode_pinblock_iso_0,
     encrypt_tdes_ecb,
     generate_kcv,
     generate_mac_cup_ecb,
     generate_mac_x919,
-    get_tdes_cipher,
     unwrap_key_tmk,
 )
 from hsm_sim.errors import HsmError
@@ -35,37 +32,7 @@ MAC_ALGORITHMS: dict[str, Callable[[bytes, bytes], bytes]] = {
 DOUBLE_LENGTH = 16
 
 
-class X919:
-    """ANSI X9.19 MAC under one double-length key, cheap enough for load mode.
-
-    Equal to :func:`hsm_sim.crypto.generate_mac_x919` (checked in the tests) but with two
-    cipher calls per MAC on long-lived objects: single-DES CBC over all blocks but the last
-    (one CBC object whose chaining value is cancelled by XORing it into the next message's
-    first block), then 3DES-EDE (K1, K2, K1) on the last block XOR the chaining value.
-    """
-
-    def __init__(self, key: bytes) -> None:
-        if len(key) != DOUBLE_LENGTH:
-            raise BadInput("X9.19 needs a double-length MAK")
-        self._cbc = DES.new(key[:8], DES.MODE_CBC, iv=bytes(8))
-        self._chain = 0
-        self._ede = get_tdes_cipher(key)
-
-    def __call__(self, data: bytes) -> bytes:
-        if not data or len(data) % 8:
-            data = data + bytes(-len(data) % 8 or 8)
-        chain = 0
-        if len(data) > 8:
-            first = (int.from_bytes(data[:8], "big") ^ self._chain).to_bytes(8, "big")
-            last = self._cbc.encrypt(first + data[8:-8])[-8:]
-            chain = self._chain = int.from_bytes(last, "big")
-        block = (int.from_bytes(data[-8:], "big") ^ chain).to_bytes(8, "big")
-        return self._ede.encrypt(block)
-
-
 def _mac_function(algorithm: str, key: bytes) -> Callable[[bytes], bytes]:
-    if algorithm == "x919":
-        return X919(key)
     generate = MAC_ALGORITHMS[algorithm]
     return lambda data: generate(key, data)
 

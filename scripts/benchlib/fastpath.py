@@ -16,18 +16,15 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass
-from functools import lru_cache
-
-from Crypto.Cipher import DES
 
 from benchlib import wire
+from hsm_sim.crypto import generate_mac_x919 as x919
 from specs.codes import NO_MAC_CODES
 from specs.fields import FIELDS, MAC_LENGTH
 from specs.framing import BITMAP_LENGTH, BODY_OFFSET, HEADER_LENGTH, MTI_LENGTH, TPDU_LENGTH
 
 ECHO = ("3", "4", "11", "41", "42", "60")
 APPROVAL_FIELDS = ("37", "38")
-_ZERO_IV = bytes(8)
 
 
 def _fixed_bytes(number: int) -> int | None:
@@ -76,47 +73,6 @@ def field_slices(body: bytes) -> dict[str, tuple[int, int]]:
     if pos != len(body):
         raise Malformed("trailing or missing bytes")
     return out
-
-
-class _ChainedCbc:
-    """One long-lived DES-CBC object per key (creating one costs more than the MAC itself).
-
-    A CBC object carries its last ciphertext block as the next IV. Prepending the block
-    ``last XOR D(0)`` makes that block encrypt to zero, so the message proper starts from a
-    zero IV, as a fresh object would.
-    """
-
-    def __init__(self, key: bytes) -> None:
-        self.ecb = DES.new(key, DES.MODE_ECB)
-        self.cbc = DES.new(key, DES.MODE_CBC, iv=_ZERO_IV)
-        self.reset_block = self.ecb.decrypt(_ZERO_IV)
-        self.state = _ZERO_IV
-
-    def last_block(self, padded: bytes) -> bytes:
-        lead = (int.from_bytes(self.state, "big") ^ int.from_bytes(self.reset_block, "big"))
-        out = self.cbc.encrypt(lead.to_bytes(8, "big") + padded)
-        self.state = out[-8:]
-        return self.state
-
-
-@lru_cache(maxsize=4096)
-def _chain(key: bytes) -> _ChainedCbc:
-    return _ChainedCbc(key)
-
-
-def x919(mak: bytes, data: bytes) -> bytes:
-    """ANSI X9.19 MAC (zero padding) with long-lived key schedules.
-
-    >>> from hsm_sim.crypto import generate_mac_x919
-    >>> k = bytes.fromhex("0123456789ABCDEFFEDCBA9876543210")
-    >>> x919(k, b"Now is the time for all ").hex().upper()
-    'A1C72E74EA3FA9B6'
-    >>> all(x919(k, bytes([n]) * n) == generate_mac_x919(k, bytes([n]) * n) for n in range(1, 40))
-    True
-    """
-    left, right = _chain(mak[:8]), _chain(mak[8:])
-    last = left.last_block(data + bytes(-len(data) % 8))
-    return left.ecb.encrypt(right.ecb.decrypt(last))
 
 
 @dataclass
