@@ -241,7 +241,7 @@ async def test_posterm_cli_initialised_with_serial_runs_over_the_line(
             sale = await arun(state, "--json", "sale", "12.34", "--track2", TRACK2,
                               "--pin", "1234")
             assert sale.exit_code == 0, sale.output
-            assert json.loads(sale.output)["response_code"] == "00"
+            assert json.loads(sale.stdout)["response_code"] == "00"
             assert transaction_count(running_host) == before + 1
 
 
@@ -279,7 +279,7 @@ async def test_run_host_serves_its_configured_serial_lines(running_host: Any,
                 assert (await arun(state, "signon")).exit_code == 0
                 sale = await arun(state, "--json", "sale", "1.00", "--track2", TRACK2,
                                   "--pin", "1234")
-                assert json.loads(sale.output)["response_code"] == "00", sale.output
+                assert json.loads(sale.stdout)["response_code"] == "00", sale.output
                 nursery.cancel_scope.cancel()
     finally:
         cable.close()
