@@ -458,8 +458,8 @@ def status() -> None:
 def load_command(**kwargs: Any) -> None:
     """Run N emulated terminals against a host; report throughput and latency.
 
-    The terminals (TIDs PREFIX000001 ...) must exist on the host with the TMK given, e.g. for
-    poshost: poshost terminal add --tid LT000001 --mid MID --tmk TMK, once per terminal.
+    The terminals (TIDs PREFIX000001 ...) must exist on the host with the TMK given; on
+    poshost: poshost terminal add-range --prefix LT --count N --mid MID --tmk TMK.
     Progress goes to stderr each second; the summary to stderr; --report writes JSON.
     """
     from terminal.load import LoadSettings, run_load_cli
