@@ -29,6 +29,8 @@ ACCEPT_BACKOFF = 0.1
 """Seconds the accept loop pauses when the process is out of file descriptors."""
 _FD_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+_IDLE, _FRAME, _HANDLER, _SEND = range(4)
+"""Phases of a connection, each with its own deadline on the connection's one cancel scope."""
 
 
 class Server:
@@ -91,52 +93,59 @@ class Server:
                 await stream.aclose()
 
     async def _serve_connection(self, stream: trio.SocketStream) -> None:
+        """Frames in, answers out, under one cancel scope whose deadline moves with the phase:
+        IDLE_TIMEOUT waiting for a frame's first byte, FRAME_TIMEOUT until it is complete,
+        then HANDLER_TIMEOUT and SEND_TIMEOUT (one scope per connection, not per read)."""
         decoder = TcpFrameDecoder()
-        while not self._stopping:
-            payload = await self._read_frame(stream, decoder)
-            if payload is None:
-                return
-            with trio.move_on_after(HANDLER_TIMEOUT) as scope:
+        now = trio.current_time
+        receive = stream.receive_some
+        scope = trio.CancelScope()
+        phase = _IDLE
+        with scope:
+            while not self._stopping:
+                payload = _next_payload(decoder)
+                if payload is None:
+                    if decoder.pending == 0:
+                        phase = _IDLE
+                        scope.deadline = now() + IDLE_TIMEOUT
+                        self._idle.add(scope)
+                        try:
+                            data = await receive(RECEIVE_CHUNK)
+                        finally:
+                            self._idle.discard(scope)
+                        if not data or scope.cancel_called:
+                            return
+                        decoder.feed(data)
+                        payload = _next_payload(decoder)
+                    if payload is None:
+                        phase = _FRAME
+                        scope.deadline = now() + FRAME_TIMEOUT
+                        while payload is None:
+                            data = await receive(RECEIVE_CHUNK)
+                            if not data:
+                                return
+                            decoder.feed(data)
+                            payload = _next_payload(decoder)
+                phase = _HANDLER
+                scope.deadline = now() + HANDLER_TIMEOUT
                 answer = await self.service.handle(payload)
-            if scope.cancelled_caught:
-                raise CloseConnection(f"no answer within {HANDLER_TIMEOUT} s")
-            with trio.fail_after(SEND_TIMEOUT):
+                phase = _SEND
+                scope.deadline = now() + SEND_TIMEOUT
                 await stream.send_all(answer)
+        if scope.cancelled_caught:
+            if phase == _FRAME:
+                raise CloseConnection(f"frame not complete within {FRAME_TIMEOUT} s")
+            if phase == _HANDLER:
+                raise CloseConnection(f"no answer within {HANDLER_TIMEOUT} s")
+            if phase == _SEND:
+                raise trio.TooSlowError
 
-    async def _read_frame(self, stream: trio.SocketStream,
-                          decoder: TcpFrameDecoder) -> bytes | None:
-        """A whole payload, or None on EOF, idle timeout or shutdown while idle."""
-        frame_deadline = trio.current_time() + FRAME_TIMEOUT
-        while True:
-            try:
-                payload = decoder.next_payload()
-            except FramingError as exc:
-                raise CloseConnection(str(exc)) from None
-            if payload is not None:
-                return payload
-            idle = decoder.pending == 0
-            if idle and self._stopping:
-                return None
-            if idle:
-                frame_deadline = trio.current_time() + IDLE_TIMEOUT + FRAME_TIMEOUT
-                scope = trio.CancelScope(deadline=trio.current_time() + IDLE_TIMEOUT)
-                self._idle.add(scope)
-            else:
-                scope = trio.CancelScope(deadline=frame_deadline)
-            try:
-                with scope:
-                    data = await stream.receive_some(RECEIVE_CHUNK)
-            finally:
-                self._idle.discard(scope)
-            if scope.cancelled_caught:
-                if not idle:
-                    raise CloseConnection(f"frame not complete within {FRAME_TIMEOUT} s")
-                return None
-            if not data:
-                return None
-            if idle:
-                frame_deadline = trio.current_time() + FRAME_TIMEOUT
-            decoder.feed(data)
+
+def _next_payload(decoder: TcpFrameDecoder) -> bytes | None:
+    try:
+        return decoder.next_payload()
+    except FramingError as exc:
+        raise CloseConnection(str(exc)) from None
 
 
 def _peer(stream: trio.SocketStream) -> str:
