@@ -1,7 +1,9 @@
 """The HSM client the host uses: one async API over an in-process or a TCP transport.
 
 Both transports carry the same encoded commands (HEADER + CMD + fields); the in-process one
-calls `HsmEngine.handle` directly (no I/O, no checkpoints: fast), the TCP one keeps one
+calls `HsmEngine.handle` directly (no I/O, no checkpoints: fast) and, for the hot commands
+(M6/M8, Y0/Y2, DC), the engine's direct methods, which run the same code as the text
+handlers without encoding the request to text and parsing it back. The TCP one keeps one
 connection guarded by a lock, reconnects once when it breaks, bounds every call with
 `HSM_CALL_TIMEOUT` and raises `HsmUnavailable` when the HSM cannot be reached.
 """
@@ -45,7 +47,7 @@ class Transport(Protocol):
 
 
 class InProcessTransport:
-    """Calls the engine directly."""
+    """Calls the engine directly (`HsmClient` also uses its direct API for hot commands)."""
 
     def __init__(self, engine: HsmEngine, client: str = "in-process") -> None:
         self.engine = engine
@@ -157,6 +159,11 @@ def _split_key(data: str) -> tuple[str, str]:
     return data[:length], data[length:]
 
 
+def _refused(command: str, exc: HsmError) -> HsmError:
+    """The error `HsmClient.call` raises for a refused command, from a direct call's error."""
+    return HsmError(f"HSM refused {command}", code=exc.code)
+
+
 def _scheme_for_length(hex_length: int) -> str:
     schemes = {16: "Z", 32: "U", 48: "T"}
     if hex_length not in schemes:
@@ -170,6 +177,10 @@ class HsmClient:
     def __init__(self, transport: Transport, header: bytes = b"0000") -> None:
         self.transport = transport
         self.header = header
+        self._engine: HsmEngine | None = None
+        self._client = ""
+        if isinstance(transport, InProcessTransport):
+            self._engine, self._client = transport.engine, transport.client
 
     @classmethod
     def in_process(cls, engine: HsmEngine) -> HsmClient:
@@ -264,6 +275,14 @@ class HsmClient:
     async def generate_mac(self, tak: str, data: bytes, algorithm: str) -> bytes:
         """The F64 bytes: 8 binary bytes (x919) or 8 ASCII hex characters (cup-ecb)."""
         self._check_algorithm(algorithm)
+        engine = self._engine
+        if engine is not None:
+            try:
+                if algorithm == "cup-ecb":
+                    return engine.generate_mac_cup(tak, data, client=self._client)
+                return bytes.fromhex(engine.generate_mac(tak, data, client=self._client))
+            except HsmError as exc:
+                raise _refused("Y0" if algorithm == "cup-ecb" else "M6", exc) from None
         length = f"{len(data):04X}".encode()
         if algorithm == "cup-ecb":
             return (await self.call("Y0", b"003" + tak.encode() + length + data))[1]
@@ -273,6 +292,18 @@ class HsmClient:
     async def verify_mac(self, tak: str, data: bytes, mac: bytes, algorithm: str) -> bool:
         """M8 (x919) or Y2 (cup-ecb); False on a mismatch or a malformed MAC."""
         self._check_algorithm(algorithm)
+        engine = self._engine
+        if engine is not None:
+            try:
+                if algorithm == "cup-ecb":
+                    if len(mac) != CUP_MAC_LENGTH or not is_hex(mac.decode("latin-1")):
+                        return False
+                    return engine.verify_mac_cup(tak, data, mac, client=self._client)
+                if len(mac) != X919_MAC_LENGTH:
+                    return False
+                return engine.verify_mac(tak, data, mac.hex().upper(), client=self._client)
+            except HsmError as exc:
+                raise _refused("Y2" if algorithm == "cup-ecb" else "M8", exc) from None
         length = f"{len(data):04X}".encode()
         if algorithm == "cup-ecb":
             if len(mac) != CUP_MAC_LENGTH or not is_hex(mac.decode("latin-1")):
@@ -304,6 +335,14 @@ class HsmClient:
     ) -> bool:
         """DC: True when the PIN matches the PVV, False on 01, HsmError otherwise."""
         account = extract_account_number(pan)
+        engine = self._engine
+        if engine is not None:
+            try:
+                return engine.verify_pin_pvv(tpk, pvk, pinblock, account, str(pvki), pvv,
+                                             pinblock_format=pinblock_format,
+                                             client=self._client)
+            except HsmError as exc:
+                raise _refused("DC", exc) from None
         fields = f"{tpk}{pvk}{pinblock.hex().upper()}{pinblock_format}{account}{pvki}{pvv}"
         code, _ = await self.call("DC", fields.encode("ascii"), ok=("00", "01"))
         return code == "00"

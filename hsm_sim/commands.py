@@ -30,6 +30,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import TypeVar
 
 from hsm_sim import crypto
 from hsm_sim.errors import HsmError
@@ -393,12 +394,18 @@ def _verify_pvv(call: Call, f: Fields, pin_key_type: str) -> bytes:
     fmt, account = _pin_format(f), f.digits(12)
     pvki, pvv = f.digits(1), f.digits(4)
     f.finish()
+    check_pvv(call, pin_key_type, pin_key_field, pvk_field, block, fmt, account, pvki, pvv)
+    return b""
+
+
+def check_pvv(call: Call, pin_key_type: str, pin_key_field: str, pvk_field: str, block: bytes,
+              fmt: str, account: str, pvki: str, pvv: str) -> None:
+    """DC/EC core (text handlers and `HsmEngine.verify_pin_pvv`): error 01 on a mismatch."""
     pin_key = call.key(pin_key_type, pin_key_field)
     pvk = call.key("002", pvk_field)
     pin = crypto.decipher_pinblock(pin_key, block, account, fmt)
     if not hmac.compare_digest(crypto.generate_visa_pvv_account(pvk, pvki, pin, account), pvv):
         raise HsmError("PIN verification failure", code="01")
-    return b""
 
 
 def cmd_dc(call: Call, f: Fields) -> bytes:
@@ -512,6 +519,7 @@ def _mac_head(f: Fields) -> tuple[str, str, str, int]:
 
 
 def _compute_mac(call: Call, req: MacRequest) -> str:
+    """M6 core (text handler and `HsmEngine.generate_mac`); M8 compares with it."""
     key = call.key(req.key_type, req.key_field)
     if req.algorithm == "3":
         mac = crypto.generate_mac_iso9797_alg3(key, req.message, req.padding)
@@ -532,9 +540,14 @@ def cmd_m8(call: Call, f: Fields) -> bytes:
     req = _mac_request(f)
     mac = f.hex(req.mac_hex_length)
     f.finish()
+    check_mac(call, req, mac)
+    return b""
+
+
+def check_mac(call: Call, req: MacRequest, mac: str) -> None:
+    """M8 core (text handler and `HsmEngine.verify_mac`): error 01 on a mismatch."""
     if not hmac.compare_digest(_compute_mac(call, req), mac):
         raise HsmError("MAC verification failure", code="01")
-    return b""
 
 
 def _cup_request(f: Fields) -> tuple[str, str, bytes]:
@@ -546,7 +559,18 @@ def cmd_y0(call: Call, f: Fields) -> bytes:
     """Y0 (extension): UnionPay POS ECB MAC, 8 ASCII hex characters."""
     key_type, key_field, message = _cup_request(f)
     f.finish()
+    return cup_mac(call, key_type, key_field, message)
+
+
+def cup_mac(call: Call, key_type: str, key_field: str, message: bytes) -> bytes:
+    """Y0 core (text handler and `HsmEngine.generate_mac_cup`)."""
     return crypto.generate_mac_cup_ecb(call.key(key_type, key_field), message)
+
+
+def check_cup_mac(call: Call, key_type: str, key_field: str, message: bytes, mac: bytes) -> None:
+    """Y2 core (text handler and `HsmEngine.verify_mac_cup`): error 01 on a mismatch."""
+    if not hmac.compare_digest(cup_mac(call, key_type, key_field, message), mac):
+        raise HsmError("MAC verification failure", code="01")
 
 
 def cmd_y2(call: Call, f: Fields) -> bytes:
@@ -554,9 +578,7 @@ def cmd_y2(call: Call, f: Fields) -> bytes:
     key_type, key_field, message = _cup_request(f)
     mac = f.hex(8).encode()
     f.finish()
-    computed = crypto.generate_mac_cup_ecb(call.key(key_type, key_field), message)
-    if not hmac.compare_digest(computed, mac):
-        raise HsmError("MAC verification failure", code="01")
+    check_cup_mac(call, key_type, key_field, message, mac)
     return b""
 
 
@@ -633,6 +655,77 @@ COMMANDS: dict[bytes, Handler] = {
 }
 
 
+# --------------------------------------------------------------------------- direct API checks
+
+_T = TypeVar("_T")
+_MAC_ALGORITHMS = ("1", "3")
+_MAC_PADDINGS = (0, 1, 2)
+_MAX_MESSAGE = 0xFFFF  # the text commands carry the length in 4H
+
+
+def _digits(value: str, n: int) -> bool:
+    return len(value) == n and value.isascii() and value.isdigit()
+
+
+def _direct_mac_key_type(key_type: str) -> None:
+    if key_type not in MAC_KEY_TYPES:
+        raise HsmError(f"key type {key_type} cannot MAC", code="04")
+
+
+def _direct_message(message: bytes) -> bytes:
+    if len(message) > _MAX_MESSAGE:
+        raise HsmError("message too long", code="15")
+    return bytes(message)
+
+
+def _direct_mac_request(key_type: str, key_field: str, message: bytes, algorithm: str,
+                        padding: int, mac_hex_length: int) -> MacRequest:
+    """The MacRequest the M6/M8 parser would build, with the parser's error codes."""
+    if (algorithm not in _MAC_ALGORITHMS or padding not in _MAC_PADDINGS
+            or mac_hex_length not in (8, 16)):
+        raise HsmError("invalid MAC mode", code="15")
+    _direct_mac_key_type(key_type)
+    return MacRequest(mac_hex_length, algorithm, padding, key_type, key_field,
+                      _direct_message(message))
+
+
+def _direct_m6(call: Call, key_type: str, key_field: str, message: bytes, algorithm: str,
+               padding: int, mac_hex_length: int) -> str:
+    req = _direct_mac_request(key_type, key_field, message, algorithm, padding, mac_hex_length)
+    return _compute_mac(call, req)
+
+
+def _direct_m8(call: Call, key_type: str, key_field: str, message: bytes, algorithm: str,
+               padding: int, mac: str) -> None:
+    if len(mac) not in (8, 16) or not crypto.is_hex(mac):
+        raise HsmError("MAC must be 8H or 16H", code="15")
+    req = _direct_mac_request(key_type, key_field, message, algorithm, padding, len(mac))
+    check_mac(call, req, mac.upper())
+
+
+def _direct_y0(call: Call, key_type: str, key_field: str, message: bytes) -> bytes:
+    _direct_mac_key_type(key_type)
+    return cup_mac(call, key_type, key_field, _direct_message(message))
+
+
+def _direct_y2(call: Call, key_type: str, key_field: str, message: bytes, mac: bytes) -> None:
+    _direct_mac_key_type(key_type)
+    if len(mac) != 8 or not crypto.is_hex(mac.decode("latin-1")):
+        raise HsmError("MAC must be 8H", code="15")
+    check_cup_mac(call, key_type, key_field, _direct_message(message), mac.upper())
+
+
+def _direct_pvv(call: Call, pin_key_type: str, pin_key_field: str, pvk_field: str,
+                pinblock: bytes, fmt: str, account: str, pvki: str, pvv: str) -> None:
+    if (len(pinblock) != crypto.DES_BLOCK or not _digits(account, 12)
+            or not _digits(pvki, 1) or not _digits(pvv, 4)):
+        raise HsmError("malformed PIN verification fields", code="15")
+    if fmt not in crypto.DES_PINBLOCK_FORMATS:
+        raise HsmError(f"PIN block format {fmt} not supported (48 needs an AES key)", code="23")
+    check_pvv(call, pin_key_type, pin_key_field, pvk_field, bytes(pinblock), fmt, account,
+              pvki, pvv)
+
+
 # --------------------------------------------------------------------------- engine
 
 
@@ -669,6 +762,69 @@ class HsmEngine:
             data, code = b"", "15"
         self._audit(client, command, code, call.kcvs)
         return header + response_code(command) + code.encode() + data
+
+    # ------------------------------------------------------------------ direct API
+    # The hot commands as Python calls for an in-process client: the same cores as the text
+    # handlers (one implementation, two entry points), the same HsmError codes and the same
+    # audit line, without encoding the request to text and parsing it back. Verifications
+    # return False where the text command answers 01.
+
+    def generate_mac(self, key_field: str, message: bytes, *, key_type: str = "003",
+                     algorithm: str = "3", padding: int = 1, mac_hex_length: int = 16,
+                     client: str = "-") -> str:
+        """M6: the MAC, `mac_hex_length` (8 or 16) upper-case hex digits."""
+        return self._direct(b"M6", client, _direct_m6, key_type, key_field, message,
+                            algorithm, padding, mac_hex_length)
+
+    def verify_mac(self, key_field: str, message: bytes, mac: str, *, key_type: str = "003",
+                   algorithm: str = "3", padding: int = 1, client: str = "-") -> bool:
+        """M8: True when `mac` (8H or 16H) is the message's MAC, False where M8 answers 01."""
+        return self._direct_verify(b"M8", client, _direct_m8, key_type, key_field, message,
+                                   algorithm, padding, mac)
+
+    def generate_mac_cup(self, key_field: str, message: bytes, *, key_type: str = "003",
+                         client: str = "-") -> bytes:
+        """Y0: the UnionPay ECB MAC, 8 ASCII hex characters."""
+        return self._direct(b"Y0", client, _direct_y0, key_type, key_field, message)
+
+    def verify_mac_cup(self, key_field: str, message: bytes, mac: bytes, *,
+                       key_type: str = "003", client: str = "-") -> bool:
+        """Y2: True when `mac` (8 ASCII hex characters) is the message's UnionPay ECB MAC."""
+        return self._direct_verify(b"Y2", client, _direct_y2, key_type, key_field, message,
+                                   mac)
+
+    def verify_pin_pvv(self, pin_key_field: str, pvk_field: str, pinblock: bytes,
+                       account: str, pvki: str, pvv: str, *, pinblock_format: str = "01",
+                       pin_key_type: str = "002", client: str = "-") -> bool:
+        """DC (TPK, key type 002) / EC (ZPK, 001): True when the PIN matches the PVV."""
+        command = b"EC" if pin_key_type == "001" else b"DC"
+        return self._direct_verify(command, client, _direct_pvv, pin_key_type, pin_key_field,
+                                   pvk_field, pinblock, pinblock_format, account, pvki, pvv)
+
+    def _direct(self, command: bytes, client: str, core: Callable[..., _T], *args: object) -> _T:
+        """Run a core as `handle` runs a handler: audit line, HsmError on a non-00 code."""
+        call = Call(self.lmk)
+        try:
+            result = core(call, *args)
+        except HsmError as exc:
+            self._audit(client, command, exc.code, call.kcvs)
+            raise
+        except Exception:  # as handle: a bug answers 15 and keeps the trace
+            log.exception("unexpected failure in %s", command.decode("ascii", "replace"))
+            self._audit(client, command, "15", call.kcvs)
+            raise HsmError(f"HSM failed {command.decode('ascii')}", code="15") from None
+        self._audit(client, command, "00", call.kcvs)
+        return result
+
+    def _direct_verify(self, command: bytes, client: str, core: Callable[..., object],
+                       *args: object) -> bool:
+        try:
+            self._direct(command, client, core, *args)
+        except HsmError as exc:
+            if exc.code == "01":
+                return False
+            raise
+        return True
 
     @staticmethod
     def _audit(client: str, command: bytes, code: str, kcvs: list[str]) -> None:

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from hsm_sim import crypto
 from hsm_sim.commands import COMMANDS, HsmEngine, ibm_validation_data
+from hsm_sim.errors import HsmError
 from hsm_sim.lmk import (
     LmkSet,
     decrypt_key_under_kek,
@@ -355,3 +356,85 @@ def test_any_bytes_get_an_answer(data: bytes) -> None:
     header = data[:4]
     assert response.startswith(header)
     assert response[len(header) + 2 : len(header) + 4].isdigit()
+
+
+# --------------------------------------------------------------------------- direct API
+
+
+def _direct_vs_text(caplog: pytest.LogCaptureFixture, direct: object, request: bytes
+                    ) -> tuple[object, str, bytes]:
+    """(direct result or error code, text error code, text data), audit lines compared."""
+    caplog.clear()
+    try:
+        result = direct() if callable(direct) else direct
+    except HsmError as exc:
+        result = exc.code
+    direct_audit = [r.getMessage() for r in caplog.records if r.name == "hsm_sim.audit"]
+    caplog.clear()
+    _, err, data = run(request)
+    text_audit = [r.getMessage() for r in caplog.records if r.name == "hsm_sim.audit"]
+    assert [line.replace("client=-", "") for line in direct_audit] == [
+        line.replace("client=-", "") for line in text_audit
+    ]
+    assert len(direct_audit) == 1
+    return result, err, data
+
+
+def test_direct_api_matches_the_text_commands(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="hsm_sim.audit")
+    tak = imported("003", X919_KEY)
+    cup = imported("003", "2222222222222222")
+    for message in (b"Now is the time for all ", bytes(range(200)), b""):
+        fields = f"00131003{tak}{len(message):04X}".encode() + message
+        mac, err, data = _direct_vs_text(caplog, lambda m=message: ENGINE.generate_mac(tak, m),
+                                         b"M6" + fields)
+        assert (err, mac.encode()) == ("00", data)
+        for candidate in (mac, mac[:-1] + ("0" if mac[-1] != "0" else "1")):
+            ok_, err, _ = _direct_vs_text(
+                caplog, lambda m=message, c=candidate: ENGINE.verify_mac(tak, m, c),
+                b"M8" + fields + candidate.encode())
+            assert ok_ == (err == "00") and err in ("00", "01")
+        cup_fields = f"003{cup}{len(message):04X}".encode() + message
+        cup_mac, err, data = _direct_vs_text(
+            caplog, lambda m=message: ENGINE.generate_mac_cup(cup, m), b"Y0" + cup_fields)
+        assert (err, cup_mac) == ("00", data)
+        for candidate in (cup_mac, b"00000000"):
+            ok_, err, _ = _direct_vs_text(
+                caplog, lambda m=message, c=candidate: ENGINE.verify_mac_cup(cup, m, c),
+                b"Y2" + cup_fields + candidate)
+            assert ok_ == (err == "00") and err in ("00", "01")
+    # errors: same Thales code both ways
+    zpk = imported("001", PIK)
+    message = b"abc"
+    code, err, _ = _direct_vs_text(caplog, lambda: ENGINE.generate_mac(zpk, message),
+                                   f"M600131003{zpk}0003".encode() + message)
+    assert code == err != "00"
+    code, err, _ = _direct_vs_text(
+        caplog, lambda: ENGINE.generate_mac(tak, message, key_type="002"),
+        f"M600131002{tak}0003".encode() + message)
+    assert code == err == "04"
+    # PIN verification by PVV
+    _, pvk = _pvk()
+    pin_lmk = ok(f"BA1234F{ACCOUNT}")
+    pvv = ok(f"DG{pvk}{pin_lmk}{ACCOUNT}1")
+    tpk = imported("002", PIK)
+    block = "1B96E39DDF2F5140"
+    for candidate in (pvv, f"{(int(pvv) + 1) % 10000:04d}"):
+        ok_, err, _ = _direct_vs_text(
+            caplog, lambda c=candidate: ENGINE.verify_pin_pvv(tpk, pvk, h(block), ACCOUNT, "1", c),
+            f"DC{tpk}{pvk}{block}01{ACCOUNT}1{candidate}".encode())
+        assert ok_ == (err == "00") and err in ("00", "01")
+    ok_, err, _ = _direct_vs_text(
+        caplog, lambda: ENGINE.verify_pin_pvv(zpk, pvk, h(block), ACCOUNT, "1", pvv,
+                                              pin_key_type="001"),
+        f"EC{zpk}{pvk}{block}01{ACCOUNT}1{pvv}".encode())
+    assert ok_ is True and err == "00"
+    code, err, _ = _direct_vs_text(
+        caplog, lambda: ENGINE.verify_pin_pvv(tpk, pvk, h(block), ACCOUNT, "1", pvv,
+                                              pinblock_format="99"),
+        f"DC{tpk}{pvk}{block}99{ACCOUNT}1{pvv}".encode())
+    assert code == err == "23"
+    code, err, _ = _direct_vs_text(
+        caplog, lambda: ENGINE.verify_pin_pvv(tpk[:-1] + "0", pvk, h(block), ACCOUNT, "1", pvv),
+        f"DC{tpk[:-1]}0{pvk}{block}01{ACCOUNT}1{pvv}".encode())
+    assert code == err
