@@ -184,12 +184,7 @@ def decide_void(
         return Decision(INVALID_TRANSACTION)
     if amount != original.amount:
         return Decision(AMOUNT_MISMATCH)
-    if card is None:
-        return Decision(UNKNOWN_CARD)
-    code, tries = check_pin(card, pin)
-    if code:
-        return Decision(code, pin_tries=tries)
-    return Decision(APPROVED, card_delta=original.amount, pin_tries=tries)
+    return _credit_card(card, pin, original.amount)
 
 
 def decide_refund(
@@ -210,6 +205,11 @@ def decide_refund(
         return Decision(INVALID_TRANSACTION)
     if original.refunded + amount > original.amount:
         return Decision(AMOUNT_MISMATCH)
+    return _credit_card(card, pin, amount)
+
+
+def _credit_card(card: Card | None, pin: PinResult, amount: int) -> Decision:
+    """The card side of a void or refund: known card, PIN if one was entered, then credit."""
     if card is None:
         return Decision(UNKNOWN_CARD)
     code, tries = check_pin(card, pin)
