@@ -26,10 +26,9 @@ import trio
 from specs.catalog import ECHO_FIELDS, identify_request
 from specs.codes import APPROVED, NO_MAC_CODES
 from specs.composite import BALANCED, NOT_BALANCED
-from specs.errors import FramingError
-from specs.fields import FIELDS, FieldDef
+from specs.errors import FramingError, SpecError
 from specs.framing import BODY_OFFSET, TPDU_LENGTH, Frame, TcpFrameDecoder, encode_frame_tcp
-from specs.messages import Message, encode_message
+from specs.messages import Message, encode_message, field_spans
 from specs.pretty import mask_pan
 from terminal import core
 from terminal.cards import Card, check_pin, parse_amount
@@ -136,38 +135,17 @@ class Stats:
         self.completed += 1
 
 
-_WALK = tuple((n, 1 << (64 - n), f) for n, f in sorted(FIELDS.items()))
-_WALK_MASK = sum(m for _, m, _ in _WALK)
-
-
-def _field_end(f: FieldDef, body: bytes, pos: int) -> tuple[int, int]:
-    if f.prefix:
-        width = len(f.prefix) - 1
-        count = int(body[pos : pos + width].hex())
-        start = pos + width
-        return start, start + ((count + 1) // 2 if f.numeric else count)
-    size = (f.length + 1) // 2 if f.numeric else f.max_units
-    return pos, pos + size
-
-
 def scan_fields(body: bytes) -> dict[int, bytes]:
-    """Raw field bytes of a body (MTI onwards), walked with the specs field table.
+    """Raw field bytes of a body (MTI onwards), located by :func:`specs.messages.field_spans`.
 
-    Only for load mode's fast path: anything unusual raises, and the caller then falls back to
-    the full decoder and checks of :func:`core.evaluate`.
+    Only for load mode's fast path: anything unusual raises ValueError, and the caller then
+    falls back to the full decoder and checks of :func:`core.evaluate`.
     """
-    bitmap = int.from_bytes(body[2:10], "big")
-    if bitmap >> 63:
-        raise ValueError("secondary bitmap")
-    fields: dict[int, bytes] = {}
-    pos = 10
-    for number, mask, f in _WALK:
-        if bitmap & mask:
-            start, pos = _field_end(f, body, pos)
-            fields[number] = body[start:pos]
-    if pos != len(body) or bitmap & ~_WALK_MASK:
-        raise ValueError("fields do not fill the body")
-    return fields
+    try:
+        spans = field_spans(body)
+    except SpecError as exc:
+        raise ValueError(str(exc)) from None
+    return {number: body[start:end] for number, (start, end) in spans.items()}
 
 
 _ECHO = tuple(int(k) for k in ECHO_FIELDS)

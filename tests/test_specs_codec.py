@@ -24,6 +24,7 @@ from specs.messages import (
     decode_message,
     encode_message,
     encode_with_mac,
+    field_spans,
     mac_block,
     validate_request,
 )
@@ -228,3 +229,18 @@ def test_composite_field_errors_name_their_field() -> None:
     with pytest.raises(ValidationError) as info:
         decode_key_data("00" * 39)
     assert info.value.field == "62"
+
+
+@settings(max_examples=150, deadline=None)
+@given(messages())
+def test_field_spans_locate_exactly_what_the_codec_encodes(doc: dict[str, str]) -> None:
+    body = encode_message(doc)
+    spans = field_spans(body)
+    assert sorted(spans) == sorted(int(k) for k in doc if k.isdigit())
+    assert max(end for _, end in spans.values()) == len(body)
+    for number, (start, end) in spans.items():
+        f, value = FIELDS[number], doc[str(number)]
+        if f.fmt == "b":
+            assert body[start:end].hex().upper() == value
+        elif not f.numeric:
+            assert body[start:end].decode("ascii") == value

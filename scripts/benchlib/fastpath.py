@@ -20,28 +20,13 @@ from dataclasses import dataclass
 from benchlib import wire
 from hsm_sim.crypto import generate_mac_x919 as x919
 from specs.codes import NO_MAC_CODES
-from specs.fields import FIELDS, MAC_LENGTH
-from specs.framing import BITMAP_LENGTH, BODY_OFFSET, HEADER_LENGTH, MTI_LENGTH, TPDU_LENGTH
+from specs.errors import SpecError
+from specs.fields import MAC_LENGTH
+from specs.framing import BODY_OFFSET, HEADER_LENGTH, MTI_LENGTH, TPDU_LENGTH
+from specs.messages import field_spans
 
 ECHO = ("3", "4", "11", "41", "42", "60")
 APPROVAL_FIELDS = ("37", "38")
-
-
-def _fixed_bytes(number: int) -> int | None:
-    f = FIELDS[number]
-    if f.prefix:
-        return None
-    if f.fmt in ("n", "z"):
-        return (f.length + 1) // 2
-    if f.fmt == "b":
-        return f.length // 8
-    return f.length
-
-
-_LAYOUT: dict[int, tuple[int | None, int, bool]] = {
-    n: (_fixed_bytes(n), {"": 0, "LL": 1, "LLL": 2}[f.prefix], f.fmt in ("n", "z"))
-    for n, f in FIELDS.items()
-}
 
 
 class Malformed(Exception):
@@ -50,29 +35,11 @@ class Malformed(Exception):
 
 def field_slices(body: bytes) -> dict[str, tuple[int, int]]:
     """Start and end offset of every field's data (after any length prefix) in ``body``."""
-    if len(body) < MTI_LENGTH + BITMAP_LENGTH:
-        raise Malformed("short body")
-    bits = int.from_bytes(body[MTI_LENGTH : MTI_LENGTH + BITMAP_LENGTH], "big")
-    pos = MTI_LENGTH + BITMAP_LENGTH
-    out: dict[str, tuple[int, int]] = {}
-    for number in range(2, 65):
-        if not bits >> (64 - number) & 1:
-            continue
-        layout = _LAYOUT.get(number)
-        if layout is None:
-            raise Malformed(f"field {number} not in dialect")
-        fixed, prefix, numeric = layout
-        if fixed is None:
-            count = int(body[pos : pos + prefix].hex())
-            pos += prefix
-            size = (count + 1) // 2 if numeric else count
-        else:
-            size = fixed
-        out[str(number)] = (pos, pos + size)
-        pos += size
-    if pos != len(body):
-        raise Malformed("trailing or missing bytes")
-    return out
+    try:
+        spans = field_spans(body)
+    except SpecError as exc:
+        raise Malformed(str(exc)) from None
+    return {str(number): span for number, span in spans.items()}
 
 
 @dataclass
