@@ -19,6 +19,16 @@ SHUTDOWN_GRACE = 5.0
 """Seconds in-flight transactions get to finish after SIGINT/SIGTERM."""
 MAX_CONNECTIONS = 2000
 """Connections served at once; the next ones are closed on accept."""
+UNPROVEN_PER_SECOND = 250.0
+"""New connections per second that have not yet been answered a frame, at the most: more wait
+in the listen backlog (admission, host/server.py). A connection gives its place back once
+answered, so clean churn is never paced; a flood of garbage cannot starve the terminals that
+are connected."""
+UNPROVEN_BURST = 500
+"""Unproven connections admitted at once before pacing starts (a fleet starting up)."""
+PEER_LOG_PER_SECOND = 10.0
+"""Log lines per second about peers closed for bad input; the rest are counted."""
+PEER_LOG_BURST = 50
 RECEIVE_CHUNK = 4096
 """Bytes read from a socket at a time (bounds per-connection buffers)."""
 TERMINAL_CACHE_TTL = 5.0

@@ -16,11 +16,16 @@ from host.limits import (
     HANDLER_TIMEOUT,
     IDLE_TIMEOUT,
     MAX_CONNECTIONS,
+    PEER_LOG_BURST,
+    PEER_LOG_PER_SECOND,
     RECEIVE_CHUNK,
     SEND_TIMEOUT,
     SHUTDOWN_GRACE,
+    UNPROVEN_BURST,
+    UNPROVEN_PER_SECOND,
 )
 from host.service import HostService
+from host.throttle import LogBudget, TokenBucket
 from specs.errors import FramingError
 from specs.framing import TcpFrameDecoder
 
@@ -34,13 +39,26 @@ _IDLE, _FRAME, _HANDLER, _SEND = range(4)
 
 
 class Server:
-    """Serves a HostService on listeners until ``stop`` is set, then drains gracefully."""
+    """Serves a HostService on listeners until ``stop`` is set, then drains gracefully.
+
+    Admission: each new connection takes a token of an UNPROVEN_PER_SECOND bucket
+    (UNPROVEN_BURST deep) and gives it back once the host has answered it a frame, or when
+    it ends without fault. A connection closed for bad input (undecodable frame, bad length,
+    a frame that never completes, a reset) keeps its token spent. While the bucket is empty
+    new connections wait in the kernel's backlog. So clean churn (terminals that connect per
+    transaction) is never paced, while a flood of garbage gets that many connections a
+    second at the most and the terminals already connected keep their share of the host.
+    Lines about peers closed for bad input are kept to PEER_LOG_PER_SECOND, with a count of
+    those left out."""
 
     def __init__(self, service: HostService) -> None:
         self.service = service
         self.connections = 0
         self._stopping = False
         self._idle: set[trio.CancelScope] = set()
+        self._admission = TokenBucket(UNPROVEN_PER_SECOND, UNPROVEN_BURST,
+                                      trio.current_time())
+        self._peer_log = LogBudget(PEER_LOG_PER_SECOND, PEER_LOG_BURST)
 
     async def serve(self, listeners: list[trio.SocketListener], stop: trio.Event, *,
                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -62,6 +80,10 @@ class Server:
     async def _accept_loop(self, listener: trio.SocketListener,
                            connections: trio.Nursery) -> None:
         while True:
+            wait = self._admission.take(trio.current_time())
+            if wait:
+                await trio.sleep(wait)
+                continue
             try:
                 stream = await listener.accept()
             except OSError as exc:
@@ -78,24 +100,29 @@ class Server:
 
     async def _connection(self, stream: trio.SocketStream) -> None:
         self.connections += 1
-        peer = _peer(stream)
         try:
-            await self._serve_connection(stream)
+            if not await self._serve_connection(stream):
+                self._admission.give(trio.current_time())  # ended cleanly, unanswered
         except CloseConnection as exc:
-            log.warning("peer=%s closed: %s", peer, exc)
+            left_out = self._peer_log.admit(trio.current_time())
+            if left_out is not None and log.isEnabledFor(logging.WARNING):
+                more = f" ({left_out} more closed since, not logged)" if left_out else ""
+                log.warning("peer=%s closed: %s%s", _peer(stream), exc, more)
         except _STREAM_ERRORS as exc:
-            log.info("peer=%s connection lost: %s", peer, exc)
+            if log.isEnabledFor(logging.INFO):
+                log.info("peer=%s connection lost: %s", _peer(stream), exc)
         except Exception:
-            log.exception("peer=%s unexpected failure; connection closed", peer)
+            log.exception("peer=%s unexpected failure; connection closed", _peer(stream))
         finally:
             self.connections -= 1
-            with trio.CancelScope(shield=True), trio.move_on_after(1):
-                await stream.aclose()
+            stream.socket.close()  # what SocketStream.aclose does, without its checkpoint
 
-    async def _serve_connection(self, stream: trio.SocketStream) -> None:
+    async def _serve_connection(self, stream: trio.SocketStream) -> bool:
         """Frames in, answers out, under one cancel scope whose deadline moves with the phase:
         IDLE_TIMEOUT waiting for a frame's first byte, FRAME_TIMEOUT until it is complete,
-        then HANDLER_TIMEOUT and SEND_TIMEOUT (one scope per connection, not per read)."""
+        then HANDLER_TIMEOUT and SEND_TIMEOUT (one scope per connection, not per read).
+        Returns whether the connection gave its admission token back (it was answered)."""
+        proven = False
         decoder = TcpFrameDecoder()
         now = trio.current_time
         receive = stream.receive_some
@@ -114,7 +141,7 @@ class Server:
                         finally:
                             self._idle.discard(scope)
                         if not data or scope.cancel_called:
-                            return
+                            return proven
                         decoder.feed(data)
                         payload = _next_payload(decoder)
                     if payload is None:
@@ -123,7 +150,8 @@ class Server:
                         while payload is None:
                             data = await receive(RECEIVE_CHUNK)
                             if not data:
-                                return
+                                raise CloseConnection("connection closed in the middle of a"
+                                                      " frame")
                             decoder.feed(data)
                             payload = _next_payload(decoder)
                 phase = _HANDLER
@@ -132,6 +160,9 @@ class Server:
                 phase = _SEND
                 scope.deadline = now() + SEND_TIMEOUT
                 await stream.send_all(answer)
+                if not proven:
+                    proven = True
+                    self._admission.give(now())
         if scope.cancelled_caught:
             if phase == _FRAME:
                 raise CloseConnection(f"frame not complete within {FRAME_TIMEOUT} s")
@@ -139,6 +170,7 @@ class Server:
                 raise CloseConnection(f"no answer within {HANDLER_TIMEOUT} s")
             if phase == _SEND:
                 raise trio.TooSlowError
+        return proven
 
 
 def _next_payload(decoder: TcpFrameDecoder) -> bytes | None:
