@@ -8,9 +8,12 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
+
+import trio
 
 from host import rules
 from host.db import Terminal, load_card, load_terminal
@@ -94,6 +97,35 @@ class Exchange:
     undecodable: bool = False
 
 
+class TerminalLanes:
+    """One request at a time per terminal ID: a terminal is half-duplex (it waits for each
+    answer), so two requests in flight under one TID come from a misconfigured twin or a
+    hostile peer. Serialising them keeps such a TID from racing itself (a sign-on against a
+    sale) and from taking more of the host than one terminal's share, whatever number of
+    connections it opens. Waiters are served in arrival order (trio.Lock is fair)."""
+
+    def __init__(self) -> None:
+        self._lanes: dict[str, tuple[trio.Lock, list[int]]] = {}
+
+    @asynccontextmanager
+    async def hold(self, tid: str) -> AsyncIterator[None]:
+        lane = self._lanes.get(tid)
+        if lane is None:
+            lane = self._lanes[tid] = (trio.Lock(), [0])
+        lock, users = lane
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._lanes[tid]
+
+    def __len__(self) -> int:
+        return len(self._lanes)
+
+
 class HostService:
     """Handles frames for every connection (one instance per host)."""
 
@@ -105,6 +137,7 @@ class HostService:
         self.read_conn = read_conn
         self.pvk_lmk = pvk_lmk
         self.terminals = TerminalCache(read_conn)
+        self.lanes = TerminalLanes()
 
     async def handle(self, payload: bytes) -> bytes:
         """Answer one frame payload; raise CloseConnection when it cannot be answered."""
@@ -114,8 +147,9 @@ class HostService:
         except FramingError as exc:
             raise CloseConnection(str(exc)) from None
         ex = self._decode(frame)
-        response = await self._answer(ex)
-        out = await self._encode(ex, response)
+        async with self.lanes.hold(ex.request.get("41", "")):
+            response = await self._answer(ex)
+            out = await self._encode(ex, response)
         if log.isEnabledFor(logging.INFO):
             ms = (time.perf_counter() - started) * 1000
             log.info("%s -> rc=%s ms=%.1f", summarize(ex.request), response.get("39"), ms)
