@@ -53,6 +53,10 @@ FD_SETTLE_TIMEOUT = 20.0
 FD_SLACK = 4
 """Descriptors the host may hold above the baseline afterwards (WAL, log rotation ...)."""
 FUZZ_PROCESS_TIMEOUT = 1800.0
+THROWER_NICE = 19
+"""The hostile process runs at this nice level: attackers bring their own CPUs, and on this
+one shared box an un-niced thrower takes the host's core away (--thrower-nice 0 measures
+that too)."""
 
 
 async def _provision(db: Path, good: int) -> fleet_mod.Fleet:
@@ -106,11 +110,13 @@ async def session(server: procs.Server, fleet: fleet_mod.Fleet, args: argparse.N
     before = {**server.status(), "fds": server.open_fds()}
     cpu_before = server.cpu_seconds()
     out = workdir / "hostile.json"
-    argv = [sys.executable, "-m", "benchlib.hostile", "--port", str(server.port),
-            "--frames", str(args.frames), "--workers", str(args.workers),
+    argv = [*_niced(args.thrower_nice), sys.executable, "-m", "benchlib.hostile",
+            "--port", str(server.port), "--frames", str(args.frames),
+            "--workers", str(args.workers),
             "--seed", str(args.seed), "--drips", str(args.drips),
             "--drip-interval", str(args.drip_interval), "--flood", str(args.flood),
-            "--rate", str(args.hostile_rate), "--out", str(out)]
+            "--rate", str(args.hostile_rate), "--out", str(out),
+            *(["--kinds", args.kinds] if args.kinds else [])]
     done = trio.Event()
     rc: list[int] = []
     started = time.monotonic()
@@ -154,6 +160,10 @@ async def session(server: procs.Server, fleet: fleet_mod.Fleet, args: argparse.N
             "ok": all(checks.values())}
 
 
+def _niced(level: int) -> list[str]:
+    return ["nice", "-n", str(level)] if level else []
+
+
 def _env() -> dict[str, str]:
     import os
 
@@ -166,7 +176,8 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     db = workdir / "fuzz.db"
     fleet = trio.run(_provision, db, args.good)
     port = procs.free_port()
-    with procs.Server(procs.host_argv(port, db), port, workdir / "host.log") as server:
+    argv = procs.host_argv(port, db, profile_to=args.profile)
+    with procs.Server(argv, port, workdir / "host.log") as server:
         result = trio.run(session, server, fleet, args, workdir)
         result["host_exit_after_sigterm"] = server.stop()
     return result
@@ -185,6 +196,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--hostile-rate", type=float, default=HOSTILE_RATE,
                    help="hostile frames per second (0: as fast as the thrower can)")
     p.add_argument("--seed", type=int, default=8)
+    p.add_argument("--thrower-nice", type=int, default=THROWER_NICE,
+                   help="nice level of the hostile process (0: same priority as the host)")
+    p.add_argument("--kinds", help="comma-separated hostile frame kinds (default all)")
+    p.add_argument("--profile", type=Path, help="run the host under cProfile, stats here")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, db)")
     return p
 

@@ -65,6 +65,15 @@ class Hostile:
     """Whether the host receives a whole frame (else the write side is closed after data)."""
 
 
+def select(kinds: list[str]) -> None:
+    """Throw only these kinds (their weights kept)."""
+    global KINDS
+    unknown = set(kinds) - {k for k, _ in KINDS}
+    if unknown:
+        raise SystemExit(f"unknown frame kinds: {', '.join(sorted(unknown))}")
+    KINDS = tuple((k, w) for k, w in KINDS if k in kinds)
+
+
 def base_payloads(tid: str = FUZZ_TID, mid: str = FUZZ_MID) -> list[bytes]:
     """Valid request payloads (TPDU onwards) of most kinds, MACed under a throwaway MAK."""
     keys = wire.Keys(bytes(16), pik=bytes.fromhex("0B681FC20E62C734") * 2,
@@ -324,8 +333,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flood-hold", type=float, default=2.0)
     parser.add_argument("--rate", type=float, default=0.0,
                         help="hostile frames per second in all (0: as fast as possible)")
+    parser.add_argument("--kinds", help="comma-separated frame kinds to throw (default all)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
+    if args.kinds:
+        select(args.kinds.split(","))
     result = trio.run(throw, args.port, args.frames, args.workers, args.seed, args.drips,
                       args.drip_interval, args.flood, args.flood_hold, args.rate)
     with open(args.out, "w") as f:
