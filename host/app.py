@@ -13,6 +13,7 @@ from host.bridge import serve_serial_lines
 from host.db import PanProtector, open_store
 from host.hsm import check_lmk, ensure_pvk, open_hsm
 from host.ledger import Ledger, RrnCounter
+from host.ops import LocalStore
 from host.server import Server
 from host.service import HostService
 from host.writer import Writer
@@ -45,9 +46,9 @@ async def run_host(config: HostConfig, *,
             await check_lmk(conn, hsm)
             pvk = await ensure_pvk(conn, hsm)
             rrns = RrnCounter.load(conn)
-            ledger = Ledger(PanProtector.load(conn), rrns)
             writer = Writer(Path(config.db_path), before_commit=rrns.persist)
-            service = HostService(hsm, writer, ledger, conn, pvk)
+            store = LocalStore(writer, Ledger(PanProtector.load(conn)))
+            service = HostService(hsm, store, rrns, conn, pvk)
             listeners = await trio.open_tcp_listeners(config.listen_port,
                                                       host=config.listen_host)
             host, port = listeners[0].socket.getsockname()[:2]

@@ -41,10 +41,12 @@ RRN_DIGITS = 12
 
 
 class RrnCounter:
-    """Host-unique RRNs: a 12-digit sequence persisted by the writer at each commit."""
+    """Host-unique RRNs: a 12-digit sequence whose high-water mark the writer persists at each
+    commit. With worker processes each worker numbers its own residue class (``offset`` of
+    ``step``), so no two processes ever hand out the same RRN."""
 
-    def __init__(self, start: int) -> None:
-        self._count = itertools.count(start)
+    def __init__(self, start: int, step: int = 1, offset: int = 0) -> None:
+        self._count = itertools.count(start + offset, step)
         self._lock = threading.Lock()
         self.high_water = start
 
@@ -54,13 +56,22 @@ class RrnCounter:
             self.high_water = value
         return f"{value % 10**RRN_DIGITS:0{RRN_DIGITS}d}"
 
+    @staticmethod
+    def restart_base(conn: sqlite3.Connection) -> int:
+        """Where numbering resumes: past the persisted high-water mark by RRN_RESTART_GAP, so
+        numbers handed out (to rejects) after the last commit before a crash never repeat."""
+        return int(get_meta(conn, "rrn") or 0) + RRN_RESTART_GAP + 1
+
     @classmethod
     def load(cls, conn: sqlite3.Connection) -> RrnCounter:
-        stored = int(get_meta(conn, "rrn") or 0)
-        return cls(stored + RRN_RESTART_GAP + 1)
+        return cls(cls.restart_base(conn))
 
     def persist(self, conn: sqlite3.Connection) -> None:
-        set_meta(conn, "rrn", str(self.high_water))
+        persist_rrn_high_water(conn, self.high_water)
+
+
+def persist_rrn_high_water(conn: sqlite3.Connection, value: int) -> None:
+    set_meta(conn, "rrn", str(value))
 
 
 def new_auth_code() -> str:
@@ -75,7 +86,15 @@ class Request:
     doc: Message
     digest: str
     now: datetime
+    rrn: str
+    """The RRN of the answer (numbered by the message path; a reversal answers with its
+    original's)."""
     pin: PinResult = PinResult.ABSENT
+
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+        """Pickled by kind name (what crosses from a worker process to the writer)."""
+        return (_request, (self.kind.name, self.doc, self.digest, self.now, self.rrn,
+                           self.pin))
 
     @cached_property
     def tid(self) -> str:
@@ -90,6 +109,11 @@ class Request:
         return (self.tid, self.batch, self.doc["11"], self.doc["t"])
 
 
+def _request(kind: str, doc: Message, digest: str, now: datetime, rrn: str,
+             pin: PinResult) -> Request:
+    return Request(KINDS[kind], doc, digest, now, rrn, pin)
+
+
 def _txn(row: sqlite3.Row | None) -> Txn | None:
     if row is None:
         return None
@@ -101,15 +125,14 @@ def _txn(row: sqlite3.Row | None) -> Txn | None:
 class Ledger:
     """Applies requests to the store. One instance per host, used by the writer only."""
 
-    def __init__(self, pans: PanProtector, rrns: RrnCounter) -> None:
+    def __init__(self, pans: PanProtector) -> None:
         self.pans = pans
-        self.rrns = rrns
 
     # ------------------------------------------------------------------ common helpers
 
     def reply(self, req: Request, code: str, extra: Mapping[str, str] | None = None,
               rrn: str | None = None) -> Message:
-        return respond(req.kind, req.doc, code, req.now, rrn or self.rrns.next(), extra)
+        return respond(req.kind, req.doc, code, req.now, rrn or req.rrn, extra)
 
     def _remember(self, conn: sqlite3.Connection, req: Request, response: Message) -> None:
         conn.execute(

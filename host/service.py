@@ -10,7 +10,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 import trio
@@ -18,11 +18,11 @@ import trio
 from host import rules
 from host.db import Terminal, load_card, load_terminal
 from host.errors import CloseConnection, HostError, ProtocolError
-from host.ledger import Ledger, Request, field60_of_sign_on
+from host.ledger import Request, RrnCounter, field60_of_sign_on
 from host.limits import TERMINAL_CACHE_TTL
+from host.ops import Store
 from host.responses import minimal_response, request_digest, respond
 from host.rules import PinResult
-from host.writer import Writer
 from hsm_sim.client import HsmClient
 from hsm_sim.errors import HsmError
 from specs.catalog import MessageKind, identify_request
@@ -129,11 +129,11 @@ class TerminalLanes:
 class HostService:
     """Handles frames for every connection (one instance per host)."""
 
-    def __init__(self, hsm: HsmClient, writer: Writer, ledger: Ledger,
+    def __init__(self, hsm: HsmClient, store: Store, rrns: RrnCounter,
                  read_conn: sqlite3.Connection, pvk_lmk: str) -> None:
         self.hsm = hsm
-        self.writer = writer
-        self.ledger = ledger
+        self.store = store
+        self.rrns = rrns
         self.read_conn = read_conn
         self.pvk_lmk = pvk_lmk
         self.terminals = TerminalCache(read_conn)
@@ -213,11 +213,23 @@ class HostService:
         body = ex.frame.body
         ok = await self.hsm.verify_mac(terminal.mak_lmk, mac_block(body), message_mac(body),
                                        terminal.mac_algorithm)
+        if not ok and self._reloaded(ex):  # keys changed since cached (another process)
+            terminal = ex.terminal
+            ok = terminal.mak_lmk is not None and await self.hsm.verify_mac(
+                terminal.mak_lmk, mac_block(body), message_mac(body), terminal.mac_algorithm)
         if not ok:
             raise ProtocolError("request MAC does not verify", MAC_ERROR)
 
+    def _reloaded(self, ex: Exchange) -> bool:
+        """Re-read the terminal's row; whether its MAC key changed from the cached one."""
+        assert ex.terminal is not None
+        cached = ex.terminal
+        self.terminals.forget(cached.tid)
+        ex.terminal = self._terminal(ex)
+        return ex.terminal.mak_lmk != cached.mak_lmk
+
     def _reject(self, ex: Exchange, code: str, now: datetime) -> Message:
-        rrn = self.ledger.rrns.next()
+        rrn = self.rrns.next()
         if ex.kind is None:
             return minimal_response(ex.request, code)
         return respond(ex.kind, ex.request, code, now, rrn)
@@ -229,28 +241,22 @@ class HostService:
             return await self._sign_on(ex, now)
         if kind.name in ("sign_off", "echo_test"):
             if kind.name == "sign_off":
-                await self.writer.submit(lambda c: self.ledger.sign_off(c, terminal.tid))
+                await self.store.apply("sign_off", terminal.tid)
                 self.terminals.forget(terminal.tid)
-            return respond(kind, doc, rules.APPROVED, now, self.ledger.rrns.next())
-        req = Request(kind, doc, request_digest(doc), now)
+            return respond(kind, doc, rules.APPROVED, now, self.rrns.next())
+        req = Request(kind, doc, request_digest(doc), now, self.rrns.next())
         try:
             if kind.name == "settlement":
-                totals = decode_settlement_totals(doc["48"])
-                return await self.writer.submit(lambda c: self.ledger.settle(c, req, totals),
-                                               heavy=True)
+                return await self.store.apply("settle", req,
+                                              decode_settlement_totals(doc["48"]))
             if kind.name == "batch_upload":
-                records = decode_upload_records(doc["48"])
-                return await self.writer.submit(lambda c: self.ledger.upload(c, req, records),
-                                               heavy=True)
+                return await self.store.apply("upload", req, decode_upload_records(doc["48"]))
             if kind.name == "batch_upload_end":
-                total = decode_upload_end(doc["48"])
-                return await self.writer.submit(lambda c: self.ledger.upload_end(c, req, total),
-                                               heavy=True)
+                return await self.store.apply("upload_end", req, decode_upload_end(doc["48"]))
         except ValidationError as exc:
             raise ProtocolError(str(exc), exc.response_code) from None
         pin = await self._verify_pin(terminal, doc)
-        req = Request(kind, doc, req.digest, now, pin)
-        return await self.writer.submit(lambda c: self.ledger.financial(c, req))
+        return await self.store.apply("financial", replace(req, pin=pin))
 
     async def _sign_on(self, ex: Exchange, now: datetime) -> Message:
         terminal, kind = ex.terminal, ex.kind
@@ -258,13 +264,12 @@ class HostService:
         keys = await self.hsm.generate_terminal_keys(terminal.tmk_lmk)
         stored = {"pik_lmk": keys.pik_lmk, "pik_kcv": keys.pik_cv.hex().upper(),
                   "mak_lmk": keys.mak_lmk, "mak_kcv": keys.mak_cv.hex().upper()}
-        batch = await self.writer.submit(  # heavy: may close an abandoned upload
-            lambda c: self.ledger.sign_on(c, terminal.tid, stored, now), heavy=True)
+        batch = await self.store.apply("sign_on", terminal.tid, stored, now)
         self.terminals.forget(terminal.tid)
         f62 = encode_key_data(KeyData(keys.pik_under_tmk, keys.pik_cv, keys.mak_under_tmk,
                                       keys.mak_cv))
         extra = {"60": field60_of_sign_on(batch), "62": f62}
-        return respond(kind, ex.request, rules.APPROVED, now, self.ledger.rrns.next(), extra)
+        return respond(kind, ex.request, rules.APPROVED, now, self.rrns.next(), extra)
 
     async def _verify_pin(self, terminal: Terminal, doc: Mapping[str, str]) -> PinResult:
         if "52" not in doc or terminal.pik_lmk is None:
