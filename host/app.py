@@ -4,6 +4,7 @@ one nursery. ``run_host`` serves until cancelled or until ``stop`` is set (grace
 from __future__ import annotations
 
 import logging
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from host.ledger import Ledger, RrnCounter
 from host.ops import LocalStore
 from host.server import Server
 from host.service import HostService
+from host.workers import RrnHighWater, WorkerPool
 from host.writer import Writer
 
 log = logging.getLogger("poshost")
@@ -30,6 +32,8 @@ class HostConfig:
     lmk: str = "test"
     serial_lines: tuple[str, ...] = ()
     """Serial line specs (host.serialline.LineSettings) served as terminal connections."""
+    workers: int = 0
+    """Worker processes for the message path (host/workers.py); 0: all in this process."""
 
 
 async def run_host(config: HostConfig, *,
@@ -45,13 +49,16 @@ async def run_host(config: HostConfig, *,
         async with open_hsm(config.hsm, config.lmk) as (hsm, info):
             await check_lmk(conn, hsm)
             pvk = await ensure_pvk(conn, hsm)
+            listeners = await trio.open_tcp_listeners(config.listen_port,
+                                                      host=config.listen_host)
+            host, port = listeners[0].socket.getsockname()[:2]
+            if config.workers:
+                await _run_pool(config, conn, listeners, (host, port), stop, task_status)
+                return
             rrns = RrnCounter.load(conn)
             writer = Writer(Path(config.db_path), before_commit=rrns.persist)
             store = LocalStore(writer, Ledger(PanProtector.load(conn)))
             service = HostService(hsm, store, rrns, conn, pvk)
-            listeners = await trio.open_tcp_listeners(config.listen_port,
-                                                      host=config.listen_host)
-            host, port = listeners[0].socket.getsockname()[:2]
             async with trio.open_nursery() as nursery:
                 await nursery.start(writer.run)
                 await nursery.start(serve_serial_lines, config.serial_lines, host, port)
@@ -62,3 +69,29 @@ async def run_host(config: HostConfig, *,
     finally:
         conn.close()
 
+
+
+async def _run_pool(config: HostConfig, conn: sqlite3.Connection,
+                    listeners: list[trio.SocketListener], bound: tuple[str, int],
+                    stop: trio.Event, task_status: trio.TaskStatus[tuple[str, int]]) -> None:
+    """The writer here; the message path in ``config.workers`` processes on the same
+    listening sockets (host/workers.py)."""
+    high_water = RrnHighWater()
+    writer = Writer(Path(config.db_path), before_commit=high_water.persist)
+    pool = WorkerPool(
+        config.workers, LocalStore(writer, Ledger(PanProtector.load(conn))),
+        [listener.socket.fileno() for listener in listeners],
+        {"db_path": str(config.db_path), "hsm": config.hsm, "lmk": config.lmk,
+         "log_level": logging.getLogger().getEffectiveLevel()},
+        RrnCounter.restart_base(conn), high_water)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        await nursery.start(pool.run)
+        await nursery.start(serve_serial_lines, config.serial_lines, *bound)
+        log.info("listening on %s:%d with %d worker processes", *bound, config.workers)
+        task_status.started(bound)
+        await stop.wait()
+        await pool.stop()  # each worker drains its connections
+        for listener in listeners:
+            await listener.aclose()
+        nursery.cancel_scope.cancel()

@@ -32,6 +32,8 @@ T = TypeVar("T")
 DEFAULT_DB = Path("poshost.db")
 LINE_SPEC = "PORT[,baud=9600][,parity=N][,rtscts=0][,framing=stx|length]"
 DEFAULT_LISTEN = "127.0.0.1:5000"
+MAX_WORKERS = 64
+"""Most worker processes ``poshost serve --workers`` starts."""
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
@@ -135,15 +137,19 @@ def _print_demo(rows: list[tuple[str, ...]], listen: str) -> None:
               help="load the demo data when the database is new (default: with the test LMK)")
 @click.option("--serial", "serial_lines", multiple=True, metavar=LINE_SPEC,
               help="also serve a terminal on this serial line (repeatable)")
+@click.option("--workers", type=click.IntRange(0, MAX_WORKERS), default=0, show_default=True,
+              help="processes for the message path in front of the one writer"
+                   " (0: one process; about the number of cores for throughput)")
 def serve(listen: str, db_path: Path, hsm: str, lmk: str, demo: bool | None,
-          serial_lines: tuple[str, ...]) -> None:
+          serial_lines: tuple[str, ...], workers: int) -> None:
     """Run the acquiring host until SIGINT/SIGTERM."""
     host, _, port = listen.rpartition(":")
     if not port.isdigit():
         _fail(f"--listen must be HOST:PORT, not {listen!r}")
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     logging.getLogger("hsm_sim.audit").setLevel(logging.WARNING)
-    config = HostConfig(host or "127.0.0.1", int(port), db_path, hsm, lmk, serial_lines)
+    config = HostConfig(host or "127.0.0.1", int(port), db_path, hsm, lmk, serial_lines,
+                        workers)
     new_db = not db_path.exists()
 
     async def main() -> None:

@@ -1,0 +1,301 @@
+"""Worker processes: ``poshost serve --workers N`` runs the message path (framing, decoding,
+MAC and PIN checks through the HSM, encoding) in N processes that share the listening socket,
+in front of the one writer, which stays in the parent with the store.
+
+Each worker asks the writer for store operations by name (host/ops.py) over a socketpair
+(host/ipc.py) and answers its terminal only once the writer has committed, exactly as in one
+process. The parent tells every worker to forget a terminal's cached keys when a sign-on or
+sign-off changes them. RRNs: worker ``i`` of ``N`` numbers the residue ``i`` mod ``N`` from
+the restart base, and reports its high-water mark with each job, which the writer persists.
+
+Failure: a worker that loses the writer (kill -9 of the parent) sees end-of-file on its
+channel and exits at once without answering what it holds, so a terminal never sees an
+answer that was not committed; it reverses, as in one process. A worker that dies is
+started again after WORKER_RESTART_DELAY. (Not PR_SET_PDEATHSIG: trio starts processes from
+a cached thread, and that signal fires when the thread ends, not the parent.)
+
+    python -m host.workers '<json config>'   (started by the parent only)
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import signal
+import socket
+import sqlite3
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from host.db import connect
+from host.errors import StoreError
+from host.hsm import ensure_pvk, open_hsm
+from host.ipc import IPC_RECEIVE_CHUNK, IpcDecoder, encode_ipc
+from host.ledger import RrnCounter, persist_rrn_high_water
+from host.ops import KEY_CHANGES, LocalStore
+from host.server import Server
+from host.service import HostService, TerminalCache
+
+log = logging.getLogger("poshost.workers")
+
+WORKER_START_TIMEOUT = 30.0
+"""Seconds a worker process gets to say it is ready."""
+WORKER_RESTART_DELAY = 1.0
+"""Seconds before a worker that died is started again."""
+WORKER_STOP_TIMEOUT = 15.0
+"""Seconds workers get to drain after SIGTERM before they are killed."""
+WORKER_EXIT_GRACE = 5.0
+"""Seconds a worker whose channel closed gets to exit by itself before it is killed."""
+EXIT_WRITER_LOST = 3
+"""Exit status of a worker whose writer (the parent) went away."""
+
+
+# --------------------------------------------------------------------------- the parent
+
+
+@dataclass
+class RrnHighWater:
+    """The highest RRN counter value any worker reported; persisted at each commit."""
+
+    value: int = 0
+
+    def seen(self, value: int) -> None:
+        self.value = max(self.value, value)
+
+    def persist(self, conn: sqlite3.Connection) -> None:
+        if self.value:
+            persist_rrn_high_water(conn, self.value)
+
+
+@dataclass
+class WorkerPool:
+    """Starts, feeds and stops the worker processes (the parent's side)."""
+
+    count: int
+    store: LocalStore
+    listen_fds: Sequence[int]
+    settings: dict[str, Any]
+    rrn_base: int
+    high_water: RrnHighWater
+    _channels: dict[int, trio.SocketStream] = field(default_factory=dict)
+    _send_locks: dict[int, trio.Lock] = field(default_factory=dict)
+    _procs: dict[int, trio.Process] = field(default_factory=dict)
+    _stopping: bool = False
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+                  ) -> None:
+        async with trio.open_nursery() as nursery:
+            for index in range(self.count):
+                await nursery.start(self._keep_running, index)
+            task_status.started()
+
+    async def stop(self) -> None:
+        """SIGTERM every worker (each drains its connections), wait, then kill stragglers."""
+        self._stopping = True
+        for proc in self._procs.values():
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+        with trio.move_on_after(WORKER_STOP_TIMEOUT):
+            for proc in list(self._procs.values()):
+                await proc.wait()
+        for proc in self._procs.values():
+            if proc.returncode is None:
+                proc.kill()
+
+    async def _keep_running(self, index: int, *,
+                            task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+                            ) -> None:
+        first = True
+        while not self._stopping:
+            try:
+                await self._run_one(index, task_status if first else trio.TASK_STATUS_IGNORED)
+            except OSError as exc:
+                log.error("worker %d: %s", index, exc)
+            first = False
+            if self._stopping:
+                return
+            log.error("worker %d exited; starting it again in %g s", index,
+                      WORKER_RESTART_DELAY)
+            await trio.sleep(WORKER_RESTART_DELAY)
+
+    async def _run_one(self, index: int, task_status: trio.TaskStatus[None]) -> None:
+        ours, theirs = socket.socketpair()
+        config = dict(self.settings, index=index, count=self.count, rrn_base=self.rrn_base,
+                      listen_fds=list(self.listen_fds), channel_fd=theirs.fileno())
+        try:
+            proc = await trio.lowlevel.open_process(
+                [sys.executable, "-m", "host.workers", json.dumps(config)],
+                pass_fds=(*self.listen_fds, theirs.fileno()))
+        finally:
+            theirs.close()
+        channel = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
+        self._procs[index] = proc
+        self._channels[index] = channel
+        self._send_locks[index] = trio.Lock()
+        try:
+            async with trio.open_nursery() as jobs:
+                await self._serve_channel(index, channel, jobs, task_status)
+        finally:
+            self._channels.pop(index, None)
+            with trio.CancelScope(shield=True):
+                await channel.aclose()
+                with trio.move_on_after(WORKER_EXIT_GRACE):
+                    await proc.wait()
+                if proc.returncode is None:
+                    proc.kill()
+                await proc.wait()
+            log.info("worker %d (pid %d) ended with status %s", index, proc.pid,
+                     proc.returncode)
+
+    async def _serve_channel(self, index: int, channel: trio.SocketStream,
+                             jobs: trio.Nursery, task_status: trio.TaskStatus[None]) -> None:
+        decoder = IpcDecoder()
+        started = False
+        with trio.fail_after(WORKER_START_TIMEOUT) as start_scope:
+            while True:
+                try:
+                    data = await channel.receive_some(IPC_RECEIVE_CHUNK)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    data = b""
+                if not data:
+                    return
+                decoder.feed(data)
+                for message in decoder:
+                    if message[0] == "job":
+                        jobs.start_soon(self._job, index, message)
+                    elif message[0] == "ready" and not started:
+                        started = True
+                        start_scope.deadline = float("inf")
+                        log.info("worker %d ready (pid %d)", index, self._procs[index].pid)
+                        task_status.started()
+
+    async def _job(self, index: int, message: tuple[Any, ...]) -> None:
+        _, job_id, op, args, high_water = message
+        self.high_water.seen(high_water)
+        try:
+            reply: tuple[Any, ...] = ("done", job_id, await self.store.apply(op, *args))
+        except Exception as exc:
+            reply = ("fail", job_id, f"{type(exc).__name__}: {exc}")
+        if op in KEY_CHANGES and reply[0] == "done":
+            for other in list(self._channels):
+                if other != index:
+                    await self._send(other, ("forget", args[0]))
+        await self._send(index, reply)
+
+    async def _send(self, index: int, message: tuple[Any, ...]) -> None:
+        channel = self._channels.get(index)
+        if channel is None:
+            return  # that worker is gone; its terminals will reverse
+        try:
+            async with self._send_locks[index]:
+                await channel.send_all(encode_ipc(message))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+
+# --------------------------------------------------------------------------- a worker
+
+
+class RemoteStore:
+    """The worker's side of the channel: store operations by name, answered by the writer."""
+
+    def __init__(self, channel: trio.SocketStream, rrns: RrnCounter) -> None:
+        self._channel = channel
+        self._rrns = rrns
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, tuple[trio.Event, list[Any]]] = {}
+        self._send_lock = trio.Lock()
+
+    async def apply(self, op: str, *args: Any) -> Any:
+        job_id = next(self._ids)
+        done, outcome = trio.Event(), []
+        self._waiting[job_id] = (done, outcome)
+        try:
+            async with self._send_lock:
+                await self._channel.send_all(
+                    encode_ipc(("job", job_id, op, args, self._rrns.high_water)))
+            await done.wait()
+        finally:
+            self._waiting.pop(job_id, None)
+        kind, value = outcome
+        if kind == "fail":
+            raise StoreError(f"writer: {value}")
+        return value
+
+    async def say_ready(self, index: int) -> None:
+        async with self._send_lock:
+            await self._channel.send_all(encode_ipc(("ready", index)))
+
+    async def receive(self, terminals: TerminalCache) -> None:
+        """Deliver answers and invalidations until the writer goes away, then exit the
+        process at once: what this worker holds must not be answered."""
+        decoder = IpcDecoder()
+        while True:
+            try:
+                data = await self._channel.receive_some(IPC_RECEIVE_CHUNK)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
+            if not data:
+                log.error("the writer process went away; exiting without answering")
+                os._exit(EXIT_WRITER_LOST)
+            decoder.feed(data)
+            for message in decoder:
+                if message[0] == "forget":
+                    terminals.forget(message[1])
+                    continue
+                waiting = self._waiting.get(message[1])
+                if waiting is not None:
+                    waiting[1].extend((message[0], message[2]))
+                    waiting[0].set()
+
+
+async def _stop_on_signal(stop: trio.Event) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            stop.set()
+            return
+
+
+async def serve_worker(config: dict[str, Any]) -> None:
+    """A worker's life: HSM, read connection, service, and the shared listeners."""
+    listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(
+        socket.socket(fileno=fd))) for fd in config["listen_fds"]]
+    channel = trio.SocketStream(trio.socket.from_stdlib_socket(
+        socket.socket(fileno=config["channel_fd"])))
+    conn = connect(Path(config["db_path"]))
+    try:
+        async with open_hsm(config["hsm"], config["lmk"]) as (hsm, _):
+            pvk = await ensure_pvk(conn, hsm)  # the parent made it: this only reads
+            rrns = RrnCounter(config["rrn_base"], step=config["count"], offset=config["index"])
+            store = RemoteStore(channel, rrns)
+            service = HostService(hsm, store, rrns, conn, pvk)
+            stop = trio.Event()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(store.receive, service.terminals)
+                nursery.start_soon(_stop_on_signal, stop)
+                await store.say_ready(config["index"])  # the listeners are bound already
+                await Server(service).serve(listeners, stop)  # returns once drained
+                nursery.cancel_scope.cancel()
+    finally:
+        conn.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = json.loads((argv if argv is not None else sys.argv[1:])[0])
+    logging.basicConfig(level=config.get("log_level", logging.INFO),
+                        format=f"%(asctime)s %(levelname)s %(name)s[w{config['index']}]"
+                               " %(message)s")
+    logging.getLogger("hsm_sim.audit").setLevel(logging.WARNING)
+    trio.run(serve_worker, config)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
