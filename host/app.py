@@ -17,7 +17,7 @@ from host.ledger import Ledger, RrnCounter
 from host.ops import LocalStore
 from host.server import Server
 from host.service import HostService
-from host.workers import RrnHighWater, WorkerPool
+from host.workers import RrnHighWater, WorkerPool, reserve_port
 from host.writer import Writer
 
 log = logging.getLogger("poshost")
@@ -49,12 +49,12 @@ async def run_host(config: HostConfig, *,
         async with open_hsm(config.hsm, config.lmk) as (hsm, info):
             await check_lmk(conn, hsm)
             pvk = await ensure_pvk(conn, hsm)
+            if config.workers:
+                await _run_pool(config, conn, stop, task_status)
+                return
             listeners = await trio.open_tcp_listeners(config.listen_port,
                                                       host=config.listen_host)
             host, port = listeners[0].socket.getsockname()[:2]
-            if config.workers:
-                await _run_pool(config, conn, listeners, (host, port), stop, task_status)
-                return
             rrns = RrnCounter.load(conn)
             writer = Writer(Path(config.db_path), before_commit=rrns.persist)
             store = LocalStore(writer, Ledger(PanProtector.load(conn)))
@@ -71,16 +71,23 @@ async def run_host(config: HostConfig, *,
 
 
 
-async def _run_pool(config: HostConfig, conn: sqlite3.Connection,
-                    listeners: list[trio.SocketListener], bound: tuple[str, int],
-                    stop: trio.Event, task_status: trio.TaskStatus[tuple[str, int]]) -> None:
-    """The writer here; the message path in ``config.workers`` processes on the same
-    listening sockets (host/workers.py)."""
+async def _run_pool(config: HostConfig, conn: sqlite3.Connection, stop: trio.Event,
+                    task_status: trio.TaskStatus[tuple[str, int]]) -> None:
+    """The writer here; the message path in ``config.workers`` processes listening on the
+    same port (host/workers.py)."""
+    with reserve_port(config.listen_host, config.listen_port) as held:
+        bound: tuple[str, int] = held.getsockname()[:2]
+        await _serve_pool(config, conn, bound, stop, task_status)
+
+
+async def _serve_pool(config: HostConfig, conn: sqlite3.Connection, bound: tuple[str, int],
+                      stop: trio.Event, task_status: trio.TaskStatus[tuple[str, int]],
+                      ) -> None:
     high_water = RrnHighWater()
     writer = Writer(Path(config.db_path), before_commit=high_water.persist)
     pool = WorkerPool(
         config.workers, LocalStore(writer, Ledger(PanProtector.load(conn))),
-        [listener.socket.fileno() for listener in listeners],
+        bound,
         {"db_path": str(config.db_path), "hsm": config.hsm, "lmk": config.lmk,
          "log_level": logging.getLogger().getEffectiveLevel()},
         RrnCounter.restart_base(conn), high_water)
@@ -92,6 +99,4 @@ async def _run_pool(config: HostConfig, conn: sqlite3.Connection,
         task_status.started(bound)
         await stop.wait()
         await pool.stop()  # each worker drains its connections
-        for listener in listeners:
-            await listener.aclose()
         nursery.cancel_scope.cancel()

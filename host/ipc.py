@@ -4,7 +4,7 @@ over a socketpair the parent made, so pickle is safe here; it never touches a ne
 
 Messages (first element names them):
   worker -> writer: ("ready", index), ("job", id, op, args, rrn_high_water)
-  writer -> worker: ("done", id, result), ("fail", id, text), ("forget", tid)
+  writer -> worker: ("listen",), ("done", id, result), ("fail", id, text), ("forget", tid)
 
 >>> decoder = IpcDecoder()
 >>> data = encode_ipc(("job", 1, "sign_off", ("12345678",), 7))

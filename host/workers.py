@@ -1,6 +1,9 @@
 """Worker processes: ``poshost serve --workers N`` runs the message path (framing, decoding,
-MAC and PIN checks through the HSM, encoding) in N processes that share the listening socket,
-in front of the one writer, which stays in the parent with the store.
+MAC and PIN checks through the HSM, encoding) in N processes, each with its own listening
+socket on the host's port (SO_REUSEPORT: the kernel spreads new connections evenly; one
+shared socket let the first worker to wake take nearly all), in front of the one writer,
+which stays in the parent with the store. The parent holds the port with a socket that is
+bound but never listens, so no connection waits on it.
 
 Each worker asks the writer for store operations by name (host/ops.py) over a socketpair
 (host/ipc.py) and answers its terminal only once the writer has committed, exactly as in one
@@ -27,7 +30,6 @@ import signal
 import socket
 import sqlite3
 import sys
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +37,7 @@ from typing import Any
 import trio
 
 from host.db import connect
-from host.errors import StoreError
+from host.errors import ConfigError, StoreError
 from host.hsm import ensure_pvk, open_hsm
 from host.ipc import IPC_RECEIVE_CHUNK, IpcDecoder, encode_ipc
 from host.ledger import RrnCounter, persist_rrn_high_water
@@ -53,11 +55,57 @@ WORKER_STOP_TIMEOUT = 15.0
 """Seconds workers get to drain after SIGTERM before they are killed."""
 WORKER_EXIT_GRACE = 5.0
 """Seconds a worker whose channel closed gets to exit by itself before it is killed."""
+LISTEN_BACKLOG = 4096
+"""Pending connections each worker's listening socket holds (the kernel may cap it)."""
 EXIT_WRITER_LOST = 3
 """Exit status of a worker whose writer (the parent) went away."""
 
 
+class Outbox:
+    """Messages for one channel, sent by one task: everything put while it was sending goes
+    out in the next single write (a group commit's answers leave together)."""
+
+    def __init__(self, channel: trio.SocketStream) -> None:
+        self._channel = channel
+        self._pending = bytearray()
+        self._wake = trio.Event()
+
+    def put(self, message: tuple[Any, ...]) -> None:
+        self._pending += encode_ipc(message)
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Send until the channel breaks (then return)."""
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            data = bytes(self._pending)
+            self._pending.clear()
+            try:
+                await self._channel.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+
+
 # --------------------------------------------------------------------------- the parent
+
+
+def reserve_port(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port (port 0: the kernel picks one) with SO_REUSEPORT, never
+    listening: it holds the port for the workers' listeners across their restarts."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    _share_port(sock)
+    sock.bind(address)
+    return sock
+
+
+def _share_port(sock: socket.socket | trio.socket.SocketType) -> None:
+    if not hasattr(socket, "SO_REUSEPORT"):
+        raise ConfigError("--workers needs SO_REUSEPORT, which this platform lacks")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
 
 
 @dataclass
@@ -80,20 +128,24 @@ class WorkerPool:
 
     count: int
     store: LocalStore
-    listen_fds: Sequence[int]
+    listen: tuple[str, int]
+    """Numeric address and port every worker listens on."""
     settings: dict[str, Any]
     rrn_base: int
     high_water: RrnHighWater
-    _channels: dict[int, trio.SocketStream] = field(default_factory=dict)
-    _send_locks: dict[int, trio.Lock] = field(default_factory=dict)
+    _outboxes: dict[int, Outbox] = field(default_factory=dict)
     _procs: dict[int, trio.Process] = field(default_factory=dict)
     _stopping: bool = False
+    _all_ready: trio.Event = field(default_factory=trio.Event)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
                   ) -> None:
+        """Start every worker; once all are ready, let them listen at the same moment (a
+        worker that listened early would be handed every connection of a starting fleet)."""
         async with trio.open_nursery() as nursery:
             for index in range(self.count):
                 await nursery.start(self._keep_running, index)
+            self._all_ready.set()
             task_status.started()
 
     async def stop(self) -> None:
@@ -128,22 +180,23 @@ class WorkerPool:
     async def _run_one(self, index: int, task_status: trio.TaskStatus[None]) -> None:
         ours, theirs = socket.socketpair()
         config = dict(self.settings, index=index, count=self.count, rrn_base=self.rrn_base,
-                      listen_fds=list(self.listen_fds), channel_fd=theirs.fileno())
+                      listen=list(self.listen), channel_fd=theirs.fileno())
         try:
             proc = await trio.lowlevel.open_process(
                 [sys.executable, "-m", "host.workers", json.dumps(config)],
-                pass_fds=(*self.listen_fds, theirs.fileno()))
+                pass_fds=(theirs.fileno(),))
         finally:
             theirs.close()
         channel = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
         self._procs[index] = proc
-        self._channels[index] = channel
-        self._send_locks[index] = trio.Lock()
+        outbox = self._outboxes[index] = Outbox(channel)
         try:
             async with trio.open_nursery() as jobs:
+                jobs.start_soon(outbox.run)
                 await self._serve_channel(index, channel, jobs, task_status)
+                jobs.cancel_scope.cancel()  # the worker is gone: its jobs' answers too
         finally:
-            self._channels.pop(index, None)
+            self._outboxes.pop(index, None)
             with trio.CancelScope(shield=True):
                 await channel.aclose()
                 with trio.move_on_after(WORKER_EXIT_GRACE):
@@ -174,7 +227,12 @@ class WorkerPool:
                         started = True
                         start_scope.deadline = float("inf")
                         log.info("worker %d ready (pid %d)", index, self._procs[index].pid)
+                        jobs.start_soon(self._let_listen, index)
                         task_status.started()
+
+    async def _let_listen(self, index: int) -> None:
+        await self._all_ready.wait()
+        self._send(index, ("listen",))
 
     async def _job(self, index: int, message: tuple[Any, ...]) -> None:
         _, job_id, op, args, high_water = message
@@ -184,23 +242,28 @@ class WorkerPool:
         except Exception as exc:
             reply = ("fail", job_id, f"{type(exc).__name__}: {exc}")
         if op in KEY_CHANGES and reply[0] == "done":
-            for other in list(self._channels):
+            for other in list(self._outboxes):
                 if other != index:
-                    await self._send(other, ("forget", args[0]))
-        await self._send(index, reply)
+                    self._send(other, ("forget", args[0]))
+        self._send(index, reply)
 
-    async def _send(self, index: int, message: tuple[Any, ...]) -> None:
-        channel = self._channels.get(index)
-        if channel is None:
-            return  # that worker is gone; its terminals will reverse
-        try:
-            async with self._send_locks[index]:
-                await channel.send_all(encode_ipc(message))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+    def _send(self, index: int, message: tuple[Any, ...]) -> None:
+        outbox = self._outboxes.get(index)
+        if outbox is not None:  # else that worker is gone; its terminals will reverse
+            outbox.put(message)
 
 
 # --------------------------------------------------------------------------- a worker
+
+
+async def open_shared_listener(host: str, port: int) -> trio.SocketListener:
+    """This worker's own listening socket on the host's port (SO_REUSEPORT)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = trio.socket.socket(family, socket.SOCK_STREAM)
+    _share_port(sock)
+    await sock.bind((host, port))
+    sock.listen(LISTEN_BACKLOG)
+    return trio.SocketListener(sock)
 
 
 class RemoteStore:
@@ -211,16 +274,15 @@ class RemoteStore:
         self._rrns = rrns
         self._ids = itertools.count(1)
         self._waiting: dict[int, tuple[trio.Event, list[Any]]] = {}
-        self._send_lock = trio.Lock()
+        self.outbox = Outbox(channel)
+        self.may_listen = trio.Event()
 
     async def apply(self, op: str, *args: Any) -> Any:
         job_id = next(self._ids)
         done, outcome = trio.Event(), []
         self._waiting[job_id] = (done, outcome)
         try:
-            async with self._send_lock:
-                await self._channel.send_all(
-                    encode_ipc(("job", job_id, op, args, self._rrns.high_water)))
+            self.outbox.put(("job", job_id, op, args, self._rrns.high_water))
             await done.wait()
         finally:
             self._waiting.pop(job_id, None)
@@ -229,9 +291,8 @@ class RemoteStore:
             raise StoreError(f"writer: {value}")
         return value
 
-    async def say_ready(self, index: int) -> None:
-        async with self._send_lock:
-            await self._channel.send_all(encode_ipc(("ready", index)))
+    def say_ready(self, index: int) -> None:
+        self.outbox.put(("ready", index))
 
     async def receive(self, terminals: TerminalCache) -> None:
         """Deliver answers and invalidations until the writer goes away, then exit the
@@ -250,6 +311,9 @@ class RemoteStore:
                 if message[0] == "forget":
                     terminals.forget(message[1])
                     continue
+                if message[0] == "listen":
+                    self.may_listen.set()
+                    continue
                 waiting = self._waiting.get(message[1])
                 if waiting is not None:
                     waiting[1].extend((message[0], message[2]))
@@ -265,8 +329,6 @@ async def _stop_on_signal(stop: trio.Event) -> None:
 
 async def serve_worker(config: dict[str, Any]) -> None:
     """A worker's life: HSM, read connection, service, and the shared listeners."""
-    listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(
-        socket.socket(fileno=fd))) for fd in config["listen_fds"]]
     channel = trio.SocketStream(trio.socket.from_stdlib_socket(
         socket.socket(fileno=config["channel_fd"])))
     conn = connect(Path(config["db_path"]))
@@ -279,9 +341,12 @@ async def serve_worker(config: dict[str, Any]) -> None:
             stop = trio.Event()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(store.receive, service.terminals)
+                nursery.start_soon(store.outbox.run)  # a broken channel: receive() exits
                 nursery.start_soon(_stop_on_signal, stop)
-                await store.say_ready(config["index"])  # the listeners are bound already
-                await Server(service).serve(listeners, stop)  # returns once drained
+                store.say_ready(config["index"])
+                await store.may_listen.wait()
+                listener = await open_shared_listener(*config["listen"])
+                await Server(service).serve([listener], stop)  # returns once drained
                 nursery.cancel_scope.cancel()
     finally:
         conn.close()

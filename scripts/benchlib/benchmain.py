@@ -79,12 +79,16 @@ async def _idle_memory(port: int, server: procs.Server, count: int) -> dict[str,
             "meets_goal": per <= MEMORY_GOAL_BYTES_PER_CONNECTION}
 
 
+HOST_WORKERS = [0]
+"""``--workers`` of the hosts this run starts (set from the command line)."""
+
+
 def _host(workdir: Path, template: Path, name: str, profile: Path | None = None) -> procs.Server:
     db = workdir / f"{name}.db"
     fleet_mod.copy_db(template, db)
     port = procs.free_port()
-    return procs.Server(procs.host_argv(port, db, profile_to=profile), port,
-                        workdir / f"{name}.log")
+    return procs.Server(procs.host_argv(port, db, profile_to=profile, workers=HOST_WORKERS[0]),
+                        port, workdir / f"{name}.log")
 
 
 def posterm_load(port: int, fleet: Fleet, n: int, seconds: float, rate: float | None,
@@ -250,8 +254,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-floor", action="store_true")
     parser.add_argument("--generator", choices=("builtin", "posterm"), default="builtin",
                         help="load generator: the harness's own or `posterm load`")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="poshost serve --workers (message-path processes; 0: one process)")
     parser.add_argument("--out", type=Path, default=procs.ROOT / RESULTS_DIR)
     args = parser.parse_args(argv)
+    HOST_WORKERS[0] = args.workers
     quick = args.quick
     sweep = args.terminals or list(QUICK_SWEEP_TERMINALS if quick else SWEEP_TERMINALS)
     seconds = args.seconds or (QUICK_RUN_SECONDS if quick else RUN_SECONDS)
@@ -262,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     results: dict[str, Any] = {"started": stamp, "quick": quick, "sweep": sweep,
+                               "workers": args.workers,
                                "seconds": seconds, "generator": gen, "host_closed": [],
                                "host_paced": [], "floor_closed": [], "floor_paced": []}
     with tempfile.TemporaryDirectory(prefix="poshost-bench-") as tmp:

@@ -49,13 +49,17 @@ def _serve_options() -> set[str]:
     return {opt for param in serve.params for opt in getattr(param, "opts", [])}
 
 
-def host_argv(port: int, db_path: Path, *, profile_to: Path | None = None) -> list[str]:
-    """``poshost serve`` on 127.0.0.1:port with the embedded HSM and the test LMK; with
-    ``profile_to``, the same under cProfile (stats written on graceful stop)."""
+def host_argv(port: int, db_path: Path, *, profile_to: Path | None = None,
+              workers: int = 0) -> list[str]:
+    """``poshost serve`` on 127.0.0.1:port with the embedded HSM and the test LMK (and
+    ``--workers``); with ``profile_to``, the same under cProfile (stats written on graceful
+    stop; the parent process only)."""
     listen = ["--listen", f"127.0.0.1:{port}", "--db", str(db_path)]
     if has_serve_command():
         module = ["-m", "benchlib.hostcli"]
         args = ["serve", *listen, "--hsm", "embedded", "--lmk", "test"]
+        if workers:
+            args += ["--workers", str(workers)]
         if "--demo" in _serve_options():
             args.append("--no-demo")  # the bench provisions its own fleet
         command = [*poshost_command(), *args]
@@ -120,10 +124,16 @@ class Server:
             time.sleep(POLL_INTERVAL)
 
     def kill(self) -> None:
-        """kill -9 and reap."""
+        """kill -9 and reap; then wait (bounded) until its worker processes are gone too
+        (they exit by themselves when their parent dies)."""
         if self.proc is not None and self.proc.poll() is None:
+            children = children_of(self.proc.pid)
             os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait(STOP_TIMEOUT)
+            deadline = time.monotonic() + STOP_TIMEOUT
+            while any(os.path.exists(f"/proc/{c}") for c in children) \
+                    and time.monotonic() < deadline:
+                time.sleep(POLL_INTERVAL)
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> int | None:
         """SIGTERM (graceful), then SIGKILL after ``timeout``. Returns the exit status."""
@@ -146,14 +156,33 @@ class Server:
         except OSError:
             return ""
 
+    def _tree(self) -> list[int]:
+        return [self.pid, *children_of(self.pid)]
+
     def status(self) -> dict[str, int]:
-        return proc_status(self.pid)
+        """proc_status summed over the server and its worker processes."""
+        total: dict[str, int] = {}
+        for pid in self._tree():
+            try:
+                for key, value in proc_status(pid).items():
+                    total[key] = total.get(key, 0) + value
+            except OSError:
+                continue  # gone meanwhile
+        return total
 
     def open_fds(self) -> int:
-        return len(os.listdir(f"/proc/{self.pid}/fd"))
+        return sum(len(os.listdir(f"/proc/{pid}/fd")) for pid in self._tree()
+                   if os.path.exists(f"/proc/{pid}/fd"))
 
     def cpu_seconds(self) -> float:
-        return proc_cpu_seconds(self.pid)
+        """CPU of the server and its live worker processes."""
+        total = 0.0
+        for pid in self._tree():
+            try:
+                total += proc_cpu_seconds(pid)
+            except OSError:
+                continue
+        return total
 
     def __enter__(self) -> Server:
         self.start()
@@ -161,6 +190,22 @@ class Server:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def children_of(pid: int) -> list[int]:
+    """Live child processes of ``pid`` (from /proc/*/status PPid)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/status") as f:
+                ppid = next((line.split()[1] for line in f if line.startswith("PPid:")), "")
+        except OSError:
+            continue
+        if ppid == str(pid):
+            out.append(int(entry))
+    return out
 
 
 def proc_status(pid: int) -> dict[str, int]:
