@@ -8,6 +8,7 @@ import sqlite3
 import sys
 from pathlib import Path
 
+import pytest
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
@@ -17,9 +18,10 @@ from benchlib import fleet as fleet_mod
 from benchlib.term import BenchTerminal
 
 
-def test_kill_9_under_load_loses_and_doubles_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [0, 2])
+def test_kill_9_under_load_loses_and_doubles_nothing(tmp_path: Path, workers: int) -> None:
     plan = crash.CrashPlan(terminals=4, kills=2, interval=(0.8, 1.2), tail_seconds=0.5,
-                           seed=3)
+                           seed=3, workers=workers)
     result = crash.run(plan, tmp_path)
     assert result["kills"] == 2 and result["host_starts"] == 3
     assert result["approved_sales"] > 0

@@ -50,6 +50,9 @@ class CrashPlan:
     tail_seconds: float = 1.0
     """Seconds of load after the last restart."""
     seed: int = 8
+    workers: int = 0
+    """``poshost serve --workers``: kill -9 hits the writer process; its workers must exit
+    without answering what they hold."""
 
 
 async def _operate(t: BenchTerminal, stop: trio.Event, rng: random.Random) -> None:
@@ -127,7 +130,8 @@ def run(plan: CrashPlan, workdir: Path) -> dict[str, Any]:
     db = workdir / "crash.db"
     fleet = trio.run(fleet_mod.provision, db, plan.terminals)
     port = procs.free_port()
-    server = procs.Server(procs.host_argv(port, db), port, workdir / "host.log")
+    server = procs.Server(procs.host_argv(port, db, workers=plan.workers), port,
+                          workdir / "host.log")
     with server:
         result = trio.run(crash_session, server, db, fleet, plan)
     result["host_starts"] = server.starts
@@ -140,9 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--terminals", type=int, default=CRASH_TERMINALS)
     parser.add_argument("--kills", type=int, default=CRASH_KILLS)
     parser.add_argument("--seed", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=0, help="poshost serve --workers")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args(argv)
-    plan = CrashPlan(terminals=args.terminals, kills=args.kills, seed=args.seed)
+    plan = CrashPlan(terminals=args.terminals, kills=args.kills, seed=args.seed,
+                     workers=args.workers)
     workdir = Path(tempfile.mkdtemp(prefix="poshost-crash-"))
     result = run(plan, workdir)
     print(json.dumps(result, indent=2))
