@@ -166,10 +166,14 @@ class WorkerPool:
                             ) -> None:
         first = True
         while not self._stopping:
+            ready = False
             try:
-                await self._run_one(index, task_status if first else trio.TASK_STATUS_IGNORED)
-            except OSError as exc:
-                log.error("worker %d: %s", index, exc)
+                ready = await self._run_one(
+                    index, task_status if first else trio.TASK_STATUS_IGNORED)
+            except (OSError, trio.TooSlowError) as exc:
+                log.error("worker %d: %s", index, exc or "not ready in time")
+            if first and not ready:
+                raise ConfigError(f"worker {index} did not start (see the lines above)")
             first = False
             if self._stopping:
                 return
@@ -177,7 +181,8 @@ class WorkerPool:
                       WORKER_RESTART_DELAY)
             await trio.sleep(WORKER_RESTART_DELAY)
 
-    async def _run_one(self, index: int, task_status: trio.TaskStatus[None]) -> None:
+    async def _run_one(self, index: int, task_status: trio.TaskStatus[None]) -> bool:
+        """Run one worker process until it ends; whether it got as far as ready."""
         ours, theirs = socket.socketpair()
         config = dict(self.settings, index=index, count=self.count, rrn_base=self.rrn_base,
                       listen=list(self.listen), channel_fd=theirs.fileno())
@@ -193,7 +198,7 @@ class WorkerPool:
         try:
             async with trio.open_nursery() as jobs:
                 jobs.start_soon(outbox.run)
-                await self._serve_channel(index, channel, jobs, task_status)
+                ready = await self._serve_channel(index, channel, jobs, task_status)
                 jobs.cancel_scope.cancel()  # the worker is gone: its jobs' answers too
         finally:
             self._outboxes.pop(index, None)
@@ -206,9 +211,11 @@ class WorkerPool:
                 await proc.wait()
             log.info("worker %d (pid %d) ended with status %s", index, proc.pid,
                      proc.returncode)
+        return ready
 
     async def _serve_channel(self, index: int, channel: trio.SocketStream,
-                             jobs: trio.Nursery, task_status: trio.TaskStatus[None]) -> None:
+                             jobs: trio.Nursery, task_status: trio.TaskStatus[None]) -> bool:
+        """Dispatch the worker's messages until its channel closes; whether it was ready."""
         decoder = IpcDecoder()
         started = False
         with trio.fail_after(WORKER_START_TIMEOUT) as start_scope:
@@ -218,7 +225,7 @@ class WorkerPool:
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     data = b""
                 if not data:
-                    return
+                    return started
                 decoder.feed(data)
                 for message in decoder:
                     if message[0] == "job":

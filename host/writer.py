@@ -7,8 +7,10 @@ failing job is rolled back alone and its submitter gets the error), commits once
 So a response is never sent for an outcome that is not on disk, and one fsync serves many
 transactions.
 
-Where the jobs run: BEGIN IMMEDIATE (which may wait for another process's write lock) and
-COMMIT (the fsync) always run on a worker thread. Light jobs (one request's rows: a sale, a
+Where the jobs run: COMMIT (the fsync) always runs on a worker thread. BEGIN IMMEDIATE is
+tried on the event loop without waiting (busy timeout 0); only when another process holds
+the write lock (a CLI command provisioning while the host serves) is it retried on the
+worker thread, which may wait up to BUSY_TIMEOUT_MS. Light jobs (one request's rows: a sale, a
 sign-on) run on the event loop thread in between, yielding every few jobs: they are a few
 SQLite statements each, and running them on a second Python thread cost more in GIL hand-offs
 (every statement releases the GIL) than the work itself. A group with a heavy job (settlement,
@@ -28,7 +30,7 @@ from typing import Any, Generic, TypeVar
 
 import trio
 
-from host.db import connect
+from host.db import BUSY_TIMEOUT_MS, connect
 from host.errors import StoreError
 from host.limits import WRITER_MAX_GROUP, WRITER_QUEUE
 
@@ -74,6 +76,7 @@ class Writer:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self._conn = connect(self.db_path, check_same_thread=False)
+        self._conn.execute("PRAGMA busy_timeout=0")  # see _begin
         try:
             task_status.started()
             while True:
@@ -97,7 +100,7 @@ class Writer:
         conn = self._conn
         assert conn is not None
         try:
-            await trio.to_thread.run_sync(conn.execute, "BEGIN IMMEDIATE")
+            await self._begin(conn)
             for done, pending in enumerate(group, 1):
                 self._apply_one(conn, pending)
                 if done % INLINE_YIELD_EVERY == 0:
@@ -111,11 +114,20 @@ class Writer:
         self.groups += 1
         self.jobs += len(group)
 
+    @staticmethod
+    async def _begin(conn: sqlite3.Connection) -> None:
+        try:
+            conn.execute("BEGIN IMMEDIATE")  # never waits: busy timeout 0
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc):
+                raise
+            await trio.to_thread.run_sync(_begin_waiting, conn)
+
     def _apply_group(self, group: list[_Pending[Any]]) -> None:
         conn = self._conn
         assert conn is not None
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            _begin_waiting(conn)
             for pending in group:
                 self._apply_one(conn, pending)
             if self.before_commit is not None:
@@ -150,3 +162,17 @@ class Writer:
     @property
     def mean_group(self) -> float:
         return self.jobs / self.groups if self.groups else math.nan
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY or \
+        "locked" in str(exc)
+
+
+def _begin_waiting(conn: sqlite3.Connection) -> None:
+    """BEGIN IMMEDIATE waiting up to BUSY_TIMEOUT_MS for another process's write lock."""
+    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    finally:
+        conn.execute("PRAGMA busy_timeout=0")

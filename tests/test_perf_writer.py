@@ -103,3 +103,36 @@ async def test_a_failing_commit_fails_the_whole_group(tmp_path: Path, heavy: boo
         nursery.cancel_scope.cancel()
     assert len(outcomes) == 10 and all(isinstance(o, StoreError) for o in outcomes)
     assert _rows(db) == {}
+
+
+async def test_another_process_holding_the_write_lock_delays_the_writer_not_the_loop(
+        tmp_path: Path) -> None:
+    db = _store(tmp_path)
+    writer = Writer(db)
+    blocker = sqlite3.connect(db, isolation_level=None)  # a CLI command writing meanwhile
+    blocker.execute("BEGIN IMMEDIATE")
+    ticks = 0
+
+    async def loop_alive() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await trio.sleep(0.01)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        nursery.start_soon(loop_alive)
+
+        async def submit() -> None:
+            await writer.submit(lambda c: c.execute("INSERT INTO t VALUES (1, 'x')"))
+
+        nursery.start_soon(submit)
+        await trio.sleep(0.3)
+        assert _rows(db) == {}  # still waiting for the lock ...
+        assert ticks >= 10  # ... without blocking the event loop
+        blocker.execute("COMMIT")
+        with trio.fail_after(5):
+            while _rows(db) != {1: "x"}:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    blocker.close()
