@@ -51,12 +51,15 @@ class Server:
     Lines about peers closed for bad input are kept to PEER_LOG_PER_SECOND, with a count of
     those left out."""
 
-    def __init__(self, service: HostService) -> None:
+    def __init__(self, service: HostService, admission_share: float = 1.0) -> None:
+        """``admission_share``: this server's part of the host's admission rate and burst
+        (1/N in each of N worker processes)."""
         self.service = service
         self.connections = 0
         self._stopping = False
         self._idle: set[trio.CancelScope] = set()
-        self._admission = TokenBucket(UNPROVEN_PER_SECOND, UNPROVEN_BURST,
+        self._admission = TokenBucket(UNPROVEN_PER_SECOND * admission_share,
+                                      max(1, round(UNPROVEN_BURST * admission_share)),
                                       trio.current_time())
         self._peer_log = LogBudget(PEER_LOG_PER_SECOND, PEER_LOG_BURST)
 

@@ -353,7 +353,8 @@ async def serve_worker(config: dict[str, Any]) -> None:
                 store.say_ready(config["index"])
                 await store.may_listen.wait()
                 listener = await open_shared_listener(*config["listen"])
-                await Server(service).serve([listener], stop)  # returns once drained
+                server = Server(service, admission_share=1 / config["count"])
+                await server.serve([listener], stop)  # returns once drained
                 nursery.cancel_scope.cancel()
     finally:
         conn.close()

@@ -176,7 +176,8 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     db = workdir / "fuzz.db"
     fleet = trio.run(_provision, db, args.good)
     port = procs.free_port()
-    argv = procs.host_argv(port, db, profile_to=args.profile)
+    argv = procs.host_argv(port, db, profile_to=args.profile,
+                           workers=args.host_workers)
     with procs.Server(argv, port, workdir / "host.log") as server:
         result = trio.run(session, server, fleet, args, workdir)
         result["host_exit_after_sigterm"] = server.stop()
@@ -198,6 +199,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=8)
     p.add_argument("--thrower-nice", type=int, default=THROWER_NICE,
                    help="nice level of the hostile process (0: same priority as the host)")
+    p.add_argument("--host-workers", type=int, default=0, help="poshost serve --workers")
     p.add_argument("--kinds", help="comma-separated hostile frame kinds (default all)")
     p.add_argument("--profile", type=Path, help="run the host under cProfile, stats here")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, db)")
