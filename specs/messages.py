@@ -27,6 +27,23 @@ from specs.framing import BITMAP_LENGTH, MTI_LENGTH
 Message = dict[str, str]
 _HEX = frozenset("0123456789ABCDEF")
 _TRACK2 = frozenset("0123456789D")
+_CHECKS: dict[str, tuple[Callable[[str], bool], str]] = {}
+"""Field key -> (character check, what it wants) for n, z and b fields, from FIELDS."""
+for _f in FIELDS.values():
+    if _f.fmt == "n":
+        _CHECKS[str(_f.number)] = (str.isdigit, "BCD digits")
+    elif _f.fmt == "z":
+        _CHECKS[str(_f.number)] = (_TRACK2.issuperset, "BCD digits")
+    elif _f.fmt == "b":
+        _CHECKS[str(_f.number)] = (_HEX.issuperset, "hex")
+_PAD_TO = {str(f.number): f.length for f in FIELDS.values()
+           if f.fmt in ("an", "ans") and not f.prefix}
+"""Fixed an/ans fields -> their length (space-padded on encoding)."""
+_KNOWN = frozenset(str(n) for n in FIELDS)
+_NOT_FIELDS = frozenset({"t", "h", "p"})
+"""Message keys that are not data fields (MTI, header, bitmap)."""
+_UNDEFINED_BITS = sum(1 << (64 - n) for n in range(2, 65) if n not in FIELDS)
+"""Bitmap bits (fields 2..64) the dialect does not define."""
 
 
 def _field_positions(doc_enc: Mapping[str, Mapping[str, bytes]], offset: int) -> dict[str, int]:
@@ -40,20 +57,17 @@ def _field_positions(doc_enc: Mapping[str, Mapping[str, bytes]], offset: int) ->
 
 
 def _check_characters(key: str, value: str, position: int) -> None:
-    f = FIELDS[int(key)]
-    allowed = {"n": str.isdigit, "z": lambda v: set(v) <= _TRACK2,
-               "b": lambda v: set(v) <= _HEX}.get(f.fmt)
-    if allowed is not None and not allowed(value):
-        what = "hex" if f.fmt == "b" else "BCD digits"
-        raise DecodeError(f"field {key} is not {what}", field=key, position=position)
+    check = _CHECKS.get(key)
+    if check is not None and not check[0](value):
+        raise DecodeError(f"field {key} is not {check[1]}", field=key, position=position)
 
 
 def _check_bitmap(bitmap: bytes, position: int) -> None:
-    bits = int.from_bytes(bitmap, "big")
-    for number in range(2, 65):
-        if bits >> (64 - number) & 1 and number not in FIELDS:
-            raise DecodeError(f"bitmap names field {number}, not in the dialect",
-                              field=str(number), position=position + (number - 1) // 8)
+    undefined = int.from_bytes(bitmap, "big") & _UNDEFINED_BITS
+    if undefined:
+        number = 65 - undefined.bit_length()  # the lowest-numbered such field
+        raise DecodeError(f"bitmap names field {number}, not in the dialect",
+                          field=str(number), position=position + (number - 1) // 8)
 
 
 def decode_message(body: bytes, *, offset: int = 0) -> Message:
@@ -151,12 +165,11 @@ def field_spans(body: bytes) -> dict[int, tuple[int, int]]:
 def _padded(doc: Mapping[str, str]) -> Message:
     out = dict(doc)
     for key, value in doc.items():
-        if key.isdigit():
-            f = FIELDS.get(int(key))
-            if f is None:
-                raise EncodeError(f"field {key} is not in the cup-pos dialect", field=key)
-            if f.fmt in ("an", "ans") and not f.prefix:
-                out[key] = value.ljust(f.length)
+        width = _PAD_TO.get(key)
+        if width is not None:
+            out[key] = value.ljust(width)
+        elif key not in _KNOWN and key.isdigit():
+            raise EncodeError(f"field {key} is not in the cup-pos dialect", field=key)
     return out
 
 
@@ -213,7 +226,7 @@ def field60_for(kind: MessageKind, batch: str) -> str:
 
 def _require(doc: Mapping[str, str], mandatory: frozenset[str], allowed: frozenset[str]) -> None:
     keys = doc.keys()
-    if mandatory <= keys and all(k in allowed for k in keys if k.isdigit()):
+    if mandatory <= keys and keys - allowed <= _NOT_FIELDS:
         return
     for key in sorted(mandatory, key=int):
         if key not in doc:
