@@ -70,7 +70,6 @@ async def run_host(config: HostConfig, *,
         conn.close()
 
 
-
 async def _run_pool(config: HostConfig, conn: sqlite3.Connection, stop: trio.Event,
                     task_status: trio.TaskStatus[tuple[str, int]]) -> None:
     """The writer here; the message path in ``config.workers`` processes listening on the
