@@ -12,6 +12,7 @@ import trio
 
 from host.bridge import serve_serial_lines
 from host.db import PanProtector, open_store
+from host.errors import ConfigError
 from host.hsm import check_lmk, ensure_pvk, open_hsm
 from host.ledger import Ledger, RrnCounter
 from host.ops import LocalStore
@@ -52,8 +53,11 @@ async def run_host(config: HostConfig, *,
             if config.workers:
                 await _run_pool(config, conn, stop, task_status)
                 return
-            listeners = await trio.open_tcp_listeners(config.listen_port,
-                                                      host=config.listen_host)
+            try:
+                listeners = await trio.open_tcp_listeners(config.listen_port,
+                                                          host=config.listen_host)
+            except OSError as exc:
+                raise _cannot_listen(config, exc) from None
             host, port = listeners[0].socket.getsockname()[:2]
             rrns = RrnCounter.load(conn)
             writer = Writer(Path(config.db_path), before_commit=rrns.persist)
@@ -74,7 +78,11 @@ async def _run_pool(config: HostConfig, conn: sqlite3.Connection, stop: trio.Eve
                     task_status: trio.TaskStatus[tuple[str, int]]) -> None:
     """The writer here; the message path in ``config.workers`` processes listening on the
     same port (host/workers.py)."""
-    with reserve_port(config.listen_host, config.listen_port) as held:
+    try:
+        held = reserve_port(config.listen_host, config.listen_port)
+    except OSError as exc:
+        raise _cannot_listen(config, exc) from None
+    with held:
         bound: tuple[str, int] = held.getsockname()[:2]
         await _serve_pool(config, conn, bound, stop, task_status)
 
@@ -99,3 +107,8 @@ async def _serve_pool(config: HostConfig, conn: sqlite3.Connection, bound: tuple
         await stop.wait()
         await pool.stop()  # each worker drains its connections
         nursery.cancel_scope.cancel()
+
+
+def _cannot_listen(config: HostConfig, exc: OSError) -> ConfigError:
+    return ConfigError(f"cannot listen on {config.listen_host}:{config.listen_port}:"
+                       f" {exc.strerror or exc}")

@@ -328,7 +328,9 @@ class RemoteStore:
 
 
 async def _stop_on_signal(stop: trio.Event) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    """SIGTERM (from the parent) drains this worker. SIGINT is ignored: a Ctrl-C reaches the
+    whole process group, and the parent decides when its workers stop."""
+    with trio.open_signal_receiver(signal.SIGTERM) as signals:
         async for _ in signals:
             stop.set()
             return
@@ -361,6 +363,7 @@ async def serve_worker(config: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     config = json.loads((argv if argv is not None else sys.argv[1:])[0])
     logging.basicConfig(level=config.get("log_level", logging.INFO),
                         format=f"%(asctime)s %(levelname)s %(name)s[w{config['index']}]"

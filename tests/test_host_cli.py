@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from host.cli import main
@@ -60,6 +62,18 @@ def test_serve_prints_ready_and_stops_on_sigterm(tmp_path: Path) -> None:
         assert proc.wait(timeout=15) == 0
     finally:
         proc.kill()
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_serve_on_a_port_in_use_says_so(tmp_path: Path, workers: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(main, ["serve", "--listen", f"127.0.0.1:{port}", "--db",
+                                           str(tmp_path / "s.db"), "--workers", workers])
+    assert result.exit_code == 1
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in result.output
 
 
 def test_terminal_add_range_names_terminals_as_posterm_load_expects(tmp_path: Path) -> None:
