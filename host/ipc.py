@@ -59,7 +59,10 @@ class IpcDecoder:
             return None
         body = bytes(self._buffer[LENGTH_BYTES:end])
         del self._buffer[:end]
-        message = pickle.loads(body)
+        try:
+            message = pickle.loads(body)
+        except Exception as exc:  # any unpickling failure: the channel is garbled
+            raise IpcError(f"undecodable channel message: {type(exc).__name__}") from None
         if not isinstance(message, tuple) or not message:
             raise IpcError("a channel message must be a non-empty tuple")
         return message

@@ -39,7 +39,7 @@ import trio
 from host.db import connect
 from host.errors import ConfigError, StoreError
 from host.hsm import ensure_pvk, open_hsm
-from host.ipc import IPC_RECEIVE_CHUNK, IpcDecoder, encode_ipc
+from host.ipc import IPC_RECEIVE_CHUNK, IpcDecoder, IpcError, encode_ipc
 from host.ledger import RrnCounter, persist_rrn_high_water
 from host.ops import KEY_CHANGES, LocalStore
 from host.server import Server
@@ -137,6 +137,7 @@ class WorkerPool:
     _procs: dict[int, trio.Process] = field(default_factory=dict)
     _stopping: bool = False
     _all_ready: trio.Event = field(default_factory=trio.Event)
+    _ready: set[int] = field(default_factory=set)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
                   ) -> None:
@@ -170,8 +171,8 @@ class WorkerPool:
             try:
                 ready = await self._run_one(
                     index, task_status if first else trio.TASK_STATUS_IGNORED)
-            except (OSError, trio.TooSlowError) as exc:
-                log.error("worker %d: %s", index, exc or "not ready in time")
+            except OSError as exc:  # could not start the process
+                log.error("worker %d: %s", index, exc)
             if first and not ready:
                 raise ConfigError(f"worker {index} did not start (see the lines above)")
             first = False
@@ -216,8 +217,17 @@ class WorkerPool:
     async def _serve_channel(self, index: int, channel: trio.SocketStream,
                              jobs: trio.Nursery, task_status: trio.TaskStatus[None]) -> bool:
         """Dispatch the worker's messages until its channel closes; whether it was ready."""
+        try:
+            return await self._dispatch(index, channel, jobs, task_status)
+        except (trio.TooSlowError, IpcError) as exc:  # not ready in time, or a garbled channel
+            log.error("worker %d: %s; stopping it", index, exc or "not ready in time")
+            return index in self._ready
+
+    async def _dispatch(self, index: int, channel: trio.SocketStream, jobs: trio.Nursery,
+                        task_status: trio.TaskStatus[None]) -> bool:
         decoder = IpcDecoder()
         started = False
+        self._ready.discard(index)
         with trio.fail_after(WORKER_START_TIMEOUT) as start_scope:
             while True:
                 try:
@@ -232,6 +242,7 @@ class WorkerPool:
                         jobs.start_soon(self._job, index, message)
                     elif message[0] == "ready" and not started:
                         started = True
+                        self._ready.add(index)
                         start_scope.deadline = float("inf")
                         log.info("worker %d ready (pid %d)", index, self._procs[index].pid)
                         jobs.start_soon(self._let_listen, index)

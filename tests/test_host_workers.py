@@ -9,10 +9,13 @@ import signal
 import sqlite3
 from pathlib import Path
 
+import pytest
 import trio
 
 from host.app import HostConfig, run_host
+from host.errors import ConfigError
 from host.ipc import IpcDecoder, IpcError, encode_ipc
+from host.workers import RrnHighWater, WorkerPool
 from hsm_sim.client import HsmClient
 from hsm_sim.commands import HsmEngine
 from tests.conftest import MID, TID, TMK, provision
@@ -93,6 +96,23 @@ async def test_workers_serve_sign_on_and_sales_with_unique_rrns(tmp_path: Path) 
     assert high_water >= max(int(r) for r in rrns) - WORKERS  # persisted for restarts
 
 
+async def test_a_worker_that_cannot_start_fails_the_host_start(tmp_path: Path) -> None:
+    db_path = tmp_path / "host.db"
+    await provision(db_path, HsmClient.in_process(HsmEngine.test()))
+    pool = WorkerPool(1, None, ("127.0.0.1", 0),  # type: ignore[arg-type]
+                      {"db_path": str(tmp_path), "hsm": "embedded", "lmk": "test"},
+                      1, RrnHighWater())  # a directory is no database: the worker dies
+    with pytest.raises(BaseExceptionGroup) as caught, trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(pool.run)
+    failures, _ = caught.value.split(ConfigError)
+    assert failures is not None
+    leaves: list[BaseException] = [failures]
+    while isinstance(leaves[0], BaseExceptionGroup):
+        leaves = list(leaves[0].exceptions)
+    assert "worker 0 did not start" in str(leaves[0])
+
+
 def test_ipc_frames_round_trip_and_refuse_garbage() -> None:
     decoder = IpcDecoder()
     messages = [("job", 1, "financial", ({"t": "0200"},), 5), ("forget", "12345678")]
@@ -100,6 +120,10 @@ def test_ipc_frames_round_trip_and_refuse_garbage() -> None:
     for i in range(0, len(data), 7):  # in pieces
         decoder.feed(data[i : i + 7])
     assert list(decoder) == messages
+    garbled = IpcDecoder()
+    garbled.feed(b"\x00\x00\x00\x03abc")
+    with pytest.raises(IpcError, match="undecodable"):
+        garbled.next()
     decoder.feed(b"\xff\xff\xff\xff")
     try:
         decoder.next()
