@@ -341,13 +341,18 @@ class LoadTerminal:
         }
         self.stats.signed_on += 1
 
-    async def run(self, deadline: float, interval: float) -> None:
+    async def start(self) -> bool:
+        """Sign on; False (the failure counted, the line closed) when it cannot."""
         try:
             await self.sign_on()
         except (TerminalError, CommunicationError) as exc:
             self.stats.errors[f"sign-on: {type(exc).__name__}"] += 1
             await self.line.aclose()
-            return
+            return False
+        return True
+
+    async def run(self, deadline: float, interval: float) -> None:
+        """Drive the mix until ``deadline`` (signed on already), then settle if asked."""
         self.next_at = trio.current_time() + self.rng.random() * interval
         self.index = 0
         while trio.current_time() < deadline:
@@ -517,13 +522,22 @@ async def run_load(settings: LoadSettings,
     stats = Stats()
     seed = random.Random()
     interval = settings.terminals / settings.rate if settings.rate else 0.0
-    started = trio.current_time()
-    deadline = started + settings.duration
     terminals = [LoadTerminal(settings, tid, settings.cards[i % len(settings.cards)], stats,
                               random.Random(seed.random()))
                  for i, tid in enumerate(settings.tids)]
-    async with trio.open_nursery() as nursery:
+    ready: list[LoadTerminal] = []
+
+    async def start(t: LoadTerminal) -> None:
+        if await t.start():
+            ready.append(t)
+
+    async with trio.open_nursery() as nursery:  # every sign-on first: the clock starts after
         for t in terminals:
+            nursery.start_soon(start, t)
+    started = trio.current_time()
+    deadline = started + settings.duration
+    async with trio.open_nursery() as nursery:
+        for t in ready:
             nursery.start_soon(t.run, deadline, interval)
         if progress is not None:
             nursery.start_soon(_progress, stats, started, deadline, progress)

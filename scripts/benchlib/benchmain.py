@@ -2,7 +2,9 @@
 
 For each terminal count of the sweep the host runs as its own process on a copy of a freshly
 provisioned database: first closed-loop (capacity), then paced at one common rate (latency
-comparable across terminal counts). The same generator then runs against the floor server.
+comparable across terminal counts). The load comes from ``posterm load`` in its own process
+(``--generator builtin``: the harness's generator in this one); the same generator then runs
+against the floor server.
 Idle-connection memory and a 10,000-transaction upload settlement follow. Results are printed
 and written to bench-results/bench-<time>.json (and a PNG chart when matplotlib is there).
 """
@@ -252,8 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=1,
                         help="runs per point; the run with the median p99 is reported")
     parser.add_argument("--no-floor", action="store_true")
-    parser.add_argument("--generator", choices=("builtin", "posterm"), default="builtin",
-                        help="load generator: the harness's own or `posterm load`")
+    parser.add_argument("--generator", choices=("builtin", "posterm"), default="posterm",
+                        help="load generator: `posterm load` (the product's load mode, its own"
+                             " process) or the harness's own (in the bench process)")
     parser.add_argument("--workers", type=int, default=0,
                         help="poshost serve --workers (message-path processes; 0: one process)")
     parser.add_argument("--out", type=Path, default=procs.ROOT / RESULTS_DIR)
