@@ -391,6 +391,9 @@ class LoadTerminal:
                 return
         if op in ("void", "refund") and not self.sold:
             op = "sale"
+        if op in ("sale", "refund") and core.batch_full(self.batch_entries.values()):
+            await self.settle_full_batch()
+            return
         doc, payload = self.request(op)
         started = time.perf_counter()
         try:
@@ -471,6 +474,13 @@ class LoadTerminal:
                 result, "error")] += 1
         except (TerminalError, CommunicationError) as exc:
             self.stats.settlements[f"failed: {type(exc).__name__}"] += 1
+
+    async def settle_full_batch(self) -> None:
+        """The batch holds all that F48 can count: settle it, then sign on for the next one."""
+        await self.settle()
+        self.batch_entries.clear()
+        self.sold.clear()
+        await self.sign_on()
 
     async def upload(self, entries: list[core.BatchEntry]) -> None:
         for chunk in core.upload_chunks(entries):
