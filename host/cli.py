@@ -70,7 +70,8 @@ def hsm_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option("--lmk", default="test", show_default=True,
                      help="'test' (the published test LMK) or an LMK file")(f)
     return click.option("--hsm", default="embedded", show_default=True,
-                        help="'embedded' or tcp://HOST:PORT")(f)
+                        help="'embedded', tcp://HOST:PORT or"
+                             " tls://HOST:PORT[?ca=FILE][&cert=FILE&key=FILE]")(f)
 
 
 def with_hsm(fn: Callable[..., Awaitable[T]], hsm: str, lmk: str) -> T:

@@ -89,9 +89,12 @@ def describe_tls_failure(exc: BaseException | None) -> str:
     while cause is not None and not isinstance(cause, ssl.SSLError):
         cause = cause.__cause__ or cause.__context__
     if cause is None:
-        return f"connection lost during the handshake ({type(exc).__name__})"
+        return f"connection lost ({type(exc).__name__}{': ' if str(exc) else ''}{exc})"
     if isinstance(cause, ssl.SSLCertVerificationError):
         return f"certificate refused: {cause.verify_message}"
+    if isinstance(cause, ssl.SSLEOFError):
+        return ("the peer closed the connection during TLS (it may require a client"
+                " certificate, or refuse ours)")
     text = str(cause)
     reason = getattr(cause, "reason", None) or text
     detail = text.split("] ", 1)[-1].split(" (_ssl.c", 1)[0]

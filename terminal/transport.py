@@ -113,7 +113,8 @@ class TcpTransport:
             raise GarbledResponse(f"undecodable frame from {where}: {exc}") from None
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             await self.aclose()
-            raise NoResponse(f"connection to {self.host}:{self.port} lost: {exc}") from None
+            why = describe_tls_failure(exc) if self.ssl_context is not None else exc
+            raise NoResponse(f"connection to {self.host}:{self.port} lost: {why}") from None
 
     async def _read_payload(self) -> bytes:
         assert self._stream is not None
