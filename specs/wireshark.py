@@ -520,7 +520,6 @@ end
 
 local function heuristic(tvb, pinfo, tree)
   if not cup.prefs.heuristic or not looks_like_cup(tvb) then return false end
-  pinfo.conversation = cup
   dissect(tvb, pinfo, tree)
   return true
 end

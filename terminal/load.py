@@ -19,7 +19,7 @@ import sys
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import trio
@@ -543,9 +543,10 @@ def latency_summary(values: list[float]) -> dict[str, float]:
 def build_report(settings: LoadSettings, stats: Stats, elapsed: float) -> dict[str, Any]:
     every = [v for values in stats.latencies.values() for v in values]
     return {
-        "settings": {k: v for k, v in asdict(settings).items()
-                     if k not in ("tmk", "cards", "pin", "tids")}
-        | {"cards": [mask_pan(c.pan) for c in settings.cards]},
+        "settings": {k: v for k, v in asdict(replace(settings, ssl_context=None)).items()
+                     if k not in ("tmk", "cards", "pin", "tids", "ssl_context")}
+        | {"cards": [mask_pan(c.pan) for c in settings.cards],
+           "tls": settings.ssl_context is not None},
         "elapsed_s": round(elapsed, 3),
         "completed": stats.completed,
         "throughput_per_s": round(stats.completed / elapsed, 1) if elapsed else 0.0,
