@@ -203,7 +203,7 @@ def serve(listen: str, db_path: Path, hsm: str, lmk: str, demo: bool | None,
             if tls is not None and tls.bound is not None:
                 tls_note = f", TLS on {tls.bound[0]}:{tls.bound[1]}"
             click.echo(f"poshost ready on {bound[0]}:{bound[1]}{tls_note} (db {db_path},"
-                       f" hsm {hsm})", nl=True)
+                       f" hsm {hsm.partition('?')[0]})", nl=True)
             sys.stdout.flush()
 
     _run(main)

@@ -314,6 +314,24 @@ local function f48_tree(tree, range, digits)
   end
 end
 
+local function f48_display(digits)
+  -- Upload records carry PANs: masked like the host's logs unless secrets are shown.
+  if cup.prefs.show_secrets or #digits == TOTALS_DIGITS or #digits == UPLOAD_END_DIGITS then
+    return digits
+  end
+  if #digits < 2 or (#digits - 2) % UPLOAD_RECORD_DIGITS ~= 0 then
+    return string.format("[%d digits, masked]", #digits)
+  end
+  local shown_records = {}
+  for i = 0, (#digits - 2) / UPLOAD_RECORD_DIGITS - 1 do
+    local r = digits:sub(3 + i * UPLOAD_RECORD_DIGITS, 2 + (i + 1) * UPLOAD_RECORD_DIGITS)
+    local pan = r:sub(9, 28):gsub("^0+", "")
+    table.insert(shown_records, string.format("%s/%s/%s", r:sub(3, 8), mask_pan(pan),
+                                              r:sub(29, 40)))
+  end
+  return string.format("%s records: %s", digits:sub(1, 2), table.concat(shown_records, ", "))
+end
+
 local function read_tlv_tag(range, pos)
   local first = range(pos, 1):uint()
   local len = 1
@@ -410,6 +428,7 @@ local function kind_of(mti, values)
   return "unknown"
 end
 
+local info_packet = -1
 local function dissect_pdu(tvb, pinfo, root)
   local total = tvb:len()
   pinfo.cols.protocol = "CUP-POS"
@@ -466,8 +485,12 @@ local function dissect_pdu(tvb, pinfo, root)
       return total
     end
     values[n] = value
-    local item = tree:add(field_pf[n], tvb(off, next_off - off), shown(f.secret, value, n))
-    if f.prefix > 0 then item:add(pf.varlen, tvb(off, f.prefix), tonumber(hex(tvb(off, f.prefix)))) end
+    local text = shown(f.secret, value, n)
+    if n == 48 then text = f48_display(value) end
+    local item = tree:add(field_pf[n], tvb(off, next_off - off), text)
+    if f.prefix > 0 then
+      item:add(pf.varlen, tvb(off, f.prefix), tonumber(hex(tvb(off, f.prefix))))
+    end
     if range then
       if n == 39 then item:add(pf.code_text, range, CODES[value] or "unknown response code")
       elseif n == 60 then layout_tree(item, range, value, F60, "f60.")
@@ -476,10 +499,12 @@ local function dissect_pdu(tvb, pinfo, root)
       elseif n == 54 and #value == 20 then
         local pos = 0
         for _, s in ipairs(BALANCE) do
-          item:add(sub_pf["f54." .. s.key], range(pos, s.digits), value:sub(pos + 1, pos + s.digits))
+          local part = value:sub(pos + 1, pos + s.digits)
+          item:add(sub_pf["f54." .. s.key], range(pos, s.digits), part)
           pos = pos + s.digits
         end
-      elseif n == 62 and #value == KEY_DATA_DIGITS then hex_layout_tree(item, range, value, KEY_DATA, "f62.")
+      elseif n == 62 and #value == KEY_DATA_DIGITS then
+        hex_layout_tree(item, range, value, KEY_DATA, "f62.")
       elseif n == 55 then f55_tree(item, range, pinfo)
       end
     end
@@ -495,7 +520,12 @@ local function dissect_pdu(tvb, pinfo, root)
   if values[11] then info = info .. " stan=" .. values[11] end
   if values[41] then info = info .. " tid=" .. values[41] end
   if values[39] then info = info .. " rc=" .. values[39] end
-  pinfo.cols.info:set(info)
+  if info_packet == pinfo.number then
+    pinfo.cols.info:append(" | " .. info)  -- more than one frame in this segment
+  else
+    pinfo.cols.info:set(info)
+    info_packet = pinfo.number
+  end
   return total
 end
 

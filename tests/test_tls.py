@@ -51,11 +51,11 @@ def other_lab(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 async def start_host(nursery: trio.Nursery, db_path: Path, lab: Path, *, mutual: bool,
-                     hsm: str = "embedded") -> tuple[int, int]:
+                     hsm: str = "embedded", pcap: Path | None = None) -> tuple[int, int]:
     """A host with a plain and a TLS listener; (plain port, TLS port)."""
     tls = TlsListen("127.0.0.1", 0, lab / "server.pem", lab / "server.key",
                     lab / "ca.pem" if mutual else None)
-    config = HostConfig(listen_port=0, db_path=db_path, hsm=hsm, tls=tls)
+    config = HostConfig(listen_port=0, db_path=db_path, hsm=hsm, tls=tls, pcap=pcap)
     _, port = await nursery.start(run_host, config)
     assert tls.bound is not None
     return port, tls.bound[1]
@@ -91,7 +91,8 @@ async def test_tls_and_plain_terminals_side_by_side_with_mutual_tls(
         caplog: pytest.LogCaptureFixture) -> None:
     db = tmp_path / "host.db"
     card = await provisioned(db)
-    plain_port, tls_port = await start_host(nursery, db, lab, mutual=True)
+    pcap = tmp_path / "cap.pcap"
+    plain_port, tls_port = await start_host(nursery, db, lab, mutual=True, pcap=pcap)
     context = tls_context(str(lab / "ca.pem"), str(lab / "terminal.pem"),
                           str(lab / "terminal.key"))
     plain = terminal(tmp_path / "plain.db", "12345678", plain_port)
@@ -105,6 +106,10 @@ async def test_tls_and_plain_terminals_side_by_side_with_mutual_tls(
         both.start_soon(run, plain, 100)
         both.start_soon(run, secure, 200)
     assert len(set(rrns)) == 2
+    # serve --pcap holds both connections' frames, the TLS one decrypted.
+    from tests.test_wireshark import pcap_payloads
+    sign_ons = {port for port, payload in pcap_payloads(pcap) if payload[13:15] == b"\x08\x10"}
+    assert sign_ons == {plain_port, tls_port}
 
     # Mutual TLS: a terminal without a certificate is refused, with a clear line on each side.
     caplog.set_level(logging.INFO)
@@ -196,3 +201,52 @@ def test_posterm_init_tls_keeps_the_files(tmp_path: Path, lab: Path) -> None:
                                          str(lab / "terminal.pem"), "--key",
                                          str(lab / "server.key"), "--state", str(state)])
     assert wrong.exit_code == 2 and "cannot use certificate" in wrong.output
+
+
+def expired_certificate(lab: Path, out: Path, name: str) -> tuple[Path, Path]:
+    """A certificate of the lab CA whose validity ended yesterday (openssl -days -1)."""
+    import subprocess
+    key, csr, pem = out / f"{name}.key", out / f"{name}.csr", out / f"{name}.pem"
+    ext = out / f"{name}.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+                   "extendedKeyUsage=serverAuth,clientAuth\n")
+    subprocess.run(["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:P-256", "-nodes", "-keyout", str(key), "-out", str(csr),
+                    "-subj", f"/CN={name}"], check=True, capture_output=True)
+    subprocess.run(["openssl", "x509", "-req", "-in", str(csr), "-CA", str(lab / "ca.pem"),
+                    "-CAkey", str(lab / "ca.key"), "-set_serial", "7", "-days", "-1",
+                    "-extfile", str(ext), "-out", str(pem)], check=True, capture_output=True)
+    return pem, key
+
+
+async def test_expired_certificates_are_refused_on_both_sides(
+        tmp_path: Path, lab: Path, nursery: trio.Nursery,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    db = tmp_path / "host.db"
+    card = await provisioned(db)
+    _, tls_port = await start_host(nursery, db, lab, mutual=True)
+    # A terminal whose certificate has expired: the host refuses it and says why.
+    pem, key = expired_certificate(lab, tmp_path, TLS_TID)
+    old = terminal(tmp_path / "old.db", TLS_TID, tls_port,
+                   tls_context(str(lab / "ca.pem"), str(pem), str(key)))
+    with pytest.raises((NoResponse, ConnectFailed)):
+        await old.sign_on()
+    await old.transport.aclose()
+    with trio.fail_after(5):
+        while "certificate refused: certificate has expired" not in caplog.text:
+            await trio.sleep(0.01)
+    # A host whose certificate has expired: the terminal refuses it and says why.
+    host_pem, host_key = expired_certificate(lab, tmp_path, "stale-host")
+    stale = TlsListen("127.0.0.1", 0, host_pem, host_key)
+    await nursery.start(run_host, HostConfig(listen_port=0, db_path=db, tls=stale))
+    assert stale.bound is not None
+    transport = TcpTransport("127.0.0.1", stale.bound[1],
+                             ssl_context=tls_context(str(lab / "ca.pem")))
+    with pytest.raises(ConnectFailed, match="certificate has expired"):
+        await transport.connect()
+    # The good terminal still transacts on the first host.
+    good = terminal(tmp_path / "t.db", TLS_TID, tls_port,
+                    tls_context(str(lab / "ca.pem"), str(lab / "terminal.pem"),
+                                str(lab / "terminal.key")))
+    await sign_on_and_sell(good, card, 100)

@@ -77,7 +77,10 @@ async def capture(tmp_path: Path, nursery: trio.Nursery) -> tuple[Path, int]:
     assert (await t.sign_on()).status == "approved"
     good = cards["good"]
     assert (await t.sale(Card.from_track2(good.track2), 12345, good.pin)).status == "approved"
-    assert (await t.sale(Card.keyed(good.pan, good.expiry), 500, None)).status == "approved"
+    keyed = await t.sale(Card.keyed(good.pan, good.expiry), 500, None)
+    assert keyed.status == "approved"
+    assert (await t.balance(Card.from_track2(good.track2), good.pin)).status == "approved"
+    assert (await t.void(keyed.details["stan"], None, None)).status == "approved"
     assert (await t.settle()).status in ("approved", "done", "balanced"), "settle"
     await t.transport.aclose()
     stop.set()
@@ -163,6 +166,7 @@ async def test_tshark_decodes_a_captured_day_field_by_field(tmp_path: Path,
     mtis = [d["t"] for d in docs]
     assert mtis[:2] == ["0800", "0810"] and "0200" in mtis and "0500" in mtis
     assert "0510" in mtis
+    assert any("54" in d for d in docs) and any("61" in d for d in docs)
 
     # The port preference (heuristics off): the capture's port is not the default 5000.
     text = tshark("-X", f"lua_script:{lua}", "-o", f"cuppos.port:{port}", "-o",
@@ -171,7 +175,7 @@ async def test_tshark_decodes_a_captured_day_field_by_field(tmp_path: Path,
     assert text.count("CUP POS ISO 8583 (cup-pos)") >= len(frames)
     for reveal in (False, True):
         out = tshark("-X", f"lua_script:{lua}", "-o", f"cuppos.show_secrets:{str(reveal).upper()}",
-                     "-r", str(pcap), "-T", "json", "-J", "cuppos")
+                     "-r", str(pcap), "-T", "json", "--no-duplicate-keys", "-J", "cuppos")
         layers = cuppos_layers(out)  # found heuristically (port 5000 is not the capture's)
         assert len(layers) == len(frames)
         for doc, layer in zip(docs, layers, strict=True):
@@ -212,7 +216,7 @@ def check_subfields(doc: dict[str, str], got: dict[str, list[str]], reveal: bool
     elif "48" in doc and len(doc["48"]) > 4:
         records = (len(doc["48"]) - 2) // 40
         assert got["cuppos.f48.record_count"] == [doc["48"][:2]]
-        for key, _, digits in UPLOAD_RECORD:
+        for key, _, _ in UPLOAD_RECORD:
             assert len(got[f"cuppos.f48.record.{key}"]) == records
     if "62" in doc:
         keys = decode_key_data(doc["62"])
@@ -261,3 +265,41 @@ def test_emv_tag_table_is_found_when_specs_has_one() -> None:
     tags = find_emv_tags()
     # Before the EMV work lands specs/ has no tag table, and F55 is shown as unnamed TLV.
     assert all(len(tag) % 2 == 0 for tag in tags)
+
+
+@needs_tshark
+def test_tshark_decodes_batch_upload_records_masked(tmp_path: Path) -> None:
+    """A 0320 batch upload (F48 records with PANs) and its end, split over two TCP segments
+    the way a slow line delivers them: reassembled, decoded, PANs masked."""
+    from host.pcap import ACK, PSH, encode_pcap_header, encode_segment
+    from specs.composite import UploadRecord, encode_upload_end, encode_upload_records
+    from specs.framing import Header, Tpdu, encode_frame_tcp
+    from specs.messages import encode_message
+
+    pans = ["6222021234567890128", "4761739001010010"]
+    records = encode_upload_records([UploadRecord(f"00000{i + 1}", pan, 100 * (i + 1), "00")
+                                     for i, pan in enumerate(pans)])
+    head = Tpdu().to_bytes() + Header().to_bytes()
+    upload = {"t": "0320", "11": "000009", "41": TID, "42": MID, "48": records,
+              "60": "00000001201"}
+    end = {**upload, "11": "000010", "48": encode_upload_end(2), "60": "00000001202"}
+    data = b"".join(encode_frame_tcp(head + encode_message(d)) for d in (upload, end))
+    client, server = ("127.0.0.1", 40000), ("127.0.0.1", 5000)
+    pcap = tmp_path / "upload.pcap"
+    pcap.write_bytes(encode_pcap_header()
+                     + encode_segment(1.0, client, server, 1, 1, PSH | ACK, data[:30])
+                     + encode_segment(1.1, client, server, 31, 1, PSH | ACK, data[30:]))
+    out = tshark("-X", f"lua_script:{lua_file(tmp_path)}", "-r", str(pcap), "-T", "json",
+                 "--no-duplicate-keys", "-J", "cuppos")
+    layers = [flatten(layer, {}) for layer in cuppos_layers(out)]
+    assert len(layers) == 2
+    got = layers[0]
+    assert got["cuppos.kind"] == ["batch upload records"]
+    assert got["cuppos.f48.record_count"] == ["02"]
+    assert got["cuppos.f48.record.trace"] == ["000001", "000002"]
+    assert got["cuppos.f48.record.amount"] == ["000000000100", "000000000200"]
+    assert got["cuppos.f48.record.pan"] == [mask_pan(p) for p in pans]
+    assert layers[1]["cuppos.kind"] == ["batch upload end"]
+    assert layers[1]["cuppos.f48.upload_total"] == ["0002"]
+    text = tshark("-X", f"lua_script:{lua_file(tmp_path)}", "-r", str(pcap), "-V")
+    assert pans[0] not in text and pans[1] not in text and "Malformed" not in text
