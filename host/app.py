@@ -3,11 +3,13 @@ one nursery. ``run_host`` serves until cancelled or until ``stop`` is set (grace
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -72,8 +74,8 @@ async def run_host(config: HostConfig, *,
     ``task_status.started((host, port))`` once listening; port 0 picks a free port.
     """
     stop = stop if stop is not None else trio.Event()
-    if config.workers and (config.tls is not None or config.pcap is not None):
-        raise ConfigError("--listen-tls and --pcap work with --workers 0 only, for now")
+    if config.workers and config.pcap is not None:
+        raise ConfigError("--pcap works with --workers 0 only, for now")
     tls_context = config.tls.context() if config.tls is not None else None
     conn = open_store(config.db_path)
     try:
@@ -119,8 +121,17 @@ async def _run_pool(config: HostConfig, conn: sqlite3.Connection, stop: trio.Eve
         held = reserve_port(config.listen_host, config.listen_port)
     except OSError as exc:
         raise _cannot_listen(config, exc) from None
-    with held:
+    with contextlib.ExitStack() as holding:
+        holding.enter_context(held)
         bound: tuple[str, int] = held.getsockname()[:2]
+        if config.tls is not None:
+            try:
+                held_tls = reserve_port(config.tls.host, config.tls.port)
+            except OSError as exc:
+                raise ConfigError(f"cannot listen for TLS on {config.tls.host}:"
+                                  f"{config.tls.port}: {exc.strerror or exc}") from None
+            holding.enter_context(held_tls)
+            config.tls.bound = held_tls.getsockname()[:2]
         await _serve_pool(config, conn, bound, stop, task_status)
 
 
@@ -133,17 +144,29 @@ async def _serve_pool(config: HostConfig, conn: sqlite3.Connection, bound: tuple
         config.workers, LocalStore(writer, Ledger(PanProtector.load(conn))),
         bound,
         {"db_path": str(config.db_path), "hsm": config.hsm, "lmk": config.lmk,
-         "log_level": logging.getLogger().getEffectiveLevel()},
+         "log_level": logging.getLogger().getEffectiveLevel(), "tls": _tls_settings(config)},
         RrnCounter.restart_base(conn), high_water)
     async with trio.open_nursery() as nursery:
         await nursery.start(writer.run)
         await nursery.start(pool.run)
         await nursery.start(serve_serial_lines, config.serial_lines, *bound)
         log.info("listening on %s:%d with %d worker processes", *bound, config.workers)
+        if config.tls is not None and config.tls.bound is not None:
+            log.info("listening for TLS on %s:%d%s", *config.tls.bound,
+                     " (mutual TLS)" if config.tls.client_ca else "")
         task_status.started(bound)
         await stop.wait()
         await pool.stop()  # each worker drains its connections
         nursery.cancel_scope.cancel()
+
+
+def _tls_settings(config: HostConfig) -> dict[str, Any] | None:
+    """What a worker process needs to serve the TLS listener (paths, not the context)."""
+    tls = config.tls
+    if tls is None or tls.bound is None:
+        return None
+    return {"listen": list(tls.bound), "cert": str(tls.cert), "key": str(tls.key),
+            "client_ca": str(tls.client_ca) if tls.client_ca else None}
 
 
 async def _open_tls_listeners(tls: TlsListen | None) -> list[trio.SocketListener]:

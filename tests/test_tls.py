@@ -250,3 +250,25 @@ async def test_expired_certificates_are_refused_on_both_sides(
                     tls_context(str(lab / "ca.pem"), str(lab / "terminal.pem"),
                                 str(lab / "terminal.key")))
     await sign_on_and_sell(good, card, 100)
+
+
+async def test_tls_with_worker_processes(tmp_path: Path, lab: Path,
+                                         nursery: trio.Nursery) -> None:
+    """--workers 2: every worker serves the TLS listener too (mutual TLS), beside plain."""
+    db = tmp_path / "host.db"
+    card = await provisioned(db)
+    tls = TlsListen("127.0.0.1", 0, lab / "server.pem", lab / "server.key", lab / "ca.pem")
+    _, plain_port = await nursery.start(
+        run_host, HostConfig(listen_port=0, db_path=db, tls=tls, workers=2))
+    assert tls.bound is not None
+    context = tls_context(str(lab / "ca.pem"), str(lab / "terminal.pem"),
+                          str(lab / "terminal.key"))
+    secure = terminal(tmp_path / "tls.db", TLS_TID, tls.bound[1], context)
+    plain = terminal(tmp_path / "plain.db", "12345678", plain_port)
+    for _ in range(3):  # fresh connections, spread over the workers by the kernel
+        await sign_on_and_sell(secure, card, 100)
+        await sign_on_and_sell(plain, card, 100)
+    bare = terminal(tmp_path / "bare.db", TLS_TID, tls.bound[1], tls_context(str(lab / "ca.pem")))
+    with pytest.raises((NoResponse, ConnectFailed)):
+        await bare.sign_on()
+    await bare.transport.aclose()
