@@ -61,6 +61,11 @@ BALANCE: Layout = (("account_type", "account type", 2), ("amount_type", "amount 
 KEY_DATA: Layout = (("pik", "PIK under TMK", 32), ("pik_cv", "PIK check value", 8),
                     ("mak", "MAK under TMK", 32), ("mak_cv", "MAK check value", 8))
 """F62 of a sign-on response, in hex digits."""
+WELL_KNOWN_TAGS = frozenset({"82", "95", "9A", "9C", "5F2A", "9F02", "9F10", "9F1A", "9F26",
+                             "9F27", "9F36", "9F37"})
+"""Tags of every ARQC: a mapping is taken for the EMV tag table only if it holds at least
+MIN_KNOWN_TAGS of them (response codes, say, also have hex-looking keys)."""
+MIN_KNOWN_TAGS = 3
 SENSITIVE_TAGS = frozenset({"56", "57", "5A", "5F20", "5F24", "9F1F", "9F20", "9F6B"})
 """EMV tags masked by default (track data, PAN, cardholder name, expiry), whatever the tag
 table says."""
@@ -105,6 +110,8 @@ def _tag_table(value: Any) -> dict[str, tuple[str, bool]]:
             return {}
         secret = bool(getattr(entry, "secret", False) or getattr(entry, "sensitive", False))
         out[tag.upper()] = (name, secret or tag.upper() in SENSITIVE_TAGS)
+    if len(WELL_KNOWN_TAGS & set(out)) < MIN_KNOWN_TAGS:
+        return {}
     return out
 
 
@@ -252,8 +259,11 @@ end
 
 local function shown(secret, value, what)
   -- The text shown for a secret value, masked unless the preference says otherwise.
-  if cup.prefs.show_secrets or secret == "" or secret == "mac" or secret == "emv" then
+  if cup.prefs.show_secrets or secret == "" or secret == "mac" then
     return value
+  end
+  if secret == "emv" then
+    return string.format("[EMV data, %d bytes, tags below]", math.floor(#value / 2))
   end
   if secret == "pan" and what == 2 then return mask_pan(value) end
   if secret == "pan" then return "****" end

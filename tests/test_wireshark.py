@@ -144,6 +144,8 @@ def expected(doc: dict[str, str], reveal: bool) -> dict[str, str]:
         elif not reveal and secret == "track2":
             pan = value.split("D")[0]
             shown = f"[track 2, {len(value)} digits, PAN {mask_pan(pan)}]"
+        elif not reveal and secret == "emv":
+            shown = f"[EMV data, {len(value) // 2} bytes, tags below]"
         elif not reveal and secret in ("pinblock", "keys"):
             label = {"pinblock": "PIN block", "keys": "key data"}[secret]
             shown = f"[{label}, {len(value) // 2} bytes, masked]"
@@ -262,9 +264,20 @@ def test_subfield_layouts_match_the_codecs() -> None:
 
 
 def test_emv_tag_table_is_found_when_specs_has_one() -> None:
+    from specs import wireshark
+    from specs.codes import RESPONSE_CODES
+
     tags = find_emv_tags()
-    # Before the EMV work lands specs/ has no tag table, and F55 is shown as unnamed TLV.
-    assert all(len(tag) % 2 == 0 for tag in tags)
+    # Response codes have hex-looking keys too, but they are no tag table.
+    assert not set(RESPONSE_CODES) <= set(tags)
+    # A table shaped like the EMV work's (tag -> object with a name) is read, masking kept.
+    class Tag:
+        def __init__(self, name: str) -> None:
+            self.name = name
+    table = {t: Tag(f"tag {t}") for t in ("9F26", "9F27", "9F36", "95", "5A", "57")}
+    found = wireshark._tag_table(table)
+    assert found["9F26"] == ("tag 9F26", False) and found["5A"] == ("tag 5A", True)
+    assert wireshark._tag_table(RESPONSE_CODES) == {}
 
 
 @needs_tshark
@@ -303,3 +316,36 @@ def test_tshark_decodes_batch_upload_records_masked(tmp_path: Path) -> None:
     assert layers[1]["cuppos.f48.upload_total"] == ["0002"]
     text = tshark("-X", f"lua_script:{lua_file(tmp_path)}", "-r", str(pcap), "-V")
     assert pans[0] not in text and pans[1] not in text and "Malformed" not in text
+
+
+@needs_tshark
+def test_tshark_decodes_f55_tags(tmp_path: Path) -> None:
+    """F55 as BER-TLV: each tag with its length and value; PAN and track 2 tags masked."""
+    from host.pcap import ACK, PSH, encode_pcap_header, encode_segment
+    from specs.framing import Header, Tpdu, encode_frame_tcp
+    from specs.messages import encode_message
+
+    tlv = ("9F2608" "1122334455667788" "9F2701" "80" "5A08" "6222021234567890"
+           "9F3602" "0001" "9F1012" + "06010A03A00000" + "00" * 11)
+    doc = {"t": "0200", "3": "000000", "4": "000000000100", "11": "000005", "22": "051",
+           "23": "001", "25": "00", "41": TID, "42": MID, "49": "156", "55": tlv.upper(),
+           "60": "22000001000"}
+    payload = Tpdu().to_bytes() + Header().to_bytes() + encode_message(doc)
+    pcap = tmp_path / "chip.pcap"
+    pcap.write_bytes(encode_pcap_header() + encode_segment(
+        1.0, ("127.0.0.1", 40000), ("127.0.0.1", 5000), 1, 1, PSH | ACK,
+        encode_frame_tcp(payload)))
+    lua = lua_file(tmp_path)
+    for reveal in (False, True):
+        out = tshark("-X", f"lua_script:{lua}", "-o",
+                     f"cuppos.show_secrets:{str(reveal).upper()}", "-r", str(pcap), "-T",
+                     "json", "--no-duplicate-keys", "-J", "cuppos")
+        (layer,) = [flatten(x, {}) for x in cuppos_layers(out)]
+        assert layer["cuppos.f55.tag"] == ["9F26", "9F27", "5A", "9F36", "9F10"]
+        assert layer["cuppos.f55.length"] == ["8", "1", "8", "2", "18"]
+        values = layer["cuppos.f55.value"]
+        assert values[0] == "1122334455667788" and values[3] == "0001"
+        assert (values[2] == "6222021234567890") == reveal
+        assert layer["cuppos.kind"] == ["sale"]
+    text = tshark("-X", f"lua_script:{lua}", "-r", str(pcap), "-V")
+    assert "6222021234567890" not in text and "Malformed" not in text
