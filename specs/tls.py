@@ -78,6 +78,8 @@ def client_context(ca: str | Path | None = None, cert: str | Path | None = None,
     return context
 
 
+_CLOSED = ("the peer closed the connection during TLS (it may require a client certificate,"
+           " or refuse ours)")
 _PLAIN_REASONS = ("WRONG_VERSION_NUMBER", "HTTP_REQUEST", "UNKNOWN_PROTOCOL",
                   "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG")
 
@@ -86,15 +88,16 @@ def describe_tls_failure(exc: BaseException | None) -> str:
     """One line saying why a handshake failed, from the ``ssl`` error behind it (trio raises
     ``BrokenResourceError`` from it). Never carries data from the peer beyond the reason."""
     cause = exc
-    while cause is not None and not isinstance(cause, ssl.SSLError):
+    while cause is not None and not isinstance(cause, ssl.SSLError | ConnectionResetError):
         cause = cause.__cause__ or cause.__context__
     if cause is None:
         return f"connection lost ({type(exc).__name__}{': ' if str(exc) else ''}{exc})"
+    if isinstance(cause, ConnectionResetError):
+        return _CLOSED
     if isinstance(cause, ssl.SSLCertVerificationError):
         return f"certificate refused: {cause.verify_message}"
     if isinstance(cause, ssl.SSLEOFError):
-        return ("the peer closed the connection during TLS (it may require a client"
-                " certificate, or refuse ours)")
+        return _CLOSED
     text = str(cause)
     reason = getattr(cause, "reason", None) or text
     detail = text.split("] ", 1)[-1].split(" (_ssl.c", 1)[0]

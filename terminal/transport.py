@@ -69,6 +69,8 @@ class TcpTransport:
         self.ssl_context = ssl_context
         self._stream: trio.abc.Stream | None = None
         self._decoder = TcpFrameDecoder()
+        self._fresh = False
+        """No exchange yet on this connection (a TLS refusal shows at the first one)."""
 
     async def connect(self) -> None:
         if self._stream is not None:
@@ -79,6 +81,7 @@ class TcpTransport:
                 if self.ssl_context is not None:
                     stream = await self._handshake(stream, self.ssl_context)
                 self._stream = stream
+                self._fresh = True
         except (OSError, trio.TooSlowError) as exc:
             raise ConnectFailed(f"cannot connect to {self.host}:{self.port}: {exc}") from None
         self._decoder = TcpFrameDecoder()
@@ -100,6 +103,7 @@ class TcpTransport:
     async def exchange(self, payload: bytes, timeout: float) -> bytes:
         await self.connect()
         assert self._stream is not None
+        fresh, self._fresh = self._fresh, False
         try:
             with trio.fail_after(timeout if timeout > 0 else math.inf):
                 await self._stream.send_all(encode_frame_tcp(payload))
@@ -113,7 +117,10 @@ class TcpTransport:
             raise GarbledResponse(f"undecodable frame from {where}: {exc}") from None
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             await self.aclose()
-            why = describe_tls_failure(exc) if self.ssl_context is not None else exc
+            why = describe_tls_failure(exc) if self.ssl_context is not None else str(exc)
+            if self.ssl_context is not None and fresh and "certificate" not in why:
+                why += ("; a host that requires a client certificate (mutual TLS) closes a"
+                        " connection without one at once: posterm init --cert/--key")
             raise NoResponse(f"connection to {self.host}:{self.port} lost: {why}") from None
 
     async def _read_payload(self) -> bytes:

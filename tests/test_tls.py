@@ -161,7 +161,9 @@ async def test_hostile_handshakes_cost_only_their_connection(
 
 
 async def test_host_reaches_hsm_over_mutual_tls(tmp_path: Path, lab: Path,
-                                                nursery: trio.Nursery) -> None:
+                                                nursery: trio.Nursery,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
     context = server_context(lab / "server.pem", lab / "server.key", lab / "ca.pem")
     listeners = await nursery.start(
         lambda task_status: serve_hsm(HsmEngine.test(), "127.0.0.1", 0, 4,
@@ -176,11 +178,18 @@ async def test_host_reaches_hsm_over_mutual_tls(tmp_path: Path, lab: Path,
         with pytest.raises(HsmUnavailable, match="certificate"):
             await client.lmk_check_value()
 
+    # A plain client on the TLS port is closed, not answered; hsm-sim says why.
+    async with open_hsm(f"tcp://127.0.0.1:{port}", "test") as (client, _):
+        with pytest.raises(HsmUnavailable):
+            await client.lmk_check_value()
+
     db = tmp_path / "host.db"
     card = await provisioned(db, hsm)
     _, tls_port = await start_host(nursery, db, lab, mutual=False, hsm=hsm)
     t = terminal(tmp_path / "t.db", TLS_TID, tls_port, tls_context(str(lab / "ca.pem")))
     await sign_on_and_sell(t, card, 100)
+    assert "not TLS (plain bytes on a TLS port?)" in caplog.text
+    assert "the peer sent no client certificate" in caplog.text
 
 
 def test_posterm_init_tls_keeps_the_files(tmp_path: Path, lab: Path) -> None:

@@ -4,6 +4,7 @@ listener, posterm on TLS with its certificate (and a plain posterm beside it).""
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
@@ -66,6 +67,8 @@ def test_tls_recipe_from_the_readme(tmp_path: Path,
            f"&key={lab}/server.key")
     db = str(tmp_path / "host.db")
     _ok(poshost, ["init", "--demo", "--db", db, "--hsm", hsm])
+    _ok(poshost, ["terminal", "add-range", "--prefix", "LT", "--count", "2", "--mid", DEMO_MID,
+                  "--tmk", DEMO_TMK, "--db", db, "--hsm", hsm])
     line = start(processes, [str(BIN / "poshost"), "serve", "--listen", "127.0.0.1:0",
                              "--listen-tls", "127.0.0.1:0", "--tls-cert", str(lab / "server.pem"),
                              "--tls-key", str(lab / "server.key"), "--tls-client-ca",
@@ -86,6 +89,15 @@ def test_tls_recipe_from_the_readme(tmp_path: Path,
         assert "APPROVED" in _ok(posterm, ["signon", *state]).upper()
         sale = _ok(posterm, ["sale", "1.00", "--track2", TRACK2, "--pin", "1234", *state])
         assert "APPROVED" in sale.upper()
+
+    load = CliRunner().invoke(posterm, [
+        "load", "--host", f"127.0.0.1:{tls_port}", "--tls", "--ca", str(lab / "ca.pem"),
+        "--cert", str(lab / "terminal.pem"), "--key", str(lab / "terminal.key"),
+        "--terminals", "2", "--duration", "1", "--mix", "sale=100", "--mid", DEMO_MID,
+        "--tmk", DEMO_TMK, "--track2", TRACK2, "--pin", "1234", "--json"])
+    assert load.exit_code == 0, load.output
+    report = json.loads(load.stdout)
+    assert report["completed"] > 0 and not report["errors"] and report["settings"]["tls"]
 
     bare = ["--state", str(tmp_path / "bare.db")]
     _ok(posterm, ["init", "--tid", DEMO_TID, "--mid", DEMO_MID, "--tmk", DEMO_TMK, "--host",
