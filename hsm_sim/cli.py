@@ -22,7 +22,7 @@ from hsm_sim import crypto
 from hsm_sim.commands import DEFAULT_HEADER_LENGTH, HsmEngine
 from hsm_sim.errors import HsmError
 from hsm_sim.lmk import TEST_LMK_WARNING, generate_lmk_file, load_lmk
-from specs.tls import TlsError, server_context
+from specs.tls import TlsError, client_context, server_context
 
 F = TypeVar("F", bound=Callable[..., Any])
 LAB_ONLY = "LAB HELPER: works on CLEAR keys - published test vectors only, never live keys."
@@ -189,10 +189,11 @@ def lmk_check(lmk_spec: str) -> None:
 # --------------------------------------------------------------------------- operator
 
 
-async def _send_command(host: str, port: int, header: bytes, text: str, timeout: float) -> str:
+async def _send_command(host: str, port: int, header: bytes, text: str, timeout: float,
+                        context: ssl.SSLContext | None = None) -> str:
     from hsm_sim.client import TcpTransport
 
-    transport = TcpTransport(host, port, timeout=timeout)
+    transport = TcpTransport(host, port, timeout=timeout, ssl_context=context)
     try:
         response = await transport.call(header + text.encode("ascii"))
     finally:
@@ -206,13 +207,29 @@ async def _send_command(host: str, port: int, header: bytes, text: str, timeout:
 @click.option("--port", default=DEFAULT_PORT, show_default=True)
 @click.option("--header", default="0000", show_default=True, help="Header to send.")
 @click.option("--timeout", default=5.0, show_default=True, help="Seconds to wait.")
+@click.option("--tls", is_flag=True, help="Connect over TLS 1.2+.")
+@click.option("--ca", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="CA the HSM's certificate must chain to (default: the system's CAs).")
+@click.option("--cert", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Client certificate, for an HSM requiring mutual TLS.")
+@click.option("--key", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Private key of --cert.")
 @_hsm_errors
-def command(request: str, host: str, port: int, header: str, timeout: float) -> None:
+def command(request: str, host: str, port: int, header: str, timeout: float, tls: bool,
+            ca: str | None, cert: str | None, key: str | None) -> None:
     """Send one raw host command to a running HSM and print the response.
 
     REQUEST is the command code and fields without header, e.g. NC or BU0200406FBB23A5214DF.
     """
-    click.echo(trio.run(_send_command, host, port, header.encode(), request, timeout))
+    context = None
+    if tls:
+        try:
+            context = client_context(ca, cert, key)
+        except TlsError as exc:
+            raise click.ClickException(f"TLS: {exc}") from None
+    elif ca or cert or key:
+        raise click.UsageError("--ca, --cert and --key go with --tls")
+    click.echo(trio.run(_send_command, host, port, header.encode(), request, timeout, context))
 
 
 # --------------------------------------------------------------------------- lab helpers

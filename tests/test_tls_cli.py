@@ -65,6 +65,11 @@ def test_tls_recipe_from_the_readme(tmp_path: Path,
     hsm_port = re.search(r":(\d+) ", line).group(1)  # type: ignore[union-attr]
     hsm = (f"tls://127.0.0.1:{hsm_port}?ca={lab}/ca.pem&cert={lab}/server.pem"
            f"&key={lab}/server.key")
+    from hsm_sim.cli import main as hsm_sim
+    nc = _ok(hsm_sim, ["command", "--port", hsm_port, "--tls", "--ca", str(lab / "ca.pem"),
+                       "--cert", str(lab / "server.pem"), "--key", str(lab / "server.key"),
+                       "NC"])
+    assert nc.startswith("0000ND00")
     db = str(tmp_path / "host.db")
     _ok(poshost, ["init", "--demo", "--db", db, "--hsm", hsm])
     _ok(poshost, ["terminal", "add-range", "--prefix", "LT", "--count", "2", "--mid", DEMO_MID,
