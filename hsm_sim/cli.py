@@ -131,7 +131,7 @@ def serve(host: str, port: int, header_length: int, lmk_spec: str,
     """
     context = _tls_context(tls_cert, tls_key, tls_client_ca)
     _start_audit_log(audit_log)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
     engine = _load_engine(lmk_spec, header_length)
     trio.run(_run_server, engine, host, port, header_length, context)
 
