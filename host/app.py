@@ -61,7 +61,7 @@ class HostConfig:
     workers: int = 0
     """Worker processes for the message path (host/workers.py); 0: all in this process."""
     tls: TlsListen | None = None
-    """A TLS listener beside the plain one (one process only, for now)."""
+    """A TLS listener beside the plain one (served by every worker with --workers N)."""
     pcap: Path | None = None
     """Write every frame of every terminal connection to this pcap file (serve --pcap)."""
 
