@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import logging
 import signal
+import ssl
 import sys
 from collections.abc import Callable
-from functools import wraps
+from functools import partial, wraps
 from typing import Any, TypeVar
 
 import click
@@ -21,6 +22,7 @@ from hsm_sim import crypto
 from hsm_sim.commands import DEFAULT_HEADER_LENGTH, HsmEngine
 from hsm_sim.errors import HsmError
 from hsm_sim.lmk import TEST_LMK_WARNING, generate_lmk_file, load_lmk
+from specs.tls import TlsError, client_context, server_context
 
 F = TypeVar("F", bound=Callable[..., Any])
 LAB_ONLY = "LAB HELPER: works on CLEAR keys - published test vectors only, never live keys."
@@ -59,15 +61,18 @@ def main() -> None:
 # --------------------------------------------------------------------------- serve
 
 
-async def _run_server(engine: HsmEngine, host: str, port: int, header_length: int) -> None:
+async def _run_server(engine: HsmEngine, host: str, port: int, header_length: int,
+                      ssl_context: ssl.SSLContext | None = None) -> None:
     from hsm_sim.server import serve_hsm
 
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            listeners = await nursery.start(serve_hsm, engine, host, port, header_length)
+            listeners = await nursery.start(
+                partial(serve_hsm, engine, host, port, header_length, ssl_context=ssl_context))
             address = listeners[0].socket.getsockname()
+            mode = "" if ssl_context is None else " TLS"
             click.echo(
-                f"hsm-sim ready on {address[0]}:{address[1]} "
+                f"hsm-sim ready on{mode} {address[0]}:{address[1]} "
                 f"(LMK check value {engine.lmk.check_value})",
                 nl=True,
             )
@@ -104,9 +109,16 @@ def _load_engine(lmk_spec: str, header_length: int) -> HsmEngine:
     help="Append the audit log (one line per command: client, command, error code, KCVs) "
     "to this file instead of stderr.",
 )
+@click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Serve TLS 1.2+ only, with this certificate (PEM).")
+@click.option("--tls-key", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Private key of --tls-cert (PEM).")
+@click.option("--tls-client-ca", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Clients must present a certificate this CA issued (mutual TLS).")
 @_hsm_errors
 def serve(host: str, port: int, header_length: int, lmk_spec: str,
-          audit_log: str | None) -> None:
+          audit_log: str | None, tls_cert: str | None, tls_key: str | None,
+          tls_client_ca: str | None) -> None:
     """Run the HSM on TCP (2-byte length framing, payShield host commands).
 
     Prints one 'hsm-sim ready on HOST:PORT' line when listening; stops on SIGINT/SIGTERM.
@@ -117,9 +129,25 @@ def serve(host: str, port: int, header_length: int, lmk_spec: str,
                    Y4 import a clear key, Y6 clear components, Y8 generate components
                    (Y4/Y6/Y8 only while the test LMK is loaded, else error 17).
     """
+    context = _tls_context(tls_cert, tls_key, tls_client_ca)
     _start_audit_log(audit_log)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
     engine = _load_engine(lmk_spec, header_length)
-    trio.run(_run_server, engine, host, port, header_length)
+    trio.run(_run_server, engine, host, port, header_length, context)
+
+
+def _tls_context(cert: str | None, key: str | None,
+                 client_ca: str | None) -> ssl.SSLContext | None:
+    if cert is None and key is None:
+        if client_ca:
+            raise click.UsageError("--tls-client-ca needs --tls-cert and --tls-key")
+        return None
+    if cert is None or key is None:
+        raise click.UsageError("give --tls-cert and --tls-key together")
+    try:
+        return server_context(cert, key, client_ca)
+    except TlsError as exc:
+        raise click.ClickException(f"TLS: {exc}") from None
 
 
 def _start_audit_log(path: str | None) -> None:
@@ -161,10 +189,11 @@ def lmk_check(lmk_spec: str) -> None:
 # --------------------------------------------------------------------------- operator
 
 
-async def _send_command(host: str, port: int, header: bytes, text: str, timeout: float) -> str:
+async def _send_command(host: str, port: int, header: bytes, text: str, timeout: float,
+                        context: ssl.SSLContext | None = None) -> str:
     from hsm_sim.client import TcpTransport
 
-    transport = TcpTransport(host, port, timeout=timeout)
+    transport = TcpTransport(host, port, timeout=timeout, ssl_context=context)
     try:
         response = await transport.call(header + text.encode("ascii"))
     finally:
@@ -178,13 +207,29 @@ async def _send_command(host: str, port: int, header: bytes, text: str, timeout:
 @click.option("--port", default=DEFAULT_PORT, show_default=True)
 @click.option("--header", default="0000", show_default=True, help="Header to send.")
 @click.option("--timeout", default=5.0, show_default=True, help="Seconds to wait.")
+@click.option("--tls", is_flag=True, help="Connect over TLS 1.2+.")
+@click.option("--ca", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="CA the HSM's certificate must chain to (default: the system's CAs).")
+@click.option("--cert", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Client certificate, for an HSM requiring mutual TLS.")
+@click.option("--key", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Private key of --cert.")
 @_hsm_errors
-def command(request: str, host: str, port: int, header: str, timeout: float) -> None:
+def command(request: str, host: str, port: int, header: str, timeout: float, tls: bool,
+            ca: str | None, cert: str | None, key: str | None) -> None:
     """Send one raw host command to a running HSM and print the response.
 
     REQUEST is the command code and fields without header, e.g. NC or BU0200406FBB23A5214DF.
     """
-    click.echo(trio.run(_send_command, host, port, header.encode(), request, timeout))
+    context = None
+    if tls:
+        try:
+            context = client_context(ca, cert, key)
+        except TlsError as exc:
+            raise click.ClickException(f"TLS: {exc}") from None
+    elif ca or cert or key:
+        raise click.UsageError("--ca, --cert and --key go with --tls")
+    click.echo(trio.run(_send_command, host, port, header.encode(), request, timeout, context))
 
 
 # --------------------------------------------------------------------------- lab helpers
