@@ -52,6 +52,10 @@ IAD = "07001203A0000000"
 TERMINAL_CAPABILITIES = "E0F8C8"
 TERMINAL_TYPE = "22"
 MAX_ATC = 0xFFFF
+CVR_INDEX = 3
+CVR_TC, CVR_AAC = 0x60, 0x00
+"""The CVR byte after the second GENERATE AC (first byte: TC / AAC returned): the final
+cryptogram differs from the ARQC, as on a real card."""
 ENTRY_CONTACT, ENTRY_CONTACTLESS = "05", "07"
 CVM_ONLINE_PIN, CVM_NO_CVM = "420300", "1F0302"
 
@@ -146,6 +150,7 @@ def first_generate_ac(card: ChipCard, amount: int, kind: str, *, date: str, atc:
 
 def _aac(read: ChipRead, reason: str, issuer_auth_failed: bool) -> SecondAc:
     tags = dict(read.tags)
+    tags["9F10"] = _iad_after(tags["9F10"], CVR_AAC)
     if issuer_auth_failed:
         index, bit = TVR_ISSUER_AUTH_FAILED
         tvr = bytearray(bytes.fromhex(tags["95"]))
@@ -174,9 +179,18 @@ def second_generate_ac(card: ChipCard, read: ChipRead, issuer_auth: str | None,
     if arc != response_code.encode("ascii"):
         return _aac(read, f"ARC {arc!r} differs from the response code", True)
     tags = dict(read.tags)
-    tc = generate_ac(session_key, arqc_data(tags)).hex().upper()
+    tags["9F10"] = _iad_after(tags["9F10"], CVR_TC)
+    tc = generate_ac(session_key, arqc_data(tags) + arc).hex().upper()
     tags.update({"9F26": tc, "9F27": CID_TC})
     return SecondAc(CID_TC, tc, tags, True)
+
+
+def _iad_after(iad: str, cvr: int) -> str:
+    """The IAD with the CVR byte (index 3) of the second GENERATE AC."""
+    raw = bytearray(bytes.fromhex(iad))
+    if len(raw) > CVR_INDEX:
+        raw[CVR_INDEX] = cvr
+    return raw.hex().upper()
 
 
 def request_f55(read: ChipRead) -> str:

@@ -272,7 +272,7 @@ class Terminal:
                           original: JournalEntry | None = None) -> Result:
         status = "approved" if outcome.accepted else "declined"
         details: dict[str, Any] = {
-            "pan": mask_pan(card.pan), "entry": "swipe" if card.swiped else "manual",
+            "pan": mask_pan(card.pan), "entry": _entry_label(card),
             "amount_minor": amount, "stan": outcome.request["11"],
             "batch": outcome.request["60"][2:8], "rrn": outcome.get("37"),
             "auth_code": outcome.get("38"), "host_date": outcome.get("13"),
@@ -558,6 +558,12 @@ class Terminal:
 
 def _response_fields(outcome: Outcome) -> dict[str, str | None]:
     return {k: outcome.get(k) for k in ("12", "13", "37", "38", "39", "63")}
+
+
+def _entry_label(card: Card) -> str:
+    if isinstance(card, chip.ChipCardRead):
+        return "contactless" if card.contactless else "chip"
+    return "swipe" if card.swiped else "manual"
 
 
 def _journal_card(entry: JournalEntry) -> Card:

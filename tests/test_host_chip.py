@@ -220,3 +220,36 @@ async def test_corrupted_tag_91_bytes_fail_the_mac_and_reverse_once(
     assert [r["39"] for r in _sent(proxy, "0400")] == ["A0"]
     assert _balance(chip_host) == START
     await t.transport.aclose()
+
+
+async def test_chip_through_worker_processes(tmp_path: Path) -> None:
+    """``serve --workers 2``: the chip facts travel from a worker to the writer; the ATC
+    replay rule holds across processes."""
+    from types import SimpleNamespace
+
+    from host.app import HostConfig, run_host
+    from hsm_sim.client import HsmClient
+    from hsm_sim.commands import HsmEngine
+    from tests.conftest import MID, TID, TMK, provision
+
+    db_path = tmp_path / "host.db"
+    hsm = HsmClient.in_process(HsmEngine.test())
+    await provision(db_path, hsm)
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        bound = await nursery.start(
+            lambda task_status: run_host(HostConfig(listen_port=0, db_path=db_path, workers=2),
+                                         task_status=task_status, stop=stop))
+        host = SimpleNamespace(host=bound[0], port=bound[1], db_path=db_path, hsm=hsm, tid=TID,
+                               mid=MID, terminals={TID: (TMK, "x919")})
+        await _provision(host)
+        t = await _terminal(host, tmp_path / "t.db")
+        assert (await t.chip_sale("chip", 200, None)).status == "approved"
+        with t.store.transaction() as db:
+            db.execute("UPDATE chip_cards SET atc = 0")
+        await t.transport.aclose()
+        t = reopen(t.store)
+        assert (await t.chip_sale("chip", 300, None)).code == "05"
+        await t.transport.aclose()
+        stop.set()
+    assert _balance(host) == START - 200 and _atc_high(host) == 1
