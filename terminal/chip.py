@@ -57,6 +57,8 @@ CVR_TC, CVR_AAC = 0x60, 0x00
 """The CVR byte after the second GENERATE AC (first byte: TC / AAC returned): the final
 cryptogram differs from the ARQC, as on a real card."""
 ENTRY_CONTACT, ENTRY_CONTACTLESS = "05", "07"
+BEHAVIOUR_REJECT_ARPC = "reject-arpc"
+BEHAVIOURS = ("normal", BEHAVIOUR_REJECT_ARPC)
 CVM_ONLINE_PIN, CVM_NO_CVM = "420300", "1F0302"
 
 
@@ -72,6 +74,9 @@ class ChipCard:
     atc: int = 0
     aid: str = DEFAULT_AID
     label: str = DEFAULT_LABEL
+    behaviour: str = "normal"
+    """``normal``, or ``reject-arpc``: a lab card whose issuer authentication always fails
+    (to see a host approval declined by the card, and its 0400/06 reversal)."""
 
     def session_key(self, atc: int) -> bytes:
         return derive_session_key_common(self.icc_mk, atc.to_bytes(2, "big"))
@@ -168,6 +173,8 @@ def second_generate_ac(card: ChipCard, read: ChipRead, issuer_auth: str | None,
     approved but the ARPC is missing or wrong)."""
     if response_code != APPROVED:
         return _aac(read, f"host declined ({response_code})", False)
+    if card.behaviour == BEHAVIOUR_REJECT_ARPC:
+        return _aac(read, "the card refuses the ARPC (lab behaviour reject-arpc)", True)
     if issuer_auth is None or len(issuer_auth) != 2 * ISSUER_AUTH_LENGTH:
         return _aac(read, "no issuer authentication data (tag 91)", True)
     raw = bytes.fromhex(issuer_auth)

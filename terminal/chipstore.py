@@ -16,7 +16,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS chip_cards (
     name TEXT PRIMARY KEY, pan TEXT NOT NULL, psn TEXT NOT NULL, expiry TEXT NOT NULL,
     icc_mk BLOB NOT NULL, atc INTEGER NOT NULL DEFAULT 0, aid TEXT NOT NULL,
-    label TEXT NOT NULL);
+    label TEXT NOT NULL, behaviour TEXT NOT NULL DEFAULT 'normal');
 CREATE TABLE IF NOT EXISTS chip_journal (
     journal_id INTEGER PRIMARY KEY, card TEXT NOT NULL, psn TEXT NOT NULL, atc TEXT NOT NULL,
     aid TEXT, label TEXT, tvr TEXT, cid TEXT, cryptogram TEXT);
@@ -29,16 +29,16 @@ def _ensure(db: sqlite3.Connection) -> None:
 
 def _card(row: sqlite3.Row) -> ChipCard:
     return ChipCard(row["name"], row["pan"], row["psn"], row["expiry"], bytes(row["icc_mk"]),
-                    row["atc"], row["aid"], row["label"])
+                    row["atc"], row["aid"], row["label"], row["behaviour"])
 
 
 def add_card(store: Store, card: ChipCard) -> None:
     _ensure(store._db)
     with store.transaction() as db:
         try:
-            db.execute("INSERT INTO chip_cards VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            db.execute("INSERT INTO chip_cards VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (card.name, card.pan, card.psn, card.expiry, card.icc_mk, card.atc,
-                        card.aid, card.label))
+                        card.aid, card.label, card.behaviour))
         except sqlite3.IntegrityError:
             raise BadInput(f"a card named {card.name!r} already exists") from None
 

@@ -403,9 +403,13 @@ def card_group() -> None:
 @click.option("--imk-ac", help="The issuer's MK-AC, 32 hex: the card key is derived (option A).")
 @click.option("--atc", type=click.IntRange(0, 0xFFFE), default=0, show_default=True,
               help="The card's current ATC (the next GENERATE AC uses ATC + 1).")
+@click.option("--behaviour", type=click.Choice(["normal", "reject-arpc"]), default="normal",
+              show_default=True,
+              help="reject-arpc: the card declines every host approval (issuer authentication "
+                   "fails), to see the 0400/06 reversal with the AAC.")
 @_common(trace=False)
 def card_add(name: str, pan: str, psn: str, expiry: str, icc_mk: str | None,
-             imk_ac: str | None, atc: int) -> None:
+             imk_ac: str | None, atc: int, behaviour: str) -> None:
     """Personalise an emulated chip card."""
     from terminal import chip, chipstore
     from terminal.pinpad import kcv_hex
@@ -416,7 +420,8 @@ def card_add(name: str, pan: str, psn: str, expiry: str, icc_mk: str | None,
             raise BadInput("give --icc-mk or --imk-ac (one of them)")
         key = (chip.parse_key(icc_mk, "--icc-mk") if icc_mk else
                chip.icc_mk_from_issuer_key(chip.parse_key(imk_ac or "", "--imk-ac"), pan, psn))
-        return chip.ChipCard(_text_field(name, 32, "card name"), pan, psn, expiry, key, atc)
+        return chip.ChipCard(_text_field(name, 32, "card name"), pan, psn, expiry, key, atc,
+                             behaviour=behaviour)
 
     card = _guard(parse)
     _offline(lambda store: chipstore.add_card(store, card))
@@ -541,6 +546,13 @@ def status() -> None:
               help="Settle each terminal's batch at the end (next run starts a fresh batch).")
 @click.option("--mac", type=click.Choice(sorted(MAC_ALGORITHMS)), default="x919")
 @click.option("--timeout", type=click.FloatRange(min=0.01), default=10.0, show_default=True)
+@click.option("--chip", is_flag=True,
+              help="Sales and balance inquiries by chip: each card is an emulated chip card "
+                   "(PSN 01) personalised from --imk-ac; the host must know it as a chip card.")
+@click.option("--imk-ac", help="Issuer MK-AC of the cards' BIN, 32 hex (with --chip).")
+@click.option("--atc-start", type=click.IntRange(1, 0xFFFF), default=1, show_default=True,
+              help="First ATC of each card (with --chip): above the highest the host has "
+                   "seen, or it answers 05 (a replayed ATC).")
 @click.option("--json", "as_json", is_flag=True, expose_value=False, callback=_set("as_json"),
               help="Print the report as JSON on stdout.")
 def load_command(**kwargs: Any) -> None:

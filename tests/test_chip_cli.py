@@ -4,6 +4,7 @@ list, and posterm card add / sale --card / balance --card / --trace, against the
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -78,9 +79,25 @@ async def test_posterm_chip_session(running_host: Any, tmp_path: Path) -> None:
     r = await arun(state, "card", "list", "--json")
     assert json.loads(r.output)["cards"][0]["atc"] == 2
 
+    r = await arun(state, "card", "add", "--name", "stubborn", "--pan", PAN, "--expiry", "3012",
+                   "--imk-ac", IMK, "--atc", "1000", "--behaviour", "reject-arpc")
+    assert r.exit_code == 0
+    r = await arun(state, "sale", "5.00", "--card", "stubborn", "--no-pin")
+    assert r.exit_code == 1 and "SALE  DECLINED BY CARD" in r.output and "AAC" in r.output
+    assert "reversal of STAN" in r.output and "(reason 06) sent: 00" in r.output
+    r = await arun(state, "reversal")
+    assert "nothing pending" in r.output
+    r = await arun(state, "balance", "--card", "demo", "--no-pin", "--json")
+    assert json.loads(r.output)["response_code"] == "05"  # ATC 3 after 1001: a replay
+    with sqlite3.connect(host.db_path) as conn:  # the void and the reversal restored it all
+        assert conn.execute("SELECT balance FROM cards WHERE pan=?", (PAN,)).fetchone()[0] \
+            == 500_00
+
     r = host_cli("txn", "list", "--db", str(host.db_path), "--json")
     rows = json.loads(r.output)
     assert ("balance", "071", "0002") in [(x["kind"], x["entry_mode"], x["atc"]) for x in rows]
-    sale_row = next(x for x in rows if x["kind"] == "sale")
-    assert sale_row["entry_mode"] == "051" and sale_row["atc"] == "0001"
+    sale_row = next(x for x in rows if x["kind"] == "sale" and x["atc"] == "0001")
+    assert sale_row["entry_mode"] == "051" and sale_row["status"] == "voided"
+    stubborn = next(x for x in rows if x["kind"] == "sale" and x["atc"] == "03E9")
+    assert stubborn["status"] == "reversed" and stubborn["reversal_reason"] == "06"
     assert sale_row["tvr"] == "0000000000" and sale_row["arqc"] == "ok"

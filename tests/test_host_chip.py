@@ -253,3 +253,29 @@ async def test_chip_through_worker_processes(tmp_path: Path) -> None:
         await t.transport.aclose()
         stop.set()
     assert _balance(host) == START - 200 and _atc_high(host) == 1
+
+
+async def test_load_chip_sales(chip_host: Any) -> None:
+    """posterm load --chip: one card per terminal, every sale and balance inquiry by chip,
+    every ARPC accepted by the card, settlements balanced."""
+    from terminal.cards import Card
+    from terminal.load import LoadSettings, parse_mix, run_load, terminal_ids
+
+    tids = terminal_ids("LC", 2)
+    pans = ["6222021111222233342", "6222021111222233359"]
+    for tid in tids:
+        await chip_host.add_terminal(tid)
+    for pan in pans:
+        await add_card(chip_host.db_path, chip_host.hsm, pan, EXPIRY, "1234", START,
+                       chip_psn=PSN)
+    settings = LoadSettings(
+        chip_host.host, chip_host.port, 2, 1.0, 0.0, parse_mix("sale=80,balance=10,void=10"),
+        tids, chip_host.mid, bytes.fromhex(chip_host.terminals[chip_host.tid][0]),
+        [Card.keyed(p, EXPIRY) for p in pans], "1234", chip_imk=bytes.fromhex(IMK))
+    report = await run_load(settings)
+    assert report["completed"] > 10 and not report["errors"], report["errors"]
+    assert report["response_codes"] == {"00": report["completed"]}
+    assert report["settlements"] == {"balanced": 2} and report["settings"]["chip"]
+    rows = sqlite3.connect(chip_host.db_path).execute(
+        "SELECT count(*) FROM txn_entry WHERE entry_mode='051' AND arqc='ok'").fetchone()
+    assert rows[0] >= report["operations"]["sale"]["count"]
