@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from hsm_sim.client import HsmClient
+from hsm_sim.emv import build_option_a_y
 from specs.catalog import CHIP_VARIANTS, MessageKind
 from specs.emv import (
     ISSUER_AUTH_TAG,
@@ -104,8 +105,6 @@ async def verify_chip_request(hsm: HsmClient, conn: sqlite3.Connection, kind: Me
     None for any other request."""
     if not is_chip_request(kind, doc):
         return None
-    from hsm_sim.emv import build_option_a_y
-
     tags = decode_f55(doc["55"])
     pan, psn = pan_of(doc), psn_of(doc)
     facts = ChipFacts(
