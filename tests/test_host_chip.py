@@ -279,3 +279,77 @@ async def test_load_chip_sales(chip_host: Any) -> None:
     rows = sqlite3.connect(chip_host.db_path).execute(
         "SELECT count(*) FROM txn_entry WHERE entry_mode='051' AND arqc='ok'").fetchone()
     assert rows[0] >= report["operations"]["sale"]["count"]
+
+
+def _serve(db_path: Path, port: int, log: Path) -> Any:
+    import subprocess
+    import sys
+    import time
+
+    exe = Path(sys.executable).parent / "poshost"
+    command = [str(exe)] if exe.exists() else [sys.executable, "-c",
+                                                 "from host.cli import main; main()"]
+    proc = subprocess.Popen(
+        [*command, "serve", "--db", str(db_path), "--listen",
+         f"127.0.0.1:{port}", "--no-demo"], stdout=log.open("ab"), stderr=subprocess.STDOUT,
+        cwd=Path(__file__).resolve().parents[1])
+    deadline = time.monotonic() + 30
+    while b"ready on" not in log.read_bytes():
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
+    return proc
+
+
+def test_kill_9_cannot_let_an_atc_replay_through(tmp_path: Path) -> None:
+    """The highest ATC is committed with the approval: a host killed -9 right after
+    answering, restarted, still refuses the same ATC (05) and charges nothing."""
+    import os
+    import signal
+    import socket
+    from types import SimpleNamespace
+
+    from hsm_sim.client import HsmClient
+    from hsm_sim.commands import HsmEngine
+    from tests.conftest import MID, TID, TMK, provision
+
+    db_path, log = tmp_path / "host.db", tmp_path / "host.log"
+    hsm = HsmClient.in_process(HsmEngine.test())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    host = SimpleNamespace(host="127.0.0.1", port=port, db_path=db_path, hsm=hsm, tid=TID,
+                           mid=MID, terminals={TID: (TMK, "x919")})
+
+    async def setup_and_sell() -> Any:
+        await provision(db_path, hsm)
+        await _provision(host)
+
+    trio.run(setup_and_sell)
+    proc = _serve(db_path, port, log)
+
+    async def first() -> Any:
+        t = await _terminal(host, tmp_path / "t.db")
+        sale = await t.chip_sale("chip", 900, None)
+        await t.transport.aclose()
+        return t, sale
+
+    try:
+        t, sale = trio.run(first)
+        os.kill(proc.pid, signal.SIGKILL)  # at once, after the answer
+        proc.wait()
+        assert sale.status == "approved"
+        proc = _serve(db_path, port, tmp_path / "host2.log")
+        with t.store.transaction() as db:
+            db.execute("UPDATE chip_cards SET atc = 0")
+
+        async def replay() -> Any:
+            again = reopen(t.store)
+            result = await again.chip_sale("chip", 900, None)
+            await again.transport.aclose()
+            return result
+
+        assert trio.run(replay).code == "05"
+    finally:
+        proc.kill()
+        proc.wait()
+    assert _balance(host) == START - 900 and _atc_high(host) == 1
