@@ -102,6 +102,12 @@ async def test_chip_sale_balance_and_void(chip_host: Any, proxy: Proxy, tmp_path
     assert void_request["22"] == "052" and void_request["23"] == "001"
     assert "55" not in void_request
 
+    refund = await t.refund(None, 40, trace=contactless.details["stan"])
+    assert refund.status == "approved", refund
+    refund_request = _sent(proxy, "0220")[-1]
+    assert refund_request["22"] == "072" and refund_request["23"] == "001"
+    assert _balance(chip_host) == START - 100 + 40
+
     rows = reports.list_txns(connect(chip_host.db_path))
     by_kind = {(r["kind"], r["entry_mode"]): r for r in rows}
     assert by_kind[("sale", "051")]["atc"] == "0001"
