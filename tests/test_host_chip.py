@@ -359,3 +359,15 @@ def test_kill_9_cannot_let_an_atc_replay_through(tmp_path: Path) -> None:
         proc.kill()
         proc.wait()
     assert _balance(host) == START - 900 and _atc_high(host) == 1
+
+
+async def test_identical_repeat_is_answered_from_the_record_with_tag_91(
+        chip_host: Any, tmp_path: Path) -> None:
+    t = await _terminal(chip_host, tmp_path / "t.db")
+    doc = _chip_doc(t, 250, 250)
+    first, again = await _raw(t, doc), await _raw(t, doc)
+    assert first.code == again.code == "00" and first.get("37") == again.get("37")
+    assert first.response["55"] == again.response["55"]
+    assert decode_f55(first.response["55"])["91"].endswith("3030")
+    assert _balance(chip_host) == START - 250 and _atc_high(chip_host) == 9
+    await t.transport.aclose()
