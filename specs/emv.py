@@ -163,7 +163,10 @@ def parse_chip_request(doc: Mapping[str, str], kind: str) -> dict[str, str]:
         raise ValidationError("a chip request carries the card sequence number", field="23")
     if "55" not in doc:
         raise ValidationError("a chip request carries the IC card data", field="55")
-    tags = decode_f55(doc["55"])
+    try:
+        tags = decode_f55(doc["55"])
+    except TlvError as exc:  # a request that decodes but whose F55 does not: 30, as a field
+        raise ValidationError(f"F55 does not decode: {exc}", field="55") from None
     check_chip_tags(tags, kind)
     return tags
 

@@ -36,8 +36,10 @@ from specs.emv import (
     TRANSACTION_TYPES,
     TVR_ISSUER_AUTH_FAILED,
     arqc_data,
+    decode_f55,
     encode_f55,
 )
+from specs.tlv import TlvError
 from terminal.cards import NO_PIN, PIN_ENTERED, Card
 from terminal.errors import BadInput
 
@@ -244,6 +246,9 @@ def without_f55(card: ChipCardRead) -> ChipCardRead:
 
 
 def f55_tags_of(doc: Mapping[str, str]) -> dict[str, str]:
-    from specs.emv import decode_f55
-
-    return decode_f55(doc["55"]) if "55" in doc else {}
+    """A response's F55 tags; F55 that does not decode counts as none (the card then finds no
+    issuer authentication data and declines a host approval, which is then reversed)."""
+    try:
+        return decode_f55(doc["55"]) if "55" in doc else {}
+    except TlvError:
+        return {}

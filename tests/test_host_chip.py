@@ -160,6 +160,9 @@ async def test_amount_mismatch_is_13_and_missing_tag_is_30(chip_host: Any,
     assert "91" in decode_f55(mismatch.response["55"])  # the ARQC did verify
     missing = await _raw(t, _chip_doc(t, 100, 100, drop="9F36"))
     assert missing.code == "30" and "55" not in (missing.response or {})
+    garbled = _chip_doc(t, 100, 100)
+    garbled["55"] = garbled["55"][:-4]  # the last tag's value cut short
+    assert (await _raw(t, garbled)).code == "30"
     assert _balance(chip_host) == START
     await t.transport.aclose()
 
@@ -180,23 +183,25 @@ async def test_swallowed_0210_is_one_reversal(chip_host: Any, proxy: Proxy,
     await t.transport.aclose()
 
 
-def _remac_with_bad_arpc(t: Any) -> Any:
+def _remac_with_bad_arpc(t: Any, f55: str | None = None) -> Any:
     def action(payload: bytes) -> bytes:
         frame = Frame.parse(payload)
         doc = decode_message(frame.body)
         arpc = bytearray(bytes.fromhex(decode_f55(doc["55"])["91"]))
         arpc[0] ^= 0xFF
-        doc["55"] = encode_tlv({"91": arpc.hex().upper()})
+        doc["55"] = f55 if f55 is not None else encode_tlv({"91": arpc.hex().upper()})
         block = encode_for_mac(doc)
         body = block + t.pinpad.mac(block)
         return Frame(frame.tpdu, frame.header, body).payload()
     return action
 
 
+@pytest.mark.parametrize("f55", [None, "910A01", "9F36020001"])
 async def test_wrong_arpc_is_declined_by_card_and_reversed_with_the_aac(
-        chip_host: Any, proxy: Proxy, tmp_path: Path) -> None:
+        chip_host: Any, proxy: Proxy, tmp_path: Path, f55: str | None) -> None:
+    """A MAC-valid 0210 whose tag 91 is wrong, cut short or missing."""
     t = await _terminal(chip_host, tmp_path / "t.db", port=proxy.port)
-    proxy.on_next("0210", _remac_with_bad_arpc(t))
+    proxy.on_next("0210", _remac_with_bad_arpc(t, f55))
     result = await t.chip_sale("chip", 3000, "1234")
     assert result.status == "declined by card" and result.details["cryptogram_type"] == "AAC"
     [reversal] = _sent(proxy, "0400")

@@ -116,6 +116,10 @@ def test_chip_request_without_f55_or_f23_is_30() -> None:
         with pytest.raises(SpecError) as info:
             validate_request(broken)
         assert info.value.field == missing and info.value.response_code == "30"
+    garbled = doc | {"55": doc["55"][:-2]}
+    with pytest.raises(ValidationError) as info:
+        validate_request(garbled)
+    assert "tag 9F03" in str(info.value) and "byte" in str(info.value)
     swipe = {k: v for k, v in doc.items() if k not in ("23", "55")} | {"22": "021"}
     assert validate_request(swipe).name == "sale"  # magstripe unchanged
 
