@@ -380,15 +380,51 @@ def card() -> None:
 @click.option("--balance", required=True, help="e.g. 1000.00")
 @click.option("--limit", default=None, help="per-transaction limit, e.g. 5000.00")
 @click.option("--status", type=click.Choice(["active", "lost", "stolen"]), default="active")
+@click.option("--chip", is_flag=True,
+              help="an EMV chip card (needs an issuer key for its BIN: poshost issuer-key add)")
+@click.option("--psn", default="01", show_default=True, help="PAN sequence number (chip)")
 @db_option
 @hsm_options
 def card_add(pan: str, expiry: str, pin: str, balance: str, limit: str | None, status: str,
-             db_path: Path, hsm: str, lmk: str) -> None:
+             chip: bool, psn: str, db_path: Path, hsm: str, lmk: str) -> None:
     """An issuer-simulator card. Domestic (CUP, BIN 62) or foreign follows the BIN."""
     amount, cap = parse_amount(balance), None if limit is None else parse_amount(limit)
-    with_hsm(lambda c: provision.add_card(db_path, c, pan, expiry, pin, amount, cap, status),
-             hsm, lmk)
-    click.echo(f"card {reports.mask_pan(pan)} added")
+    with_hsm(lambda c: provision.add_card(db_path, c, pan, expiry, pin, amount, cap, status,
+                                          chip_psn=psn if chip else None), hsm, lmk)
+    click.echo(f"card {reports.mask_pan(pan)} added" + (f" (chip, PSN {psn})" if chip else ""))
+
+
+@main.group("issuer-key")
+def issuer_key() -> None:
+    """Issuer master keys for chip cryptograms (MK-AC, key type 109) per BIN prefix."""
+
+
+@issuer_key.command("add")
+@click.option("--bin", "bin_prefix", required=True, help="BIN prefix, 6-11 digits")
+@click.option("--imk-ac", default=None,
+              help="clear IMK-AC, 32 hex (test LMK only); else the HSM generates it")
+@db_option
+@hsm_options
+def issuer_key_add(bin_prefix: str, imk_ac: str | None, db_path: Path, hsm: str,
+                   lmk: str) -> None:
+    """Add the issuer master key (scheme emv-csk, protocol.md section 8) for a BIN."""
+    result = with_hsm(lambda c: provision.add_issuer_key(db_path, c, bin_prefix, imk_ac),
+                      hsm, lmk)
+    click.echo(f"issuer key for BIN {bin_prefix} added (scheme {result['scheme']},"
+               f" KCV {result['kcv']})")
+    components = result.get("components")
+    if isinstance(components, list):
+        click.echo("Clear components, shown ONCE (XOR them to personalise lab cards):")
+        for i, component in enumerate(components, 1):
+            click.echo(f"  component {i}: {component}")
+
+
+@issuer_key.command("list")
+@db_option
+def issuer_key_list(db_path: Path) -> None:
+    from host.chip import list_issuer_keys
+
+    _table(list_issuer_keys(_read(db_path)))
 
 
 @card.command("set")

@@ -89,6 +89,9 @@ def initialise(conn: sqlite3.Connection) -> None:
     conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
     conn.execute("INSERT OR IGNORE INTO meta VALUES ('pan_salt', ?)", (secrets.token_hex(16),))
     _hash_card_pans(conn)
+    from host.chip import ensure_chip_schema  # the chip side's tables (issuer keys, ATCs)
+
+    ensure_chip_schema(conn)
 
 
 def _hash_card_pans(conn: sqlite3.Connection) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from host.provision import add_card, add_merchant, add_terminal
+from host.provision import add_card, add_issuer_key, add_merchant, add_terminal
 from hsm_sim.client import HsmClient
 
 DEMO_MID = "123456789012345"
@@ -28,13 +28,27 @@ DEMO_CARDS: tuple[tuple[str, str, str, str, int, int | None, str, bool], ...] = 
 )
 
 
+DEMO_BIN = "622202"
+DEMO_IMK_AC = "9E15204313F7318ACB79B90BD986AD29"
+"""Lab issuer master key (MK-AC) of BIN 622202: protocol.md section 8's worked key. Published:
+for a lab only."""
+DEMO_CHIP_CARDS: dict[str, str] = {"6222021234567890128": "01"}
+"""Demo cards that also carry a chip: PAN -> PSN (section 8's worked card)."""
+
+
 async def init_demo(db_path: Path | str, hsm: HsmClient) -> list[tuple[str, ...]]:
     """Provision the demo set; returns the rows of the table the CLI prints."""
     await add_merchant(db_path, DEMO_MID, DEMO_MERCHANT)
     await add_terminal(db_path, hsm, DEMO_TID, DEMO_MID, tmk_hex=DEMO_TMK)
     rows = [("merchant", DEMO_MID, DEMO_MERCHANT, ""),
             ("terminal", DEMO_TID, f"TMK {DEMO_TMK} (lab)", "MAC x919")]
+    key = await add_issuer_key(db_path, hsm, DEMO_BIN, DEMO_IMK_AC)
+    rows.append(("issuer", f"BIN {DEMO_BIN}", f"IMK-AC {DEMO_IMK_AC} (lab)",
+                 f"KCV {key['kcv']} emv-csk"))
     for what, pan, expiry, pin, balance, limit, status, domestic in DEMO_CARDS:
-        await add_card(db_path, hsm, pan, expiry, pin, balance, limit, status, domestic)
-        rows.append(("card", pan, f"exp {expiry} PIN {pin} bal {balance / 100:.2f}", what))
+        psn = DEMO_CHIP_CARDS.get(pan)
+        await add_card(db_path, hsm, pan, expiry, pin, balance, limit, status, domestic,
+                       chip_psn=psn)
+        rows.append(("card", pan, f"exp {expiry} PIN {pin} bal {balance / 100:.2f}",
+                     what + ("" if psn is None else f" + chip PSN {psn}")))
     return rows

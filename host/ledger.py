@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from functools import cached_property
 
-from host import rules
+from host import chip, rules
 from host.db import Card, PanProtector, get_meta, load_card, set_meta
 from host.limits import BATCH_FIRST, BATCH_MAX, RRN_RESTART_GAP
 from host.responses import replayed, respond, storable
@@ -90,11 +90,13 @@ class Request:
     """The RRN of the answer (numbered by the message path; a reversal answers with its
     original's)."""
     pin: PinResult = PinResult.ABSENT
+    chip: chip.ChipFacts | None = None
+    """What the message path learned from a chip request's ARQC (KW), None otherwise."""
 
     def __reduce__(self) -> tuple[object, tuple[object, ...]]:
         """Pickled by kind name (what crosses from a worker process to the writer)."""
         return (_request, (self.kind.name, self.doc, self.digest, self.now, self.rrn,
-                           self.pin))
+                           self.pin, self.chip))
 
     @cached_property
     def tid(self) -> str:
@@ -110,8 +112,8 @@ class Request:
 
 
 def _request(kind: str, doc: Message, digest: str, now: datetime, rrn: str,
-             pin: PinResult) -> Request:
-    return Request(KINDS[kind], doc, digest, now, rrn, pin)
+             pin: PinResult, chip_facts: chip.ChipFacts | None = None) -> Request:
+    return Request(KINDS[kind], doc, digest, now, rrn, pin, chip_facts)
 
 
 def _txn(row: sqlite3.Row | None) -> Txn | None:
@@ -264,8 +266,12 @@ class Ledger:
             "SELECT rowid FROM reversals WHERE tid=? AND batch=? AND stan=? AND txn_id IS NULL"
             " AND processing_code=?", (req.tid, req.batch, doc["11"], doc["3"]),
         ).fetchone() if doc["t"] == "0200" else None
+        chip_code = None if req.chip is None else chip.apply_chip_rules(
+            conn, req.chip, pan_hash, card is not None)
         if orphan is not None:
             decision, original = rules.Decision(rules.ALREADY_REVERSED), None
+        elif chip_code is not None:  # section 8: the cryptogram before any other card check
+            decision, original = rules.Decision(chip_code), None
         else:
             decision, original = self._decide(conn, req, pan, pan_hash, card)
         if card is not None:
@@ -276,6 +282,7 @@ class Ledger:
             extra["38"] = new_auth_code()
         response = self.reply(req, decision.code, extra)
         txn_id = self._insert_txn(conn, req, response, pan, pan_hash, card, original)
+        chip.record_entry(conn, txn_id, doc, req.chip)
         if orphan is not None:
             conn.execute("UPDATE reversals SET txn_id=? WHERE rowid=?", (txn_id, orphan[0]))
             conn.execute("UPDATE txns SET reversed=1, reversal_reason=(SELECT reason FROM"

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
+from host import chip
 from host.db import PanProtector, open_store
 from host.errors import ConfigError
 from host.hsm import TMK_TYPE, check_lmk, ensure_pvk
@@ -25,6 +26,8 @@ MID_LENGTH = 15
 PAN_LENGTHS = range(12, 20)
 PIN_LENGTHS = range(4, 13)
 PVKI = 1
+MK_AC_TYPE = "109"
+"""Key type of an issuer master key for application cryptograms (hsm-commands.md)."""
 
 
 @contextmanager
@@ -99,12 +102,14 @@ def _check_card(pan: str, expiry: str, pin: str, status: str) -> None:
 
 async def add_card(db_path: Path | str, hsm: HsmClient, pan: str, expiry: str, pin: str,
                    balance_minor: int, limit_minor: int | None = None, status: str = "active",
-                   domestic: bool | None = None) -> None:
+                   domestic: bool | None = None, chip_psn: str | None = None) -> None:
     """An issuer-simulator card; the PIN is kept only as the Visa PVV the HSM computes.
 
     Domestic or foreign follows the card's organisation by BIN (specs.codes), the same rule
     that names it in responses' F63, so terminal and host total it on the same side."""
     _check_card(pan, expiry, pin, status)
+    if chip_psn is not None and (len(chip_psn) != 2 or not chip_psn.isdigit()):
+        raise ConfigError("--psn must be 2 digits (the PAN sequence number)")
     by_bin = card_organisation(pan) == DOMESTIC_ORGANISATION
     if domestic is not None and domestic != by_bin:
         raise ConfigError(f"a {card_organisation(pan)} card is "
@@ -125,6 +130,37 @@ async def add_card(db_path: Path | str, hsm: HsmClient, pan: str, expiry: str, p
             )
         except sqlite3.IntegrityError:
             raise ConfigError("a card with this PAN already exists") from None
+        if chip_psn is not None:
+            chip.add_chip_card(conn, PanProtector.load(conn).hash(pan), chip_psn, _now())
+
+
+async def add_issuer_key(db_path: Path | str, hsm: HsmClient, bin_prefix: str,
+                         imk_ac_hex: str | None = None) -> dict[str, object]:
+    """An issuer master key for application cryptograms (MK-AC, key type 109) for the cards
+    whose PAN starts with ``bin_prefix``. With ``imk_ac_hex`` the clear key is imported (test
+    LMK only: the HSM refuses otherwise); without, the HSM generates it and its two clear
+    components are returned once (to personalise lab cards), with the KCV."""
+    if not bin_prefix.isdigit() or len(bin_prefix) not in chip.BIN_LENGTHS:
+        raise ConfigError("--bin must be 6-11 digits")
+    with _store(db_path) as conn:
+        if conn.execute("SELECT 1 FROM issuer_keys WHERE bin=?", (bin_prefix,)).fetchone():
+            raise ConfigError(f"BIN {bin_prefix} already has an issuer key")
+        await check_lmk(conn, hsm)
+        result: dict[str, object] = {"bin": bin_prefix, "scheme": chip.SCHEME}
+        try:
+            if imk_ac_hex is not None:
+                if len(imk_ac_hex) != 32 or any(c not in "0123456789abcdefABCDEF"
+                                                for c in imk_ac_hex):
+                    raise ConfigError("--imk-ac must be 32 hex digits (a double-length key)")
+                key = await hsm.import_clear_key(MK_AC_TYPE, imk_ac_hex)
+            else:
+                key, components = await hsm.generate_key_components(MK_AC_TYPE)
+                result["components"] = components
+        except HsmError as exc:
+            raise ConfigError(f"the HSM refused the issuer key: {exc}") from None
+        result["kcv"] = key.kcv
+        chip.store_issuer_key(conn, bin_prefix, key.key, key.kcv, _now())
+    return result
 
 
 def set_card_status(db_path: Path | str, pan: str, status: str | None = None,

@@ -55,6 +55,11 @@ def list_txns(conn: sqlite3.Connection, tid: str | None = None, limit: int = 200
         d = dict(r)
         d["status"] = txn_status(r)
         out.append({k: d[k] for k in TXN_COLUMNS})
+    from host.chip import entry_data  # entry mode, ATC, TVR kept beside each transaction
+
+    entries = entry_data(conn, [r["id"] for r in out])
+    for r in out:
+        r.update(entries.get(r["id"], {"entry_mode": "", "atc": "", "tvr": "", "arqc": ""}))
     return out
 
 

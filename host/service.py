@@ -15,7 +15,7 @@ from datetime import datetime
 
 import trio
 
-from host import rules
+from host import chip, rules
 from host.db import Terminal, load_card, load_terminal
 from host.errors import CloseConnection, HostError, ProtocolError
 from host.ledger import Request, RrnCounter, field60_of_sign_on
@@ -255,8 +255,10 @@ class HostService:
                 return await self.store.apply("upload_end", req, decode_upload_end(doc["48"]))
         except ValidationError as exc:
             raise ProtocolError(str(exc), exc.response_code) from None
+        facts = await chip.verify_chip_request(self.hsm, self.read_conn, kind, doc)
         pin = await self._verify_pin(terminal, doc)
-        return await self.store.apply("financial", replace(req, pin=pin))
+        response = await self.store.apply("financial", replace(req, pin=pin, chip=facts))
+        return await chip.with_issuer_auth(self.hsm, facts, response)
 
     async def _sign_on(self, ex: Exchange, now: datetime) -> Message:
         terminal, kind = ex.terminal, ex.kind

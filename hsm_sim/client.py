@@ -380,6 +380,34 @@ class HsmClient:
         code, _ = await self.call("DC", fields.encode("ascii"), ok=("00", "01"))
         return code == "00"
 
+    async def _kw(self, mode: str, mk_ac: str, y: bytes, atc: bytes, un: bytes, data: bytes,
+                  arqc: bytes, arc: bytes = b"") -> tuple[str, bytes]:
+        if len(data) > 0xFF:
+            raise HsmError("KW transaction data over 255 bytes", code="15")
+        fields = (f"{mode}1{mk_ac}".encode() + y + atc + un + f"{len(data):02X}".encode()
+                  + data + b";" + arqc + arc)
+        return await self.call("KW", fields, ok=("00", "01"))
+
+    async def verify_arqc(self, mk_ac: str, y: bytes, atc: bytes, un: bytes, data: bytes,
+                          arqc: bytes) -> bool:
+        """KW mode 0 (scheme 1): whether the ARQC verifies under the card's session key."""
+        code, _ = await self._kw("0", mk_ac, y, atc, un, data, arqc)
+        return code == "00"
+
+    async def verify_arqc_generate_arpc(self, mk_ac: str, y: bytes, atc: bytes, un: bytes,
+                                        data: bytes, arqc: bytes, arc: str) -> bytes | None:
+        """KW mode 1: the ARPC (method 1) for ``arc``, or None when the ARQC fails."""
+        code, arpc = await self._kw("1", mk_ac, y, atc, un, data, arqc, arc.encode("ascii"))
+        return arpc if code == "00" else None
+
+    async def generate_arpc(self, mk_ac: str, y: bytes, atc: bytes, un: bytes, data: bytes,
+                            arqc: bytes, arc: str) -> bytes:
+        """KW mode 2: the ARPC (method 1) for ``arc`` without verifying the ARQC."""
+        code, arpc = await self._kw("2", mk_ac, y, atc, un, data, arqc, arc.encode("ascii"))
+        if code != "00":
+            raise HsmError("HSM refused KW", code=code)
+        return arpc
+
     async def translate_pin(
         self,
         tpk: str,

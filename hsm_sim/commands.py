@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TypeVar
 
-from hsm_sim import crypto
+from hsm_sim import crypto, emv
 from hsm_sim.errors import HsmError
 from hsm_sim.lmk import (
     SCHEME_LENGTHS,
@@ -631,6 +631,40 @@ def cmd_y8(call: Call, f: Fields) -> bytes:
     return (_store(call, key_type, scheme, combine_components(parts)) + shown).encode()
 
 
+# --------------------------------------------------------------------------- EMV (KW)
+
+KW_SCHEME_CSK = "1"
+"""KW scheme ID 1: the EMV common session key of protocol.md section 8."""
+MK_AC_KEY_TYPE = "109"
+
+
+def cmd_kw(call: Call, f: Fields) -> bytes:
+    """KW: verify an ARQC (mode 0), verify and generate the ARPC (1), ARPC only (2).
+
+    mode 1N . scheme 1N (1) . MK-AC (type 109) . Y 8B . ATC 2B . UN 4B . length 2H . data .
+    `;` . ARQC 8B . ARC 2B (modes 1, 2) -> ARPC 8B (modes 1, 2); 01 = ARQC failed.
+    The audit line shows the MK-AC's KCV only, never a derived key or a cryptogram.
+    """
+    mode = f.choice(1, "012")
+    f.choice(1, KW_SCHEME_CSK)
+    mk_field = f.key()
+    y, atc = f.take(8), f.take(emv.ATC_LENGTH)
+    f.take(4)  # unpredictable number: not an input of the common session key
+    data = f.take(int(f.hex(2), 16))
+    if not f.optional(b";"):
+        raise HsmError("KW needs ';' before the ARQC", code="15")
+    arqc = f.take(emv.AC_LENGTH)
+    arc = f.take(emv.ARC_LENGTH) if mode in "12" else b""
+    f.finish()
+    imk = call.key(MK_AC_KEY_TYPE, mk_field)
+    session_key = emv.derive_session_key_option_a(imk, y, atc)
+    if mode in "01" and not emv.verify_ac(session_key, data, arqc):
+        raise HsmError("ARQC verification failure", code="01")
+    if mode == "0":
+        return b""
+    return emv.generate_arpc_method_1(session_key, arqc, arc)
+
+
 COMMANDS: dict[bytes, Handler] = {
     b"NC": cmd_nc,
     b"A0": cmd_a0,
@@ -652,6 +686,7 @@ COMMANDS: dict[bytes, Handler] = {
     b"Y4": cmd_y4,
     b"Y6": cmd_y6,
     b"Y8": cmd_y8,
+    b"KW": cmd_kw,
 }
 
 

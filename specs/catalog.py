@@ -14,6 +14,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from specs.emv import (
+    CHIP_ENTRY_MODES,
+    IC_APPLICATION_CATEGORY,
+    ISSUER_AUTH_TAG,
+    OPTIONAL_REQUEST_TAGS,
+    REQUEST_TAGS,
+    TRANSACTION_TYPES,
+)
 from specs.errors import ValidationError
 
 ECHO_FIELDS: tuple[str, ...] = ("3", "4", "11", "41", "42", "60")
@@ -192,3 +200,25 @@ def identify_request(doc: Mapping[str, str]) -> MessageKind:
 def original_kind(reversal: Mapping[str, str]) -> MessageKind:
     """The kind a 0400 reverses, from its processing code."""
     return _BY_PROCESSING[("0200", reversal["3"])]
+
+
+@dataclass(frozen=True)
+class ChipVariant:
+    """The chip (EMV) form of a kind (protocol.md section 8): F22 05x / 07x, header category
+    61, F23 and F55 mandatory with the F55 tags below; the 0210 carries tag 91 whenever the
+    ARQC verified."""
+
+    kind: str
+    transaction_type: str
+    entry_modes: tuple[str, ...] = tuple(CHIP_ENTRY_MODES)
+    header_category: str = IC_APPLICATION_CATEGORY
+    request_mandatory: frozenset[str] = frozenset({"23", "55"})
+    f55_mandatory: tuple[str, ...] = REQUEST_TAGS
+    f55_optional: tuple[str, ...] = OPTIONAL_REQUEST_TAGS
+    response_f55: tuple[str, ...] = (ISSUER_AUTH_TAG,)
+
+
+CHIP_VARIANTS: Mapping[str, ChipVariant] = MappingProxyType(
+    {name: ChipVariant(name, code) for name, code in TRANSACTION_TYPES.items()}
+)
+"""Kinds with a chip variant (sale, balance inquiry) -> their chip form."""

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 
 import iso8583
 
-from specs.catalog import COPIED_FIELDS, KINDS, MessageKind, identify_request
+from specs.catalog import CHIP_VARIANTS, COPIED_FIELDS, KINDS, MessageKind, identify_request
 from specs.codes import APPROVED, NO_MAC_CODES
 from specs.composite import Field60, encode_field60
+from specs.emv import is_chip_entry, parse_chip_request
 from specs.errors import DecodeError, EncodeError, ValidationError
 from specs.fields import FIELDS, MAC_FIELD, MAC_LENGTH, SPEC
 from specs.framing import BITMAP_LENGTH, MTI_LENGTH
@@ -273,6 +274,8 @@ def validate_request(doc: Mapping[str, str]) -> MessageKind:
         raise ValidationError("card data missing: neither PAN nor track 2", field="2")
     if ("52" in doc) != ("53" in doc):
         raise ValidationError("PIN block and security control go together", field="53")
+    if kind.name in CHIP_VARIANTS and is_chip_entry(doc.get("22", "")):
+        parse_chip_request(doc, kind.name)
     return kind
 
 

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 
 from specs.codes import describe_code
 from specs.composite import TOTALS_DIGITS, decode_upload_records
+from specs.emv import masked_f55
 from specs.errors import SpecError
 from specs.fields import FIELDS
 
@@ -55,6 +56,8 @@ def _masked_value(key: str, value: str) -> str:
         return mask_pan(value)
     if secret == "pan":
         return "****"
+    if secret == "emv":
+        return f"[EMV data, {len(value) // 2} bytes] {masked_f55(value)}"
     if secret == "track2":
         return f"[track 2, {len(value)} digits, PAN {mask_pan(pan_of({'35': value}))}]"
     if secret:

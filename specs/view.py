@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from specs.catalog import ECHO_FIELDS, KINDS
+from specs.catalog import CHIP_VARIANTS, ECHO_FIELDS, KINDS
 from specs.codes import NO_MAC_CODES, RESPONSE_CODES
+from specs.emv import ARQC_DATA_TAGS, CHIP_ENTRY_MODES, REVERSAL_TAGS, TAGS
 from specs.fields import FIELDS
 from specs.framing import MAX_FRAME_LENGTH, MIN_FRAME_LENGTH
 
@@ -47,6 +48,30 @@ def render_kinds() -> list[str]:
     return lines
 
 
+def render_chip() -> list[str]:
+    """Section 8: the chip variants and the F55 tag table."""
+    lines = ["IC (EMV chip) cards"]
+    modes = ", ".join(f"{m}x {name}" for m, name in CHIP_ENTRY_MODES.items())
+    for v in CHIP_VARIANTS.values():
+        k = KINDS[v.kind]
+        lines.append(
+            f"- {k.title} by chip: {k.mti} F3 {k.processing_code}  F22 {modes}  header category "
+            f"{v.header_category}  9C {v.transaction_type}"
+        )
+        mandatory = _fields(k.request_mandatory | v.request_mandatory)
+        lines.append(f"    request  mandatory: {mandatory}")
+        lines.append(f"    F55 mandatory tags: {' '.join(v.f55_mandatory)}")
+        lines.append(f"    F55 optional tags:  {' '.join(v.f55_optional)}")
+        tags = " ".join(v.response_f55)
+        lines.append(f"    response F55:       tag {tags} when the ARQC verified")
+    lines.append("ARQC input: " + " || ".join(ARQC_DATA_TAGS))
+    lines.append("Reversal after a card decline (0400/06) F55: " + " ".join(REVERSAL_TAGS))
+    lines.append(f"{'tag':<5} {'length':<16} name")
+    for t in TAGS.values():
+        lines.append(f"{t.tag:<5} {t.describe():<16} {t.name}")
+    return lines
+
+
 def render_codes() -> list[str]:
     return ["Response codes"] + [f"  {c}  {m}" for c, m in RESPONSE_CODES.items()]
 
@@ -59,5 +84,5 @@ def render_contract() -> str:
         f"  payload length {MIN_FRAME_LENGTH}..{MAX_FRAME_LENGTH} bytes; answers swap TPDU NIIs",
         "  serial: STX | LEN(2 BCD) | payload | ETX | LRC (XOR of LEN..ETX); ACK 06 / NAK 15",
     ]
-    blocks = (framing, render_fields(), render_kinds(), render_codes())
+    blocks = (framing, render_fields(), render_kinds(), render_chip(), render_codes())
     return "\n\n".join("\n".join(b) for b in blocks) + "\n"

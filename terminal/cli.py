@@ -101,7 +101,8 @@ def _fail(exc: TerminalError, notes: list[str] | None = None) -> NoReturn:
 def _finish(result: Result) -> NoReturn:
     data = result.as_dict()
     _emit(data, receipt.render_result(data))
-    codes = {"declined": EXIT_DECLINED, "queued": EXIT_COMMUNICATION}
+    codes = {"declined": EXIT_DECLINED, "declined by card": EXIT_DECLINED,
+             "queued": EXIT_COMMUNICATION}
     sys.exit(codes.get(result.status, 0))
 
 
@@ -295,6 +296,19 @@ def _pin_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
+def _chip_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option("--contactless", is_flag=True, help="Tap the chip card (F22 07x).")(f)
+    f = click.option("--card", "card_name",
+                     help="Read this emulated chip card (posterm card add) instead of a "
+                          "magstripe or keyed card.")(f)
+    return f
+
+
+def _no_card_data(track2: str | None, pan: str | None, expiry: str | None) -> None:
+    if track2 or pan or expiry:
+        raise BadInput("give either --card NAME (chip) or --track2/--pan, not both")
+
+
 def _pin(pin: str | None, no_pin: bool) -> str | None:
     if pin is None and not no_pin and sys.stdin.isatty():
         pin = click.prompt("PIN (empty for none)", hide_input=True, default="",
@@ -305,11 +319,20 @@ def _pin(pin: str | None, no_pin: bool) -> str | None:
 @main.command()
 @click.argument("amount")
 @_card_options
+@_chip_options
 @_pin_options
 @_common()
 def sale(amount: str, track2: str | None, pan: str | None, expiry: str | None,
-         pin: str | None, no_pin: bool) -> None:
+         card_name: str | None, contactless: bool, pin: str | None, no_pin: bool) -> None:
     """Sale of AMOUNT (major units, 123.45); reversal recorded before sending."""
+    if card_name:
+        minor, _, pin_value = _guard(lambda: (parse_amount(amount),
+                                              _no_card_data(track2, pan, expiry),
+                                              _pin(pin, no_pin)))
+        _run_online(lambda t: t.chip_sale(card_name, minor, pin_value,
+                                          contactless=contactless))
+    if contactless:
+        _fail(BadInput("--contactless needs --card NAME (a chip card)"))
     minor, card, pin_value = _guard(lambda: (parse_amount(amount),
                                              card_from_options(track2, pan, expiry),
                                              _pin(pin, no_pin)))
@@ -318,11 +341,17 @@ def sale(amount: str, track2: str | None, pan: str | None, expiry: str | None,
 
 @main.command()
 @_card_options
+@_chip_options
 @_pin_options
 @_common()
-def balance(track2: str | None, pan: str | None, expiry: str | None, pin: str | None,
-            no_pin: bool) -> None:
+def balance(track2: str | None, pan: str | None, expiry: str | None, card_name: str | None,
+            contactless: bool, pin: str | None, no_pin: bool) -> None:
     """Balance inquiry."""
+    if card_name:
+        _, pin_value = _guard(lambda: (_no_card_data(track2, pan, expiry), _pin(pin, no_pin)))
+        _run_online(lambda t: t.chip_balance(card_name, pin_value, contactless=contactless))
+    if contactless:
+        _fail(BadInput("--contactless needs --card NAME (a chip card)"))
     card, pin_value = _guard(lambda: (card_from_options(track2, pan, expiry), _pin(pin, no_pin)))
     _run_online(lambda t: t.balance(card, pin_value))
 
@@ -385,6 +414,70 @@ def refund(amount: str, trace_no: str | None, rrn: str | None, orig_date: str | 
 
     minor, stan, original, card = _guard(parse)
     _run_online(lambda t: t.refund(card, minor, trace=stan, original=original))
+
+
+# --------------------------------------------------------------------------- chip cards
+
+
+@main.group("card")
+def card_group() -> None:
+    """Emulated EMV chip cards (their keys stay in the private state file)."""
+
+
+@card_group.command("add")
+@click.option("--name", required=True, help="Name to read the card by (--card NAME).")
+@click.option("--pan", required=True)
+@click.option("--psn", default="01", show_default=True, help="PAN sequence number.")
+@click.option("--expiry", required=True, help="YYMM")
+@click.option("--icc-mk", help="The card's MK-AC, 32 hex (as personalised).")
+@click.option("--imk-ac", help="The issuer's MK-AC, 32 hex: the card key is derived (option A).")
+@click.option("--atc", type=click.IntRange(0, 0xFFFE), default=0, show_default=True,
+              help="The card's current ATC (the next GENERATE AC uses ATC + 1).")
+@click.option("--behaviour", type=click.Choice(["normal", "reject-arpc"]), default="normal",
+              show_default=True,
+              help="reject-arpc: the card declines every host approval (issuer authentication "
+                   "fails), to see the 0400/06 reversal with the AAC.")
+@_common(trace=False)
+def card_add(name: str, pan: str, psn: str, expiry: str, icc_mk: str | None,
+             imk_ac: str | None, atc: int, behaviour: str) -> None:
+    """Personalise an emulated chip card."""
+    from terminal import chip, chipstore
+    from terminal.pinpad import kcv_hex
+
+    def parse() -> chip.ChipCard:
+        chip.check_card_data(pan, psn, expiry)
+        if bool(icc_mk) == bool(imk_ac):
+            raise BadInput("give --icc-mk or --imk-ac (one of them)")
+        key = (chip.parse_key(icc_mk, "--icc-mk") if icc_mk else
+               chip.icc_mk_from_issuer_key(chip.parse_key(imk_ac or "", "--imk-ac"), pan, psn))
+        return chip.ChipCard(_text_field(name, 32, "card name"), pan, psn, expiry, key, atc,
+                             behaviour=behaviour)
+
+    card = _guard(parse)
+    _offline(lambda store: chipstore.add_card(store, card))
+    data = {"command": "card add", "status": "done", "name": card.name,
+            "pan": receipt.mask_pan(pan), "psn": psn, "expiry": expiry, "atc": atc,
+            "kcv_icc_mk": kcv_hex(card.icc_mk), "aid": card.aid}
+    _emit(data, f"CARD  ADDED\n  {card.name}: {data['pan']} PSN {psn} exp {expiry}"
+                f"  AID {card.aid}\n  ICC MK KCV {data['kcv_icc_mk']}  ATC {atc}")
+
+
+@card_group.command("list")
+@_common(trace=False)
+def card_list() -> None:
+    """The emulated chip cards (masked PAN, PSN, ATC, key check value)."""
+    from terminal import chipstore
+    from terminal.pinpad import kcv_hex
+
+    def show(store: Store) -> None:
+        rows = [{"name": c.name, "pan": receipt.mask_pan(c.pan), "psn": c.psn,
+                 "expiry": c.expiry, "atc": c.atc, "kcv_icc_mk": kcv_hex(c.icc_mk)}
+                for c in chipstore.list_cards(store)]
+        lines = [f"{r['name']:<12} {r['pan']:<20} PSN {r['psn']} exp {r['expiry']}"
+                 f" ATC {r['atc']:<5} KCV {r['kcv_icc_mk']}" for r in rows]
+        _emit({"cards": rows}, "\n".join(lines) or "no chip cards")
+
+    _offline(show)
 
 
 # --------------------------------------------------------------------------- batch
@@ -484,6 +577,13 @@ def status() -> None:
 @click.option("--mac", type=click.Choice(sorted(MAC_ALGORITHMS)), default="x919")
 @click.option("--timeout", type=click.FloatRange(min=0.01), default=10.0, show_default=True)
 @_tls_options
+@click.option("--chip", is_flag=True,
+              help="Sales and balance inquiries by chip: each card is an emulated chip card "
+                   "(PSN 01) personalised from --imk-ac; the host must know it as a chip card.")
+@click.option("--imk-ac", help="Issuer MK-AC of the cards' BIN, 32 hex (with --chip).")
+@click.option("--atc-start", type=click.IntRange(1, 0xFFFF), default=1, show_default=True,
+              help="First ATC of each card (with --chip): above the highest the host has "
+                   "seen, or it answers 05 (a replayed ATC).")
 @click.option("--json", "as_json", is_flag=True, expose_value=False, callback=_set("as_json"),
               help="Print the report as JSON on stdout.")
 def load_command(**kwargs: Any) -> None:

@@ -10,7 +10,7 @@ Nothing here reads a clock, a socket or a file. Every message is built and check
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from specs.catalog import KINDS, MessageKind, identify_request
 from specs.codes import (
@@ -39,6 +39,7 @@ from specs.composite import (
     encode_upload_end,
     encode_upload_records,
 )
+from specs.emv import IC_APPLICATION_CATEGORY, is_chip_entry
 from specs.errors import SpecError, ValidationError
 from specs.fields import MAC_FIELD, MAC_LENGTH
 from specs.framing import BODY_OFFSET, SIGN_ON_AGAIN, Frame, Header, Tpdu
@@ -207,7 +208,10 @@ def encode_request(profile: Profile, doc: Mapping[str, str], pinpad: PinPad | No
         body = encode_with_mac({**doc, MAC_FIELD: _PLACEHOLDER_MAC}, pinpad.mac)
     else:
         body = encode_message(doc)
-    return Frame(profile.tpdu, profile.header, body).payload()
+    header = profile.header
+    if is_chip_entry(doc.get("22", "")):  # section 8: a chip read travels as category 61
+        header = replace(header, application=IC_APPLICATION_CATEGORY)
+    return Frame(profile.tpdu, header, body).payload()
 
 
 # --------------------------------------------------------------------------- responses

@@ -32,8 +32,9 @@ from specs.framing import BODY_OFFSET, TPDU_LENGTH, Frame, TcpFrameDecoder, enco
 from specs.messages import Message, encode_message, field_spans
 from specs.pretty import mask_pan
 from specs.tls import describe_tls_failure
-from terminal import core
+from terminal import chip, core
 from terminal.cards import Card, check_pin, parse_amount
+from terminal.chip import parse_key as chip_key
 from terminal.core import Original, Outcome, Profile
 from terminal.errors import (
     BadInput,
@@ -52,6 +53,8 @@ STAN_BYTES = 3
 CONNECT_TIMEOUT = 10.0
 RETRY_PAUSE = 0.5
 RECEIVE_SIZE = 65536
+ATC_COUNTERS: dict[str, list[int]] = {}
+"""Chip load: the ATC of each emulated card (by PAN), shared by the terminals of this run."""
 
 
 def parse_mix(text: str) -> dict[str, int]:
@@ -92,6 +95,11 @@ class LoadSettings:
     progress: bool = True
     ssl_context: ssl.SSLContext | None = field(default=None, repr=False)
     """Every terminal connects over TLS with this context (posterm load --tls)."""
+    chip_imk: bytes | None = field(default=None, repr=False)
+    """With an issuer MK-AC the cards are emulated chip cards (PSN ``chip_psn``, keys derived
+    by option A): sales and balance inquiries go by chip, ARQC in, ARPC checked."""
+    chip_psn: str = "01"
+    atc_start: int = 1
 
     @classmethod
     def from_cli(cls, *, address: str, terminals: int, duration: float, rate: float, mix: str,
@@ -99,7 +107,8 @@ class LoadSettings:
                  track2: tuple[str, ...], pin: str | None, mac: str, timeout: float,
                  amount: str = "1.00", settle: bool = True, tls: bool = False,
                  tls_ca: str | None = None, tls_cert: str | None = None,
-                 tls_key: str | None = None) -> LoadSettings:
+                 tls_key: str | None = None, chip: bool = False,
+                 imk_ac: str | None = None, atc_start: int = 1) -> LoadSettings:
         try:
             host, port = parse_address(address)
         except ValueError as exc:
@@ -107,10 +116,14 @@ class LoadSettings:
         if not tls and (tls_ca or tls_cert or tls_key):
             raise BadInput("--ca, --cert and --key go with --tls")
         context = tls_context(tls_ca, tls_cert, tls_key) if tls else None
+        if chip and not imk_ac:
+            raise BadInput("--chip needs --imk-ac (the issuer key of the cards' BIN)")
+        chip_imk = chip_key(imk_ac, "--imk-ac") if chip and imk_ac else None
         return cls(host, port, terminals, duration, rate, parse_mix(mix),
                    terminal_ids(tid_prefix, terminals), mid, parse_key_hex(tmk),
                    [Card.from_track2(t) for t in track2], check_pin(pin) if pin else None,
-                   mac, timeout, parse_amount(amount), report, settle, ssl_context=context)
+                   mac, timeout, parse_amount(amount), report, settle, ssl_context=context,
+                   chip_imk=chip_imk, atc_start=atc_start)
 
 
 def terminal_ids(prefix: str, count: int) -> list[str]:
@@ -345,6 +358,12 @@ class LoadTerminal:
         weights = settings.mix
         self.plan = [op for op in OPERATIONS for _ in range(weights.get(op, 0))]
         rng.shuffle(self.plan)
+        self.chip_card: chip.ChipCard | None = None
+        self.reads: dict[str, chip.ChipRead] = {}
+        if settings.chip_imk is not None:
+            mk = chip.icc_mk_from_issuer_key(settings.chip_imk, card.pan, settings.chip_psn)
+            self.chip_card = chip.ChipCard(card.pan, card.pan, settings.chip_psn, card.expiry,
+                                           mk)
 
     def next_stan(self) -> str:
         self.stan = core.next_stan(self.stan)
@@ -376,6 +395,11 @@ class LoadTerminal:
         self.pinpad.install_key_data(outcome.response["62"])
         self.batch = core.signon_batch(outcome.response)
         pin_block = self.pinpad.pin_block(self.s.pin, self.card.pan) if self.s.pin else None
+        self.pin_block = pin_block
+        if self.chip_card is not None:  # every chip request has its own ARQC: no templates
+            self.templates = {}
+            self.stats.signed_on += 1
+            return
         self.templates = {
             "sale": Template(self.profile, core.sale_request(
                 self.profile, "000000", self.batch, self.card, self.s.amount, pin_block),
@@ -464,6 +488,8 @@ class LoadTerminal:
         stan = self.next_stan()
         if op in self.templates:
             return self.templates[op].render(stan)
+        if self.chip_card is not None and op in ("sale", "balance"):
+            return self.chip_request(op, stan), None
         sold = self.sold.popleft()
         original = Original(sold.batch, sold.stan, sold.rrn, sold.amount, sold.auth, sold.date)
         if op == "void":
@@ -471,8 +497,44 @@ class LoadTerminal:
         return core.refund_request(self.profile, stan, self.batch, self.card, original,
                                    sold.amount), None
 
+    def chip_request(self, op: str, stan: str) -> Message:
+        """A chip sale or balance inquiry: the card's next ATC (shared by every terminal that
+        reads the same card, in this process) and a fresh ARQC."""
+        assert self.chip_card is not None
+        atcs = ATC_COUNTERS.setdefault(self.chip_card.pan, [self.s.atc_start - 1])
+        atcs[0] += 1
+        amount = self.s.amount if op == "sale" else 0
+        read = chip.first_generate_ac(self.chip_card, amount, op, date=time.strftime("%y%m%d"),
+                                      atc=atcs[0], pin=self.pin_block is not None)
+        self.reads = {stan: read}
+        card_read = chip.card_read(read)
+        if op == "sale":
+            return core.sale_request(self.profile, stan, self.batch, card_read, amount,
+                                     self.pin_block)
+        return core.balance_request(self.profile, stan, self.batch, card_read, self.pin_block)
+
+    def card_accepts(self, op: str, doc: Message, outcome: Outcome) -> bool:
+        """The chip card's second GENERATE AC; a host approval it refuses (ARPC missing or
+        wrong) is reversed with 0400/06 carrying the AAC."""
+        read = self.reads.pop(doc["11"], None)
+        if self.chip_card is None or read is None:
+            return True
+        tags = chip.f55_tags_of(outcome.response or {})
+        second = chip.second_generate_ac(self.chip_card, read, tags.get("91"),
+                                         outcome.code or "")
+        if not outcome.approved or second.approved:
+            return True
+        self.stats.errors[f"{op}: declined by card"] += 1
+        if op == "sale":
+            reversal = core.reversal_request(doc, core.REASON_OTHER, outcome.get("38"))
+            reversal["55"] = chip.reversal_f55(second)
+            self.reversal = reversal
+        return False
+
     def after(self, op: str, doc: Message, outcome: Outcome) -> None:
         stan = doc["11"]
+        if not self.card_accepts(op, doc, outcome):
+            return
         if op == "sale" and outcome.approved:
             self.sold.append(Sold(stan, self.batch, outcome.get("37") or "", outcome.get("38"),
                                   outcome.get("13") or "", int(doc["4"])))
@@ -554,9 +616,9 @@ def build_report(settings: LoadSettings, stats: Stats, elapsed: float) -> dict[s
     every = [v for values in stats.latencies.values() for v in values]
     return {
         "settings": {k: v for k, v in asdict(replace(settings, ssl_context=None)).items()
-                     if k not in ("tmk", "cards", "pin", "tids", "ssl_context")}
+                     if k not in ("tmk", "cards", "pin", "tids", "ssl_context", "chip_imk")}
         | {"cards": [mask_pan(c.pan) for c in settings.cards],
-           "tls": settings.ssl_context is not None},
+           "tls": settings.ssl_context is not None, "chip": settings.chip_imk is not None},
         "elapsed_s": round(elapsed, 3),
         "completed": stats.completed,
         "throughput_per_s": round(stats.completed / elapsed, 1) if elapsed else 0.0,
@@ -574,6 +636,7 @@ def build_report(settings: LoadSettings, stats: Stats, elapsed: float) -> dict[s
 async def run_load(settings: LoadSettings,
                    progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run the load and return the report."""
+    ATC_COUNTERS.clear()
     stats = Stats()
     seed = random.Random()
     interval = settings.terminals / settings.rate if settings.rate else 0.0

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from specs.codes import describe_code
+from specs.emv import format_f55
 from specs.framing import Frame
 from specs.messages import decode_message
 from specs.pretty import format_message, mask_pan
@@ -51,8 +52,23 @@ def render_result(result: Mapping[str, Any]) -> str:
         value = result.get(key)
         if value not in (None, ""):
             lines.append(f"  {label:<16} {_value(key, value)}")
+    lines.extend(_chip_lines(result))
     lines.extend(f"  note: {n}" for n in result.get("notes", []))
     return "\n".join(lines)
+
+
+_CHIP_LABELS = (("app_label", "application"), ("aid", "AID"), ("psn", "PSN"), ("atc", "ATC"),
+                ("tvr", "TVR"), ("arqc", "ARQC"))
+
+
+def _chip_lines(result: Mapping[str, Any]) -> list[str]:
+    """A chip slip's lines: application, AID, ATC, TVR, ARQC and the final TC / AAC."""
+    if not result.get("aid"):
+        return []
+    lines = [f"  {label:<16} {result[key]}" for key, label in _CHIP_LABELS if result.get(key)]
+    if result.get("cryptogram_type"):
+        lines.append(f"  {result['cryptogram_type']:<16} {result.get('cryptogram', '')}")
+    return lines
 
 
 def journal_row(e: JournalEntry) -> dict[str, Any]:
@@ -92,6 +108,9 @@ def render_frame(direction: str, payload: bytes, elapsed: float) -> str:
     routing = (f"   TPDU {frame.tpdu.to_bytes().hex().upper()}  "
                f"header {frame.header.to_bytes().hex().upper()}")
     body = "\n".join("   " + line for line in format_message(doc).splitlines())
+    if "55" in doc:  # section 8: the chip data tag by tag (cryptograms shown, PAN masked)
+        body += "\n" + "\n".join("       " + line
+                                  for line in format_f55(doc["55"], reveal_cryptograms=True))
     return f"{head}\n{routing}\n{body}"
 
 

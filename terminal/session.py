@@ -9,6 +9,7 @@ resumable at every step.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from specs.composite import BALANCED, NOT_BALANCED, decode_balance
 from specs.errors import SpecError
 from specs.messages import Message
 from specs.pretty import mask_pan
-from terminal import core
+from terminal import chip, chipstore, core
 from terminal.cards import Card
 from terminal.core import Original, Outcome
 from terminal.errors import (
@@ -236,7 +237,7 @@ class Terminal:
         if sale.status != ST_APPROVED or sale.voided:
             raise NotReady(f"sale {trace} is {'voided' if sale.voided else sale.status}: "
                            "only an approved sale can be voided")
-        card = card or _journal_card(sale)
+        card = card or self._journal_card(sale)
         pin_block = self.pinpad.pin_block(pin, card.pan) if pin else None
         original = _original(sale)
 
@@ -273,7 +274,7 @@ class Terminal:
                           original: JournalEntry | None = None) -> Result:
         status = "approved" if outcome.accepted else "declined"
         details: dict[str, Any] = {
-            "pan": mask_pan(card.pan), "entry": "swipe" if card.swiped else "manual",
+            "pan": mask_pan(card.pan), "entry": _entry_label(card),
             "amount_minor": amount, "stan": outcome.request["11"],
             "batch": outcome.request["60"][2:8], "rrn": outcome.get("37"),
             "auth_code": outcome.get("38"), "host_date": outcome.get("13"),
@@ -310,6 +311,126 @@ class Terminal:
                 result.notes.append(f"field 54 unreadable: {exc}")
         return result
 
+    # ----------------------------------------------------------------- chip (section 8)
+
+    def _journal_card(self, entry: JournalEntry) -> Card:
+        """The card of a journal line: a chip sale's void or refund goes out as a chip
+        transaction (F22 05x/07x, F23, no F55); anything else as keyed."""
+        card = _journal_card(entry)
+        if entry.entry and entry.entry[:2] in (chip.ENTRY_CONTACT, chip.ENTRY_CONTACTLESS):
+            row = chipstore.journal_chip(self.store, entry.id)
+            if row is not None:
+                return chip.ChipCardRead(card.pan, card.expiry, None, row["psn"], None,
+                                         entry.entry[:2] == chip.ENTRY_CONTACTLESS)
+        return card
+
+    async def chip_sale(self, name: str, amount: int, pin: str | None, *,
+                        contactless: bool = False, un: str | None = None) -> Result:
+        """A sale by chip: ARQC from the emulated card, ARPC checked by the card; a host
+        approval the card does not accept is reversed (0400/06 with the AAC)."""
+        await self._prepare_online()
+        return await self._chip("sale", name, amount, pin, contactless, un)
+
+    async def chip_balance(self, name: str, pin: str | None, *,
+                           contactless: bool = False) -> Result:
+        await self._prepare_online()
+        return await self._chip("balance", name, 0, pin, contactless, None)
+
+    async def _chip(self, kind: str, name: str, amount: int, pin: str | None,
+                    contactless: bool, un: str | None) -> Result:
+        card = chipstore.load_card(self.store, name)
+        atc = chipstore.take_atc(self.store, name)
+        read = chip.first_generate_ac(card, amount, kind, date=time.strftime("%y%m%d"),
+                                      atc=atc, un=un, contactless=contactless,
+                                      pin=pin is not None)
+        card_read = chip.card_read(read)
+        pin_block = self.pinpad.pin_block(pin, card.pan) if pin else None
+        details = {"amount": amount if kind == "sale" else None, "pan": card.pan,
+                   "expiry": card.expiry}
+
+        def build(stan: str, batch: str) -> Message:
+            if kind == "sale":
+                return core.sale_request(self.profile, stan, batch, card_read, amount,
+                                         pin_block)
+            return core.balance_request(self.profile, stan, batch, card_read, pin_block)
+
+        reversal = ((lambda r: core.reversal_request(r, core.REASON_NO_RESPONSE))
+                    if kind == "sale" else None)
+        journal_id, request = self.store.begin(kind, build, details=details,
+                                               reversal=reversal)
+        chipstore.record_read(self.store, journal_id, read)
+        outcome = await self._chip_send(kind, journal_id, request)
+        tags = chip.f55_tags_of(outcome.response or {})
+        second = chip.second_generate_ac(card, read, tags.get("91"), outcome.code or "")
+        chipstore.record_second(self.store, journal_id, second)
+        fields = _response_fields(outcome)
+        declined_by_card = outcome.approved and not second.approved
+        if declined_by_card and kind == "sale":
+            await self._reverse_card_decline(journal_id, request, outcome, second, fields)
+        else:
+            status = ST_APPROVED if outcome.approved and second.approved else DECLINED
+            self.store.finish(journal_id, status, fields)
+        result = self._financial_result(kind, outcome, card_read,
+                                        amount if kind == "sale" else None)
+        result.details.update(self._chip_details(read, second, contactless))
+        if declined_by_card:
+            result.status = "declined by card"
+            result.notes.append(f"declined by card: {second.reason}")
+        elif kind == "balance" and outcome.approved and outcome.response \
+                and "54" in outcome.response:
+            try:
+                result.details["balance_minor"] = decode_balance(outcome.response["54"])
+            except SpecError as exc:
+                result.notes.append(f"field 54 unreadable: {exc}")
+        return result
+
+    async def _chip_send(self, kind: str, journal_id: int, request: Message) -> Outcome:
+        try:
+            outcome = await self._send(request)
+        except CommunicationError as exc:
+            if kind != "sale":
+                self.store.finish(journal_id, UNANSWERED, {})
+                raise
+            raise NoResponse(f"{exc}; reversal of STAN {request['11']} (98) pending, sent "
+                             "before the next transaction") from None
+        if not outcome.believed:
+            if kind != "sale":
+                self.store.finish(journal_id, UNANSWERED, {})
+                self._believe(outcome, "balance inquiry")
+            auth = outcome.get("38") if outcome.code == APPROVED else None
+            self.store.set_reversal_reason(journal_id, outcome.reversal_reason or "06", auth,
+                                           outcome.code)
+            raise ResponseRejected(f"{outcome.problem}; reversal of STAN {request['11']} "
+                                   f"(reason {outcome.reversal_reason}) pending")
+        return outcome
+
+    async def _reverse_card_decline(self, journal_id: int, request: Message, outcome: Outcome,
+                                    second: chip.SecondAc, fields: dict[str, str | None]
+                                    ) -> None:
+        """Section 8: the host approved, the card did not (ARPC missing or wrong): journal
+        the sale as declined and reverse it now with 0400/06 carrying the AAC."""
+        auth = outcome.get("38")
+        reversal = core.reversal_request(request, core.REASON_OTHER, auth)
+        reversal["55"] = chip.reversal_f55(second)
+        self.store.finish(journal_id, DECLINED, fields, clear_reversal=False)
+        chipstore.replace_reversal(self.store, journal_id, json.dumps(reversal),
+                                   core.REASON_OTHER, auth)
+        try:
+            await self.send_reversals()
+        except CommunicationError as exc:
+            self._note(f"reversal of STAN {request['11']} (06) pending: {exc}")
+
+    @staticmethod
+    def _chip_details(read: chip.ChipRead, second: chip.SecondAc,
+                      contactless: bool) -> dict[str, Any]:
+        return {
+            "entry": "contactless" if contactless else "chip", "aid": read.card.aid,
+            "app_label": read.card.label, "psn": read.card.psn, "atc": read.tags["9F36"],
+            "arqc": read.tags["9F26"], "tvr": second.tags.get("95", read.tags["95"]),
+            "cryptogram_type": {"40": "TC", "00": "AAC"}.get(second.cid, second.cid),
+            "cryptogram": second.cryptogram,
+        }
+
     async def refund(self, card: Card | None, amount: int, *, trace: str | None = None,
                      original: Original | None = None) -> Result:
         """A refund advice: stored first, then forwarded (and again later until final)."""
@@ -319,7 +440,7 @@ class Terminal:
             if sale.status != ST_APPROVED:
                 raise NotReady(f"sale {trace} is {sale.status}: only an approved sale is refunded")
             original = _original(sale)
-            card = card or _journal_card(sale)
+            card = card or self._journal_card(sale)
         if original is None or card is None:
             raise NotReady("refund needs --trace, or --rrn/--orig-date/--orig-batch/"
                            "--orig-trace with card data")
@@ -439,6 +560,12 @@ class Terminal:
 
 def _response_fields(outcome: Outcome) -> dict[str, str | None]:
     return {k: outcome.get(k) for k in ("12", "13", "37", "38", "39", "63")}
+
+
+def _entry_label(card: Card) -> str:
+    if isinstance(card, chip.ChipCardRead):
+        return "contactless" if card.contactless else "chip"
+    return "swipe" if card.swiped else "manual"
 
 
 def _journal_card(entry: JournalEntry) -> Card:
