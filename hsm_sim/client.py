@@ -16,8 +16,8 @@ from typing import Protocol
 import trio
 
 from hsm_sim.commands import HsmEngine, decode_frame_length, encode_frame, response_code
-from hsm_sim.crypto import MAX_PIN_LENGTH, extract_account_number, is_hex
-from hsm_sim.errors import HsmError, HsmUnavailable
+from hsm_sim.crypto import MAX_PIN_LENGTH, CryptoError, extract_account_number, is_hex
+from hsm_sim.errors import HsmError, HsmUnavailable, from_crypto
 from hsm_sim.lmk import parse_key_field
 from hsm_sim.server import receive_exact
 
@@ -157,6 +157,14 @@ def _split_key(data: str) -> tuple[str, str]:
     first = data[:1]
     length = {"U": 33, "X": 33, "T": 49, "Y": 49, "Z": 17}.get(first, 16)
     return data[:length], data[length:]
+
+
+def _account(pan: str) -> str:
+    """The PAN's 12-digit account number; a bad PAN is HsmError 15 before anything is sent."""
+    try:
+        return extract_account_number(pan)
+    except CryptoError as exc:
+        raise from_crypto(exc) from None
 
 
 def _refused(command: str, exc: HsmError) -> HsmError:
@@ -319,7 +327,7 @@ class HsmClient:
 
     async def generate_pvv(self, pvk: str, pan: str, pin: str, pvki: int = 1) -> str:
         """BA then DG: the Visa PVV for a PIN (card personalisation in the lab)."""
-        account = extract_account_number(pan)
+        account = _account(pan)
         pin_lmk = await self._text("BA", pin.ljust(MAX_PIN_LENGTH + 1, "F") + account)
         return (await self._text("DG", f"{pvk}{pin_lmk}{account}{pvki}"))[:4]
 
@@ -334,7 +342,7 @@ class HsmClient:
         pinblock_format: str = "01",
     ) -> bool:
         """DC: True when the PIN matches the PVV, False on 01, HsmError otherwise."""
-        account = extract_account_number(pan)
+        account = _account(pan)
         engine = self._engine
         if engine is not None:
             try:
@@ -357,7 +365,7 @@ class HsmClient:
         dst_format: str = "01",
     ) -> bytes:
         """CA: the PIN block re-encrypted from the TPK to the ZPK."""
-        account = extract_account_number(pan)
+        account = _account(pan)
         block = pinblock.hex().upper()
         fields = f"{tpk}{zpk}{MAX_PIN_LENGTH:02d}{block}{src_format}{dst_format}{account}"
         data = await self._text("CA", fields)

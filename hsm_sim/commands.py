@@ -33,7 +33,8 @@ from functools import lru_cache
 from typing import TypeVar
 
 from hsm_sim import crypto
-from hsm_sim.errors import HsmError
+from hsm_sim.crypto.errors import CryptoError
+from hsm_sim.errors import HsmError, from_crypto
 from hsm_sim.lmk import (
     SCHEME_LENGTHS,
     LmkSet,
@@ -755,7 +756,7 @@ class HsmEngine:
         call = Call(self.lmk)
         try:
             data, code = handler(call, Fields(request[split + 2 :])), "00"
-        except HsmError as exc:
+        except (HsmError, CryptoError) as exc:
             data, code = b"", exc.code
         except Exception:  # a bug must not take the HSM down; say 15 and keep the trace
             log.exception("unexpected failure in %s", command.decode("ascii", "replace"))
@@ -809,6 +810,9 @@ class HsmEngine:
         except HsmError as exc:
             self._audit(client, command, exc.code, call.kcvs)
             raise
+        except CryptoError as exc:
+            self._audit(client, command, exc.code, call.kcvs)
+            raise from_crypto(exc) from None
         except Exception:  # as handle: a bug answers 15 and keeps the trace
             log.exception("unexpected failure in %s", command.decode("ascii", "replace"))
             self._audit(client, command, "15", call.kcvs)

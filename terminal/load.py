@@ -23,6 +23,9 @@ from typing import Any
 
 import trio
 
+from shared import naming
+from shared.errors import NamingError
+from shared.stats import latency_summary
 from specs.catalog import ECHO_FIELDS, identify_request
 from specs.codes import APPROVED, NO_MAC_CODES
 from specs.composite import BALANCED, NOT_BALANCED
@@ -105,15 +108,15 @@ class LoadSettings:
 
 
 def terminal_ids(prefix: str, count: int) -> list[str]:
-    """TIDs PREFIX + zero-filled index, 8 characters: ``LT000001`` ...
+    """:func:`shared.naming.terminal_ids`, refusals as :class:`BadInput`.
 
     >>> terminal_ids("LT", 2)
     ['LT000001', 'LT000002']
     """
-    width = 8 - len(prefix)
-    if width < 1 or count >= 10**width:
-        raise BadInput(f"TID prefix {prefix!r} leaves no room for {count} terminals")
-    return [f"{prefix}{i:0{width}d}" for i in range(1, count + 1)]
+    try:
+        return naming.terminal_ids(prefix, count)
+    except NamingError as exc:
+        raise BadInput(str(exc)) from None
 
 
 @dataclass
@@ -478,22 +481,6 @@ class LoadTerminal:
                                                     chunk))
         await self.exchange(core.upload_end_request(self.profile, self.next_stan(), self.batch,
                                                     len(entries)))
-
-
-def percentile(sorted_values: list[float], fraction: float) -> float:
-    """Nearest-rank percentile of an ascending list (0 for an empty one)."""
-    if not sorted_values:
-        return 0.0
-    rank = max(1, math.ceil(fraction * len(sorted_values)))
-    return sorted_values[rank - 1]
-
-
-def latency_summary(values: list[float]) -> dict[str, float]:
-    ordered = sorted(values)
-    ms = {f"p{int(q * 100)}": round(percentile(ordered, q) * 1000, 3) for q in (0.5, 0.95, 0.99)}
-    ms["max"] = round(ordered[-1] * 1000, 3) if ordered else 0.0
-    ms["mean"] = round(sum(ordered) / len(ordered) * 1000, 3) if ordered else 0.0
-    return ms
 
 
 def build_report(settings: LoadSettings, stats: Stats, elapsed: float) -> dict[str, Any]:

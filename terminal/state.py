@@ -76,7 +76,7 @@ class Config:
     backoff: float = 2.0
     attempts: int = 3
     serial: str = ""
-    """A serial line spec (host.serialline.LineSettings) used instead of host:port when set."""
+    """A serial line spec (shared.serialline.LineSettings) used instead of host:port when set."""
 
     @property
     def endpoint(self) -> str:
