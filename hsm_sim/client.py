@@ -15,9 +15,10 @@ from typing import Protocol
 
 import trio
 
-from hsm_sim.commands import HsmEngine, decode_frame_length, encode_frame, response_code
+from hsm_sim.commands import HsmEngine
 from hsm_sim.crypto import MAX_PIN_LENGTH, CryptoError, extract_account_number, is_hex
 from hsm_sim.errors import HsmError, HsmUnavailable, from_crypto
+from hsm_sim.framing import decode_frame_length, encode_frame, response_code
 from hsm_sim.lmk import parse_key_field
 from hsm_sim.server import receive_exact
 
