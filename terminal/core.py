@@ -19,8 +19,10 @@ from specs.codes import (
     DOMESTIC_ORGANISATION,
     DUPLICATE,
     OPERATOR_CODE,
-    REVERSAL_REASONS,
+    REASON_MAC,
+    REASON_OTHER,
     SECURITY_CONTROL_ISO0_DOUBLE,
+    SIGN_ON_CODES,
     is_foreign_organisation,
 )
 from specs.composite import (
@@ -58,10 +60,6 @@ from terminal.errors import BadInput
 from terminal.pinpad import PinPad
 
 MAX_STAN = 999999
-REASON_NO_RESPONSE, REASON_MAC, REASON_OTHER = "98", "A0", "06"
-assert set(REVERSAL_REASONS) == {REASON_NO_RESPONSE, REASON_MAC, REASON_OTHER}
-SIGN_ON_CODES = frozenset({"22", "77", "A0"})
-"""Response codes after which the terminal must sign on again (protocol.md section 5)."""
 _PLACEHOLDER_MAC = "00" * MAC_LENGTH
 
 
