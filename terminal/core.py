@@ -20,6 +20,7 @@ from specs.codes import (
     DUPLICATE,
     OPERATOR_CODE,
     REASON_MAC,
+    REASON_NO_RESPONSE,  # noqa: F401 (core.REASON_NO_RESPONSE for the session)
     REASON_OTHER,
     SECURITY_CONTROL_ISO0_DOUBLE,
     SIGN_ON_CODES,
@@ -108,7 +109,8 @@ def _build(kind: MessageKind | str, fields: Mapping[str, str]) -> Message:
     return doc
 
 
-def _card_fields(card: Card, pin_block: str | None) -> dict[str, str]:
+def card_fields(card: Card, pin_block: str | None) -> dict[str, str]:
+    """Card data, entry mode and (with a PIN block) F26/F52/F53 of a financial request."""
     fields = {**card.fields(), "22": card.entry_mode(pin_block is not None)}
     if pin_block is not None:
         fields.update({"26": "06", "52": pin_block, "53": SECURITY_CONTROL_ISO0_DOUBLE})
@@ -129,7 +131,7 @@ def financial_request(
     """A 0200/0220 of ``kind_name`` (sale, balance, void, refund), without F64."""
     kind = KINDS[kind_name]
     fields = {"11": stan, **profile.ids(), "49": CURRENCY_CNY, "60": field60_for(kind, batch)}
-    fields.update(_card_fields(card, pin_block))
+    fields.update(card_fields(card, pin_block))
     if amount is not None:
         fields["4"] = f"{amount:012d}"
     fields.update(extra or {})
@@ -195,15 +197,23 @@ def reversal_request(original: Mapping[str, str], reason: str,
 # --------------------------------------------------------------------------- encoding
 
 
-def encode_request(profile: Profile, doc: Mapping[str, str], pinpad: PinPad | None) -> bytes:
-    """The frame payload (TPDU + header + body) of a request, MACed when its kind says so."""
+def encode_body(doc: Mapping[str, str], pinpad: PinPad | None) -> bytes:
+    """The ISO 8583 body (MTI onwards) of a request, MACed when its kind says so."""
     kind = identify_request(doc)
     if kind.mac:
         if pinpad is None:
             raise BadInput("a MACed message needs the PIN pad")
-        body = encode_with_mac({**doc, MAC_FIELD: _PLACEHOLDER_MAC}, pinpad.mac)
-    else:
-        body = encode_message(doc)
+        return encode_with_mac({**doc, MAC_FIELD: _PLACEHOLDER_MAC}, pinpad.mac)
+    return encode_message(doc)
+
+
+def encode_request(profile: Profile, doc: Mapping[str, str], pinpad: PinPad | None) -> bytes:
+    """The frame payload (TPDU + header + body) of a request, MACed when its kind says so."""
+    return frame_payload(profile, encode_body(doc, pinpad))
+
+
+def frame_payload(profile: Profile, body: bytes) -> bytes:
+    """TPDU + header of ``profile`` before an already encoded body."""
     return Frame(profile.tpdu, profile.header, body).payload()
 
 

@@ -45,6 +45,18 @@ def parse_address(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+async def receive_payload(stream: trio.abc.ReceiveStream,
+                          decoder: TcpFrameDecoder) -> bytes | None:
+    """The next whole payload of a length-framed stream; None when the peer closed first.
+    Raises :class:`specs.errors.FramingError` for a frame that breaks the framing."""
+    while (payload := decoder.next_payload()) is None:
+        data = await stream.receive_some(RECEIVE_SIZE)
+        if not data:
+            return None
+        decoder.feed(data)
+    return payload
+
+
 class TcpTransport:
     """A persistent TCP connection, reopened when a read failed (stale bytes are dropped)."""
 
@@ -84,12 +96,15 @@ class TcpTransport:
 
     async def _read_payload(self) -> bytes:
         assert self._stream is not None
-        while (payload := self._decoder.next_payload()) is None:
-            data = await self._stream.receive_some(RECEIVE_SIZE)
-            if not data:
-                raise trio.BrokenResourceError("host closed the connection")
-            self._decoder.feed(data)
+        payload = await receive_payload(self._stream, self._decoder)
+        if payload is None:
+            raise trio.BrokenResourceError("host closed the connection")
         return payload
+
+    @property
+    def stream(self) -> trio.SocketStream | None:
+        """The open connection (None when closed), for callers that write raw bytes to it."""
+        return self._stream
 
     async def aclose(self) -> None:
         if self._stream is not None:
