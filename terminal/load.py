@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import socket
 import sys
 import time
 from collections import Counter, deque
@@ -29,8 +28,8 @@ from shared.stats import latency_summary
 from specs.catalog import ECHO_FIELDS, identify_request
 from specs.codes import APPROVED, NO_MAC_CODES
 from specs.composite import BALANCED, NOT_BALANCED
-from specs.errors import FramingError, SpecError
-from specs.framing import BODY_OFFSET, TPDU_LENGTH, Frame, TcpFrameDecoder, encode_frame_tcp
+from specs.errors import SpecError
+from specs.framing import BODY_OFFSET, TPDU_LENGTH, Frame
 from specs.messages import Message, encode_message, field_spans
 from specs.pretty import mask_pan
 from terminal import core
@@ -40,11 +39,10 @@ from terminal.errors import (
     BadInput,
     CommunicationError,
     ConnectFailed,
-    NoResponse,
     TerminalError,
 )
 from terminal.pinpad import PinPad, parse_key_hex
-from terminal.transport import parse_address
+from terminal.transport import TcpTransport, parse_address
 
 OPERATIONS = ("sale", "balance", "void", "refund")
 REVERSIBLE = frozenset({"sale", "void"})
@@ -52,7 +50,6 @@ PROGRESS_SECONDS = 1.0
 STAN_BYTES = 3
 CONNECT_TIMEOUT = 10.0
 RETRY_PAUSE = 0.5
-RECEIVE_SIZE = 65536
 
 
 def parse_mix(text: str) -> dict[str, int]:
@@ -220,67 +217,6 @@ class Sold:
     amount: int
 
 
-class FastLine:
-    """A bare trio socket to the host for load mode.
-
-    :meth:`send_receive` has no timeout of its own: the load terminal bounds it with one
-    long-lived cancel scope whose deadline it moves (a cancel scope per request costs more
-    than the rest of the request). :meth:`exchange` is the ordinary Transport call.
-    """
-
-    def __init__(self, host: str, port: int) -> None:
-        self.host, self.port = host, port
-        self._sock: trio.socket.SocketType | None = None
-        self._decoder = TcpFrameDecoder()
-
-    async def connect(self) -> None:
-        if self._sock is not None:
-            return
-        sock = trio.socket.socket()
-        try:
-            with trio.fail_after(CONNECT_TIMEOUT):
-                await sock.connect((self.host, self.port))
-        except (OSError, trio.TooSlowError) as exc:
-            sock.close()
-            raise ConnectFailed(f"cannot connect to {self.host}:{self.port}: {exc}") from None
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._sock, self._decoder = sock, TcpFrameDecoder()
-
-    async def send_receive(self, payload: bytes) -> bytes:
-        await self.connect()
-        sock = self._sock
-        assert sock is not None
-        data = encode_frame_tcp(payload)
-        try:
-            while data:
-                data = data[await sock.send(data):]
-            while (answer := self._decoder.next_payload()) is None:
-                chunk = await sock.recv(RECEIVE_SIZE)
-                if not chunk:
-                    raise NoResponse("host closed the connection")
-                self._decoder.feed(chunk)
-        except (OSError, FramingError) as exc:
-            self.close()
-            raise NoResponse(f"connection to {self.host}:{self.port} lost: {exc}") from None
-        return answer
-
-    async def exchange(self, payload: bytes, timeout: float) -> bytes:
-        try:
-            with trio.fail_after(timeout):
-                return await self.send_receive(payload)
-        except trio.TooSlowError:
-            self.close()
-            raise NoResponse(f"no response in {timeout:g} s") from None
-
-    def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-
-    async def aclose(self) -> None:
-        self.close()
-
-
 class LoadTerminal:
     """One emulated terminal with in-memory state."""
 
@@ -292,7 +228,7 @@ class LoadTerminal:
         self.stats = stats
         self.rng = rng
         self.pinpad = PinPad(settings.tmk, settings.mac)
-        self.line = FastLine(settings.host, settings.port)
+        self.line = TcpTransport(settings.host, settings.port, connect_timeout=CONNECT_TIMEOUT)
         self.scope: trio.CancelScope | None = None
         self.inflight: tuple[str, Message] | None = None
         self.stan = f"{rng.randrange(1, 900_000):06d}"

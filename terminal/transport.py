@@ -16,7 +16,8 @@ from specs.errors import FramingError
 from specs.framing import TcpFrameDecoder, encode_frame_tcp
 from terminal.errors import ConnectFailed, GarbledResponse, NoResponse
 
-RECEIVE_SIZE = 4096
+RECEIVE_SIZE = 65536
+"""Most bytes taken from the socket per read."""
 
 
 class Transport(Protocol):
@@ -58,13 +59,25 @@ async def receive_payload(stream: trio.abc.ReceiveStream,
 
 
 class TcpTransport:
-    """A persistent TCP connection, reopened when a read failed (stale bytes are dropped)."""
+    """A persistent TCP connection, reopened when a read failed (stale bytes are dropped).
+
+    The one TCP frame client of the terminal side: posterm, ``posterm load``, the bench
+    terminals and the test kit all send through it. :meth:`exchange` bounds one exchange by a
+    timeout; :meth:`send_receive` has no timeout of its own, for callers (load mode) that bound
+    many requests with one long-lived cancel scope whose deadline they move (a cancel scope per
+    request costs more than the rest of the request).
+    """
 
     def __init__(self, host: str, port: int, *, connect_timeout: float = 10.0) -> None:
         self.host, self.port = host, port
         self.connect_timeout = connect_timeout
         self._stream: trio.SocketStream | None = None
         self._decoder = TcpFrameDecoder()
+
+    @property
+    def stream(self) -> trio.SocketStream | None:
+        """The open connection (None when closed), for callers that write raw bytes to it."""
+        return self._stream
 
     async def connect(self) -> None:
         if self._stream is not None:
@@ -76,35 +89,40 @@ class TcpTransport:
             raise ConnectFailed(f"cannot connect to {self.host}:{self.port}: {exc}") from None
         self._decoder = TcpFrameDecoder()
 
-    async def exchange(self, payload: bytes, timeout: float) -> bytes:
+    async def send_receive(self, payload: bytes) -> bytes:
+        """Send one payload and return the next whole payload, however long it takes; raise
+        :class:`NoResponse` (or :class:`GarbledResponse`) when the line fails meanwhile."""
         await self.connect()
-        assert self._stream is not None
+        stream = self._stream
+        assert stream is not None
+        where = f"{self.host}:{self.port}"
         try:
-            with trio.fail_after(timeout if timeout > 0 else math.inf):
-                await self._stream.send_all(encode_frame_tcp(payload))
-                return await self._read_payload()
-        except trio.TooSlowError:
-            await self.aclose()
-            raise NoResponse(f"no response from {self.host}:{self.port} in {timeout:g} s") from None
+            await stream.send_all(encode_frame_tcp(payload))
+            answer = await receive_payload(stream, self._decoder)
         except FramingError as exc:
-            await self.aclose()
-            where = f"{self.host}:{self.port}"
+            self.close()
             raise GarbledResponse(f"undecodable frame from {where}: {exc}") from None
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            await self.aclose()
-            raise NoResponse(f"connection to {self.host}:{self.port} lost: {exc}") from None
+            self.close()
+            raise NoResponse(f"connection to {where} lost: {exc}") from None
+        if answer is None:
+            self.close()
+            raise NoResponse(f"connection to {where} lost: host closed the connection")
+        return answer
 
-    async def _read_payload(self) -> bytes:
-        assert self._stream is not None
-        payload = await receive_payload(self._stream, self._decoder)
-        if payload is None:
-            raise trio.BrokenResourceError("host closed the connection")
-        return payload
+    async def exchange(self, payload: bytes, timeout: float) -> bytes:
+        try:
+            with trio.fail_after(timeout if timeout > 0 else math.inf):
+                return await self.send_receive(payload)
+        except trio.TooSlowError:
+            self.close()
+            raise NoResponse(f"no response from {self.host}:{self.port} in {timeout:g} s") from None
 
-    @property
-    def stream(self) -> trio.SocketStream | None:
-        """The open connection (None when closed), for callers that write raw bytes to it."""
-        return self._stream
+    def close(self) -> None:
+        """Drop the connection at once (no goodbye: the next exchange reconnects)."""
+        if self._stream is not None:
+            stream, self._stream = self._stream, None
+            stream.socket.close()
 
     async def aclose(self) -> None:
         if self._stream is not None:

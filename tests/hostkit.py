@@ -20,12 +20,13 @@ from specs.catalog import identify_request
 from specs.codes import APPROVED, SECURITY_CONTROL_ISO0_DOUBLE
 from specs.composite import SettlementTotals, UploadRecord, decode_field60
 from specs.fields import MAC_FIELD, MAC_LENGTH
-from specs.framing import Frame, TcpFrameDecoder, encode_frame_tcp
+from specs.framing import Frame, TcpFrameDecoder
 from specs.messages import Message, encode_message, response_needs_mac
 from terminal import core
 from terminal.cards import Card
+from terminal.errors import NoResponse
 from terminal.pinpad import PinPad
-from terminal.transport import receive_payload
+from terminal.transport import TcpTransport, receive_payload
 
 SECURITY_CONTROL = SECURITY_CONTROL_ISO0_DOUBLE
 ANSWER_TIMEOUT = 10.0
@@ -85,23 +86,22 @@ class TestTerminal:
     __test__ = False
 
     def __post_init__(self) -> None:
-        self._stream: trio.SocketStream | None = None
-        self._decoder = TcpFrameDecoder()
+        self.transport: TcpTransport | None = None
 
     @property
     def stream(self) -> trio.SocketStream | None:
         """The open connection, for tests that write raw bytes to it."""
-        return self._stream
+        return self.transport.stream if self.transport is not None else None
 
     async def __aenter__(self) -> TestTerminal:
-        self._stream = await trio.open_tcp_stream(self.host, self.port)
-        self._decoder = TcpFrameDecoder()
+        self.transport = TcpTransport(self.host, self.port)
+        await self.transport.connect()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._stream is not None:
-            stream, self._stream = self._stream, None
-            await stream.aclose()
+        if self.transport is not None:
+            transport, self.transport = self.transport, None
+            await transport.aclose()
 
     async def reconnect(self) -> None:
         await self.__aexit__()
@@ -122,10 +122,13 @@ class TestTerminal:
     # ------------------------------------------------------------------ transport
 
     async def send_payload(self, payload: bytes) -> bytes | None:
-        assert self._stream is not None
-        await self._stream.send_all(encode_frame_tcp(payload))
-        with trio.fail_after(ANSWER_TIMEOUT):
-            return await receive_payload(self._stream, self._decoder)
+        """The answer to one payload; None when the host closed the connection instead."""
+        assert self.transport is not None and self.transport.stream is not None
+        try:
+            with trio.fail_after(ANSWER_TIMEOUT):
+                return await self.transport.send_receive(payload)
+        except NoResponse:
+            return None
 
     def encode(self, doc: Mapping[str, str]) -> bytes:
         """The body of ``doc``; a MACed kind without a MAC key goes out with an all-zero F64."""
