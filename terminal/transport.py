@@ -96,9 +96,18 @@ class TcpTransport:
         stream = self._stream
         assert stream is not None
         where = f"{self.host}:{self.port}"
+        # The socket itself, not the stream's send_all/receive_some: one request at a time
+        # on this connection, so the stream's bookkeeping buys nothing in load mode's hot path.
+        sock, decoder = stream.socket, self._decoder
+        data = encode_frame_tcp(payload)
         try:
-            await stream.send_all(encode_frame_tcp(payload))
-            answer = await receive_payload(stream, self._decoder)
+            while data:
+                data = data[await sock.send(data):]
+            while (answer := decoder.next_payload()) is None:
+                chunk = await sock.recv(RECEIVE_SIZE)
+                if not chunk:
+                    break
+                decoder.feed(chunk)
         except FramingError as exc:
             self.close()
             raise GarbledResponse(f"undecodable frame from {where}: {exc}") from None
