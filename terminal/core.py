@@ -317,7 +317,11 @@ def batch_totals(entries: Iterable[BatchEntry]) -> SettlementTotals:
 
 def settlement_request(profile: Profile, stan: str, batch: str,
                        totals: SettlementTotals) -> Message:
-    fields = {"11": stan, **profile.ids(), "48": encode_settlement_totals(totals),
+    try:
+        f48 = encode_settlement_totals(totals)
+    except SpecError as exc:  # e.g. more than 999 sales: F48 counts are n3
+        raise BadInput(f"cannot build settlement: {exc}") from None
+    fields = {"11": stan, **profile.ids(), "48": f48,
               "49": CURRENCY_CNY, "60": field60_for(KINDS["settlement"], batch),
               "63": OPERATOR_CODE}
     return _build("settlement", fields)

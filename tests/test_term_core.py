@@ -225,3 +225,11 @@ def test_response_frame_decodes() -> None:
     req = _sale()
     frame = Frame.parse(_response(req, {"39": "05"}))
     assert decode_message(frame.body)["39"] == "05"
+
+
+def test_settlement_over_the_n3_counts_is_bad_input_not_a_crash() -> None:
+    profile = core.Profile("12345678", "123456789012345")
+    full = core.batch_totals([core.BatchEntry("sale", f"{i:06d}", "6222021234567890128", 1)
+                              for i in range(1, 1001)])
+    with pytest.raises(BadInput, match="cannot build settlement"):
+        core.settlement_request(profile, "000001", "000001", full)
