@@ -120,6 +120,7 @@ class TcpTransport:
         return answer
 
     async def exchange(self, payload: bytes, timeout: float) -> bytes:
+        await self.connect()  # bounded by connect_timeout alone: ConnectFailed = nothing sent
         try:
             with trio.fail_after(timeout if timeout > 0 else math.inf):
                 return await self.send_receive(payload)
