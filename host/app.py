@@ -57,7 +57,7 @@ class HostConfig:
     hsm: str = "embedded"
     lmk: str = "test"
     serial_lines: tuple[str, ...] = ()
-    """Serial line specs (host.serialline.LineSettings) served as terminal connections."""
+    """Serial line specs (shared.serialline.LineSettings) served as terminal connections."""
     workers: int = 0
     """Worker processes for the message path (host/workers.py); 0: all in this process."""
     tls: TlsListen | None = None

@@ -37,7 +37,7 @@ from collections.abc import Iterable
 
 import trio
 
-from host.serialline import (
+from shared.serialline import (
     LineClosedError,
     LineSettings,
     Port,

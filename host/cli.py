@@ -24,9 +24,9 @@ from host.errors import HostError
 from host.hsm import TEST_LMK_WARNING_TEXT, open_hsm
 from hsm_sim.client import HsmClient
 from hsm_sim.errors import HsmError
+from shared.errors import SharedError
+from shared.naming import terminal_ids
 from specs.view import render_contract
-from terminal.errors import TerminalError
-from terminal.load import terminal_ids
 
 T = TypeVar("T")
 DEFAULT_DB = Path("poshost.db")
@@ -45,10 +45,10 @@ def _fail(message: str) -> None:
 def _run(fn: Callable[[], Awaitable[T]]) -> T:
     try:
         return trio.run(fn)
-    except (HostError, HsmError) as exc:
+    except (HostError, HsmError, SharedError) as exc:
         _fail(str(exc))
     except BaseExceptionGroup as group:
-        match, rest = group.split((HostError, HsmError))
+        match, rest = group.split((HostError, HsmError, SharedError))
         if match is None or rest is not None:
             raise
         _fail("; ".join(str(e) for e in _leaves(match)))
@@ -351,7 +351,7 @@ def terminal_add_range(prefix: str, count: int, mid: str, tmk: str, mac: str, db
     """COUNT terminals named as `posterm load --tid-prefix PREFIX` expects, for load tests."""
     try:
         tids = terminal_ids(prefix, count)
-    except TerminalError as exc:
+    except SharedError as exc:
         _fail(str(exc))
 
     async def go(client: HsmClient) -> None:

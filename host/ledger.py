@@ -24,7 +24,13 @@ from host.limits import BATCH_FIRST, BATCH_MAX, RRN_RESTART_GAP
 from host.responses import replayed, respond, storable
 from host.rules import PinResult, Txn
 from specs.catalog import KINDS, MessageKind
-from specs.codes import DOMESTIC_ORGANISATION, card_organisation
+from specs.codes import (
+    APPROVED,
+    BATCH_MISMATCH,
+    DOMESTIC_ORGANISATION,
+    DUPLICATE,
+    card_organisation,
+)
 from specs.composite import (
     Field60,
     SettlementTotals,
@@ -151,7 +157,7 @@ class Ledger:
             return None
         if row["digest"] == req.digest:
             return replayed(row["response"], req.now)
-        return self.reply(req, rules.DUPLICATE)
+        return self.reply(req, DUPLICATE)
 
     def _batch_state(self, conn: sqlite3.Connection, tid: str, batch: int) -> str | None:
         row = conn.execute(
@@ -212,7 +218,7 @@ class Ledger:
         if repeat is not None:
             return repeat
         if self._batch_state(conn, req.tid, req.batch) != "open":
-            return self.reply(req, rules.BATCH_MISMATCH)
+            return self.reply(req, BATCH_MISMATCH)
         if req.kind.name == "reversal":
             response = self._reversal(conn, req)
         else:
@@ -354,7 +360,7 @@ class Ledger:
             return repeat
         state = self._batch_state(conn, req.tid, req.batch)
         if state not in ("open", "uploading"):
-            return self.reply(req, rules.BATCH_MISMATCH)
+            return self.reply(req, BATCH_MISMATCH)
         rows = self._batch_txns(conn, req.tid, req.batch)
         host = rules.batch_totals(t for t in map(_txn, rows) if t is not None)
         result = rules.settlement_result(host, terminal)
@@ -367,7 +373,7 @@ class Ledger:
              req.tid, req.batch),
         )
         conn.execute("DELETE FROM uploads WHERE tid=? AND batch=?", (req.tid, req.batch))
-        response = self.reply(req, rules.APPROVED, {"48": encode_settlement_totals(result)})
+        response = self.reply(req, APPROVED, {"48": encode_settlement_totals(result)})
         if balanced:
             self._close(conn, req.tid, req.batch, req.now)
         self._remember(conn, req, response)
@@ -379,13 +385,13 @@ class Ledger:
         if repeat is not None:
             return repeat
         if self._batch_state(conn, req.tid, req.batch) != "uploading":
-            return self.reply(req, rules.BATCH_MISMATCH)
+            return self.reply(req, BATCH_MISMATCH)
         conn.executemany(
             "INSERT INTO uploads VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [(req.tid, req.batch, r.trace, self.pans.hash(r.pan), self.pans.mask(r.pan),
               r.amount, r.organisation, req.doc["11"]) for r in records],
         )
-        response = self.reply(req, rules.APPROVED)
+        response = self.reply(req, APPROVED)
         self._remember(conn, req, response)
         return response
 
@@ -394,9 +400,9 @@ class Ledger:
         if repeat is not None:
             return repeat
         if self._batch_state(conn, req.tid, req.batch) != "uploading":
-            return self.reply(req, rules.BATCH_MISMATCH)
+            return self.reply(req, BATCH_MISMATCH)
         self._close_upload(conn, req.tid, req.batch, total, req.now)
-        response = self.reply(req, rules.APPROVED)
+        response = self.reply(req, APPROVED)
         self._remember(conn, req, response)
         return response
 

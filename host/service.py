@@ -26,7 +26,16 @@ from host.rules import PinResult
 from hsm_sim.client import HsmClient
 from hsm_sim.errors import HsmError
 from specs.catalog import MessageKind, identify_request
-from specs.codes import NO_MAC_CODES
+from specs.codes import (
+    APPROVED,
+    BATCH_MISMATCH,
+    FORMAT_ERROR,
+    INVALID_MERCHANT,
+    MAC_ERROR,
+    NO_MAC_CODES,
+    SYSTEM_MALFUNCTION,
+    UNKNOWN_TERMINAL,
+)
 from specs.composite import (
     KeyData,
     decode_settlement_totals,
@@ -52,11 +61,7 @@ from specs.pretty import summarize
 
 log = logging.getLogger("poshost.txn")
 
-UNKNOWN_TERMINAL = "97"
-INVALID_MERCHANT = "03"
-MAC_ERROR = "A0"
-FORMAT_ERROR = "30"
-SIGN_ON_AGAIN_CODES = frozenset({MAC_ERROR, rules.BATCH_MISMATCH})
+SIGN_ON_AGAIN_CODES = frozenset({MAC_ERROR, BATCH_MISMATCH})
 
 
 class TerminalCache:
@@ -180,7 +185,7 @@ class HostService:
             return self._reject(ex, exc.response_code, now)
         except (HsmError, HostError) as exc:
             log.error("tid=%s internal failure: %s", doc.get("41"), exc)
-            return self._reject(ex, rules.SYSTEM_MALFUNCTION, now)
+            return self._reject(ex, SYSTEM_MALFUNCTION, now)
 
     def _identify(self, ex: Exchange) -> MessageKind:
         doc = ex.request
@@ -243,7 +248,7 @@ class HostService:
             if kind.name == "sign_off":
                 await self.store.apply("sign_off", terminal.tid)
                 self.terminals.forget(terminal.tid)
-            return respond(kind, doc, rules.APPROVED, now, self.rrns.next())
+            return respond(kind, doc, APPROVED, now, self.rrns.next())
         req = Request(kind, doc, request_digest(doc), now, self.rrns.next())
         try:
             if kind.name == "settlement":
@@ -271,7 +276,7 @@ class HostService:
         f62 = encode_key_data(KeyData(keys.pik_under_tmk, keys.pik_cv, keys.mak_under_tmk,
                                       keys.mak_cv))
         extra = {"60": field60_of_sign_on(batch), "62": f62}
-        return respond(kind, ex.request, rules.APPROVED, now, self.rrns.next(), extra)
+        return respond(kind, ex.request, APPROVED, now, self.rrns.next(), extra)
 
     async def _verify_pin(self, terminal: Terminal, doc: Mapping[str, str]) -> PinResult:
         if "52" not in doc or terminal.pik_lmk is None:

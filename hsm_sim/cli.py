@@ -20,6 +20,7 @@ import trio
 
 from hsm_sim import crypto
 from hsm_sim.commands import DEFAULT_HEADER_LENGTH, HsmEngine
+from hsm_sim.crypto import CryptoError
 from hsm_sim.errors import HsmError
 from hsm_sim.lmk import TEST_LMK_WARNING, generate_lmk_file, load_lmk
 from specs.tls import TlsError, client_context, server_context
@@ -30,13 +31,13 @@ DEFAULT_PORT = 1500
 
 
 def _hsm_errors(func: F) -> F:
-    """Turn HsmError into a one-line message and exit status 1."""
+    """Turn HsmError (and CryptoError from the lab helpers) into a one-line message, exit 1."""
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except HsmError as exc:
+        except (HsmError, CryptoError) as exc:
             raise click.ClickException(str(exc)) from None
 
     return wrapper  # type: ignore[return-value]

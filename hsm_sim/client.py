@@ -16,9 +16,10 @@ from typing import Protocol
 
 import trio
 
-from hsm_sim.commands import HsmEngine, decode_frame_length, encode_frame, response_code
-from hsm_sim.crypto import MAX_PIN_LENGTH, extract_account_number, is_hex
-from hsm_sim.errors import HsmError, HsmUnavailable
+from hsm_sim.commands import HsmEngine
+from hsm_sim.crypto import MAX_PIN_LENGTH, CryptoError, extract_account_number, is_hex
+from hsm_sim.errors import HsmError, HsmUnavailable, from_crypto
+from hsm_sim.framing import decode_frame_length, encode_frame, response_code
 from hsm_sim.lmk import parse_key_field
 from hsm_sim.server import receive_exact
 from specs.tls import describe_tls_failure
@@ -189,6 +190,14 @@ def _split_key(data: str) -> tuple[str, str]:
     return data[:length], data[length:]
 
 
+def _account(pan: str) -> str:
+    """The PAN's 12-digit account number; a bad PAN is HsmError 15 before anything is sent."""
+    try:
+        return extract_account_number(pan)
+    except CryptoError as exc:
+        raise from_crypto(exc) from None
+
+
 def _refused(command: str, exc: HsmError) -> HsmError:
     """The error `HsmClient.call` raises for a refused command, from a direct call's error."""
     return HsmError(f"HSM refused {command}", code=exc.code)
@@ -352,7 +361,7 @@ class HsmClient:
 
     async def generate_pvv(self, pvk: str, pan: str, pin: str, pvki: int = 1) -> str:
         """BA then DG: the Visa PVV for a PIN (card personalisation in the lab)."""
-        account = extract_account_number(pan)
+        account = _account(pan)
         pin_lmk = await self._text("BA", pin.ljust(MAX_PIN_LENGTH + 1, "F") + account)
         return (await self._text("DG", f"{pvk}{pin_lmk}{account}{pvki}"))[:4]
 
@@ -367,7 +376,7 @@ class HsmClient:
         pinblock_format: str = "01",
     ) -> bool:
         """DC: True when the PIN matches the PVV, False on 01, HsmError otherwise."""
-        account = extract_account_number(pan)
+        account = _account(pan)
         engine = self._engine
         if engine is not None:
             try:
@@ -418,7 +427,7 @@ class HsmClient:
         dst_format: str = "01",
     ) -> bytes:
         """CA: the PIN block re-encrypted from the TPK to the ZPK."""
-        account = extract_account_number(pan)
+        account = _account(pan)
         block = pinblock.hex().upper()
         fields = f"{tpk}{zpk}{MAX_PIN_LENGTH:02d}{block}{src_format}{dst_format}{account}"
         data = await self._text("CA", fields)

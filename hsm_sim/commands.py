@@ -33,7 +33,15 @@ from functools import lru_cache
 from typing import TypeVar
 
 from hsm_sim import crypto, emv
-from hsm_sim.errors import HsmError
+from hsm_sim.crypto.errors import CryptoError
+from hsm_sim.errors import HsmError, from_crypto
+from hsm_sim.framing import (
+    DEFAULT_HEADER_LENGTH,
+    MAX_FRAME_LENGTH,
+    decode_frame_length,
+    encode_frame,
+    response_code,
+)
 from hsm_sim.lmk import (
     SCHEME_LENGTHS,
     LmkSet,
@@ -47,13 +55,19 @@ from hsm_sim.lmk import (
     random_component,
 )
 
-__all__ = ["COMMANDS", "MAX_FRAME_LENGTH", "HsmEngine", "decode_frame_length", "encode_frame"]
+__all__ = [
+    "COMMANDS",
+    "DEFAULT_HEADER_LENGTH",
+    "MAX_FRAME_LENGTH",
+    "HsmEngine",
+    "decode_frame_length",
+    "encode_frame",
+    "response_code",
+]
 
 audit_log = logging.getLogger("hsm_sim.audit")
 log = logging.getLogger("hsm_sim")
 
-MAX_FRAME_LENGTH = 32 * 1024
-DEFAULT_HEADER_LENGTH = 4
 FIRMWARE_VERSION = "1.0.0-SIM"  # 9A
 TRAILER_MARK = 0x19
 MAX_TRAILER_LENGTH = 32
@@ -62,29 +76,6 @@ KEY_SCHEME_LETTERS = b"UXTYZ"
 MIN_COMPONENTS, MAX_COMPONENTS = 2, 9
 MAC_KEY_TYPES = ("003", "008")
 IMPORT_TO_LMK_SCHEME = {"Z": "Z", "U": "U", "X": "U", "T": "T", "Y": "T"}
-
-
-# --------------------------------------------------------------------------- framing
-
-
-def encode_frame(payload: bytes) -> bytes:
-    """Prefix a message with its 2-byte big-endian length."""
-    if len(payload) > MAX_FRAME_LENGTH:
-        raise HsmError(f"frame of {len(payload)} bytes exceeds {MAX_FRAME_LENGTH}", code="80")
-    return len(payload).to_bytes(2, "big") + payload
-
-
-def decode_frame_length(prefix: bytes) -> int:
-    """Length from a 2-byte prefix; error 80 when over the limit."""
-    length = int.from_bytes(prefix, "big")
-    if length > MAX_FRAME_LENGTH:
-        raise HsmError(f"frame of {length} bytes exceeds {MAX_FRAME_LENGTH}", code="80")
-    return length
-
-
-def response_code(command: bytes) -> bytes:
-    """The response code: the command with its 2nd character + 1 (A0 -> A1, NC -> ND)."""
-    return command[:1] + bytes((command[1] + 1,))
 
 
 # --------------------------------------------------------------------------- field cursor
@@ -790,7 +781,7 @@ class HsmEngine:
         call = Call(self.lmk)
         try:
             data, code = handler(call, Fields(request[split + 2 :])), "00"
-        except HsmError as exc:
+        except (HsmError, CryptoError) as exc:
             data, code = b"", exc.code
         except Exception:  # a bug must not take the HSM down; say 15 and keep the trace
             log.exception("unexpected failure in %s", command.decode("ascii", "replace"))
@@ -844,6 +835,9 @@ class HsmEngine:
         except HsmError as exc:
             self._audit(client, command, exc.code, call.kcvs)
             raise
+        except CryptoError as exc:
+            self._audit(client, command, exc.code, call.kcvs)
+            raise from_crypto(exc) from None
         except Exception:  # as handle: a bug answers 15 and keeps the trace
             log.exception("unexpected failure in %s", command.decode("ascii", "replace"))
             self._audit(client, command, "15", call.kcvs)

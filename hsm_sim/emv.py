@@ -4,7 +4,7 @@ padding method 2) and the ARPC (method 1), per protocol.md section 8 (scheme ``e
 
 Keys are clear bytes here: the HSM's command layer (KW in hsm_sim/commands.py) owns the LMK,
 the key-type policy and the Thales error codes; posterm's emulated chip card calls the same
-functions, as a real card's applet holds its own key. Errors are :class:`HsmError` (15 for
+functions, as a real card's applet holds its own key. Errors are :class:`CryptoError` (15 for
 bad input, 27 for a key of the wrong length).
 
 Section 8's worked values:
@@ -36,7 +36,7 @@ from hsm_sim.crypto import (
     generate_mac_iso9797_alg3,
     xor_bytes,
 )
-from hsm_sim.errors import HsmError
+from hsm_sim.crypto.errors import CryptoError
 
 MK_LENGTH = 16
 """MK-AC, ICC master keys and session keys are double-length 3DES keys."""
@@ -50,7 +50,7 @@ _FF8 = b"\xff" * DES_BLOCK
 
 def _check_key(key: bytes, what: str) -> None:
     if len(key) != MK_LENGTH:
-        raise HsmError(f"{what} must be a double-length key", code="27")
+        raise CryptoError(f"{what} must be a double-length key", code="27")
 
 
 def build_option_a_y(pan: str, psn: str) -> bytes:
@@ -61,7 +61,7 @@ def build_option_a_y(pan: str, psn: str) -> bytes:
     '2123456789012801'
     """
     if not pan.isdigit() or not psn.isdigit() or len(psn) != 2:
-        raise HsmError("PAN must be digits and PSN two digits", code="15")
+        raise CryptoError("PAN must be digits and PSN two digits", code="15")
     return bytes.fromhex((pan + psn)[-Y_DIGITS:].rjust(Y_DIGITS, "0"))
 
 
@@ -69,7 +69,7 @@ def derive_icc_mk_option_a_y(imk: bytes, y: bytes) -> bytes:
     """ICC MK = 3DES(IMK)[Y] || 3DES(IMK)[Y xor FF..FF], odd parity."""
     _check_key(imk, "IMK-AC")
     if len(y) != DES_BLOCK:
-        raise HsmError("Y must be 8 bytes", code="15")
+        raise CryptoError("Y must be 8 bytes", code="15")
     return adjust_key_parity(encrypt_tdes_ecb(imk, y) + encrypt_tdes_ecb(imk, xor_bytes(y, _FF8)))
 
 
@@ -83,7 +83,7 @@ def derive_session_key_common(mk: bytes, atc: bytes) -> bytes:
     3DES(MK)[R, byte 3 = 0F], odd parity."""
     _check_key(mk, "ICC master key")
     if len(atc) != ATC_LENGTH:
-        raise HsmError("ATC must be 2 bytes", code="15")
+        raise CryptoError("ATC must be 2 bytes", code="15")
     left = atc + b"\xf0" + bytes(5)
     right = atc + b"\x0f" + bytes(5)
     return adjust_key_parity(encrypt_tdes_ecb(mk, left) + encrypt_tdes_ecb(mk, right))
@@ -106,7 +106,7 @@ def generate_arpc_method_1(session_key: bytes, arqc: bytes, arc: bytes) -> bytes
     """ARPC method 1: 3DES(session key)[ARQC xor (ARC || 00 x 6)]."""
     _check_key(session_key, "session key")
     if len(arqc) != AC_LENGTH or len(arc) != ARC_LENGTH:
-        raise HsmError("ARQC must be 8 bytes and ARC 2", code="15")
+        raise CryptoError("ARQC must be 8 bytes and ARC 2", code="15")
     return encrypt_tdes_ecb(session_key, xor_bytes(arqc, arc + bytes(6)))
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["HsmError", "HsmUnavailable"]
+from hsm_sim.crypto.errors import CryptoError
+
+__all__ = ["HsmError", "HsmUnavailable", "from_crypto"]
 
 ERROR_TEXT: dict[str, str] = {
     "00": "no error",
@@ -41,3 +43,12 @@ class HsmUnavailable(HsmError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, code="--")
+
+
+def from_crypto(exc: CryptoError) -> HsmError:
+    """The HSM's error for input the pure crypto refused: same Thales code, same text.
+
+    >>> str(from_crypto(CryptoError("PIN length must be 4-12", code="24")))
+    '[24] PIN length must be 4-12'
+    """
+    return HsmError(str(exc.args[0]), code=exc.code)

@@ -11,8 +11,9 @@ import ssl
 
 import trio
 
-from hsm_sim.commands import HsmEngine, decode_frame_length, encode_frame
+from hsm_sim.commands import HsmEngine
 from hsm_sim.errors import HsmError
+from hsm_sim.framing import decode_frame_length, encode_frame
 from specs.tls import describe_tls_failure
 
 __all__ = ["CONNECTION_IDLE_TIMEOUT", "FRAME_READ_TIMEOUT", "receive_exact", "serve_hsm"]

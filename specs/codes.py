@@ -28,19 +28,44 @@ RESPONSE_CODES: dict[str, str] = {
     "A0": "MAC error, sign on again",
 }
 
+# Each code by name: the host's rules and service, the terminal and the benches use these.
 APPROVED = "00"
-DUPLICATE = "94"
+INVALID_MERCHANT = "03"
+DO_NOT_HONOUR = "05"
+INVALID_TRANSACTION = "12"
+INVALID_AMOUNT = "13"
+UNKNOWN_CARD = "14"
+TERMINAL_STATE_MISMATCH = "22"
+ORIGINAL_NOT_FOUND = "25"
 FORMAT_ERROR = "30"
+FUNCTION_NOT_SUPPORTED = "40"
+LOST = "41"
+STOLEN = "43"
+INSUFFICIENT_FUNDS = "51"
+EXPIRED = "54"
+WRONG_PIN = "55"
+OVER_LIMIT = "61"
+AMOUNT_MISMATCH = "64"
+PIN_TRIES_EXCEEDED = "75"
+BATCH_MISMATCH = "77"
+DUPLICATE = "94"
+SYSTEM_MALFUNCTION = "96"
+UNKNOWN_TERMINAL = "97"
+MAC_ERROR = "A0"
+
+SIGN_ON_CODES: frozenset[str] = frozenset({TERMINAL_STATE_MISMATCH, BATCH_MISMATCH, MAC_ERROR})
+"""Response codes after which the terminal must sign on again (protocol.md section 5)."""
 
 # Responses with these codes carry no MAC (protocol.md section 4): the host could not or must
 # not MAC them (unknown terminal, bad MAC, undecodable request).
-NO_MAC_CODES: frozenset[str] = frozenset({"A0", "97", "30"})
+NO_MAC_CODES: frozenset[str] = frozenset({MAC_ERROR, UNKNOWN_TERMINAL, FORMAT_ERROR})
 
 # Reversal reasons a terminal puts in F39 of a 0400 (protocol.md section 3).
+REASON_NO_RESPONSE, REASON_MAC, REASON_OTHER = "98", MAC_ERROR, "06"
 REVERSAL_REASONS: dict[str, str] = {
-    "98": "no response in time",
-    "A0": "response MAC failed",
-    "06": "response undecodable, or could not complete after approval",
+    REASON_NO_RESPONSE: "no response in time",
+    REASON_MAC: "response MAC failed",
+    REASON_OTHER: "response undecodable, or could not complete after approval",
 }
 
 
@@ -94,3 +119,11 @@ def is_foreign_organisation(organisation: str) -> bool:
     [True, False, False]
     """
     return organisation[:3].strip() not in ("", DOMESTIC_ORGANISATION)
+
+
+assert set(RESPONSE_CODES) == {
+    APPROVED, INVALID_MERCHANT, DO_NOT_HONOUR, INVALID_TRANSACTION, INVALID_AMOUNT, UNKNOWN_CARD,
+    TERMINAL_STATE_MISMATCH, ORIGINAL_NOT_FOUND, FORMAT_ERROR, FUNCTION_NOT_SUPPORTED, LOST,
+    STOLEN, INSUFFICIENT_FUNDS, EXPIRED, WRONG_PIN, OVER_LIMIT, AMOUNT_MISMATCH,
+    PIN_TRIES_EXCEEDED, BATCH_MISMATCH, DUPLICATE, SYSTEM_MALFUNCTION, UNKNOWN_TERMINAL, MAC_ERROR,
+}, "every response code has its name above"

@@ -19,13 +19,13 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
+from hsm_sim.crypto.errors import CryptoError
 from hsm_sim.emv import (
     derive_icc_mk_option_a,
     derive_session_key_common,
     generate_ac,
     generate_arpc_method_1,
 )
-from hsm_sim.errors import HsmError
 from specs.codes import APPROVED
 from specs.emv import (
     CID_AAC,
@@ -103,7 +103,7 @@ def icc_mk_from_issuer_key(imk_ac: bytes, pan: str, psn: str) -> bytes:
     """Personalisation: the card's MK-AC from the issuer's (option A)."""
     try:
         return derive_icc_mk_option_a(imk_ac, pan, psn)
-    except HsmError as exc:
+    except CryptoError as exc:
         raise BadInput(f"cannot derive the card key: {exc}") from None
 
 

@@ -19,8 +19,11 @@ from specs.codes import (
     DOMESTIC_ORGANISATION,
     DUPLICATE,
     OPERATOR_CODE,
-    REVERSAL_REASONS,
+    REASON_MAC,
+    REASON_NO_RESPONSE,  # noqa: F401 (core.REASON_NO_RESPONSE for the session)
+    REASON_OTHER,
     SECURITY_CONTROL_ISO0_DOUBLE,
+    SIGN_ON_CODES,
     is_foreign_organisation,
 )
 from specs.composite import (
@@ -60,10 +63,6 @@ from terminal.errors import BadInput
 from terminal.pinpad import PinPad
 
 MAX_STAN = 999999
-REASON_NO_RESPONSE, REASON_MAC, REASON_OTHER = "98", "A0", "06"
-assert set(REVERSAL_REASONS) == {REASON_NO_RESPONSE, REASON_MAC, REASON_OTHER}
-SIGN_ON_CODES = frozenset({"22", "77", "A0"})
-"""Response codes after which the terminal must sign on again (protocol.md section 5)."""
 _PLACEHOLDER_MAC = "00" * MAC_LENGTH
 
 
@@ -112,7 +111,8 @@ def _build(kind: MessageKind | str, fields: Mapping[str, str]) -> Message:
     return doc
 
 
-def _card_fields(card: Card, pin_block: str | None) -> dict[str, str]:
+def card_fields(card: Card, pin_block: str | None) -> dict[str, str]:
+    """Card data, entry mode and (with a PIN block) F26/F52/F53 of a financial request."""
     fields = {**card.fields(), "22": card.entry_mode(pin_block is not None)}
     if pin_block is not None:
         fields.update({"26": "06", "52": pin_block, "53": SECURITY_CONTROL_ISO0_DOUBLE})
@@ -133,7 +133,7 @@ def financial_request(
     """A 0200/0220 of ``kind_name`` (sale, balance, void, refund), without F64."""
     kind = KINDS[kind_name]
     fields = {"11": stan, **profile.ids(), "49": CURRENCY_CNY, "60": field60_for(kind, batch)}
-    fields.update(_card_fields(card, pin_block))
+    fields.update(card_fields(card, pin_block))
     if amount is not None:
         fields["4"] = f"{amount:012d}"
     fields.update(extra or {})
@@ -199,17 +199,26 @@ def reversal_request(original: Mapping[str, str], reason: str,
 # --------------------------------------------------------------------------- encoding
 
 
-def encode_request(profile: Profile, doc: Mapping[str, str], pinpad: PinPad | None) -> bytes:
-    """The frame payload (TPDU + header + body) of a request, MACed when its kind says so."""
+def encode_body(doc: Mapping[str, str], pinpad: PinPad | None) -> bytes:
+    """The ISO 8583 body (MTI onwards) of a request, MACed when its kind says so."""
     kind = identify_request(doc)
     if kind.mac:
         if pinpad is None:
             raise BadInput("a MACed message needs the PIN pad")
-        body = encode_with_mac({**doc, MAC_FIELD: _PLACEHOLDER_MAC}, pinpad.mac)
-    else:
-        body = encode_message(doc)
+        return encode_with_mac({**doc, MAC_FIELD: _PLACEHOLDER_MAC}, pinpad.mac)
+    return encode_message(doc)
+
+
+def encode_request(profile: Profile, doc: Mapping[str, str], pinpad: PinPad | None) -> bytes:
+    """The frame payload (TPDU + header + body) of a request, MACed when its kind says so."""
+    return frame_payload(profile, encode_body(doc, pinpad), is_chip_entry(doc.get("22", "")))
+
+
+def frame_payload(profile: Profile, body: bytes, chip: bool = False) -> bytes:
+    """TPDU + header of ``profile`` before an already encoded body; a chip read travels as
+    application category 61 (section 8)."""
     header = profile.header
-    if is_chip_entry(doc.get("22", "")):  # section 8: a chip read travels as category 61
+    if chip:
         header = replace(header, application=IC_APPLICATION_CATEGORY)
     return Frame(profile.tpdu, header, body).payload()
 
@@ -319,7 +328,11 @@ def batch_full(entries: Iterable[BatchEntry]) -> bool:
 
 def settlement_request(profile: Profile, stan: str, batch: str,
                        totals: SettlementTotals) -> Message:
-    fields = {"11": stan, **profile.ids(), "48": encode_settlement_totals(totals),
+    try:
+        f48 = encode_settlement_totals(totals)
+    except SpecError as exc:  # e.g. more than 999 sales: F48 counts are n3
+        raise BadInput(f"cannot build settlement: {exc}") from None
+    fields = {"11": stan, **profile.ids(), "48": f48,
               "49": CURRENCY_CNY, "60": field60_for(KINDS["settlement"], batch),
               "63": OPERATOR_CODE}
     return _build("settlement", fields)

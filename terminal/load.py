@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import socket
 import ssl
 import sys
 import time
@@ -24,14 +23,16 @@ from typing import Any
 
 import trio
 
+from shared import naming
+from shared.errors import NamingError
+from shared.stats import latency_summary
 from specs.catalog import ECHO_FIELDS, identify_request
 from specs.codes import APPROVED, NO_MAC_CODES
 from specs.composite import BALANCED, NOT_BALANCED
-from specs.errors import FramingError, SpecError
-from specs.framing import BODY_OFFSET, TPDU_LENGTH, Frame, TcpFrameDecoder, encode_frame_tcp
+from specs.errors import SpecError
+from specs.framing import BODY_OFFSET, TPDU_LENGTH, Frame
 from specs.messages import Message, encode_message, field_spans
 from specs.pretty import mask_pan
-from specs.tls import describe_tls_failure
 from terminal import chip, core
 from terminal.cards import Card, check_pin, parse_amount
 from terminal.chip import parse_key as chip_key
@@ -40,11 +41,10 @@ from terminal.errors import (
     BadInput,
     CommunicationError,
     ConnectFailed,
-    NoResponse,
     TerminalError,
 )
 from terminal.pinpad import PinPad, parse_key_hex
-from terminal.transport import parse_address, tls_context
+from terminal.transport import TcpTransport, parse_address, tls_context
 
 OPERATIONS = ("sale", "balance", "void", "refund")
 REVERSIBLE = frozenset({"sale", "void"})
@@ -52,7 +52,6 @@ PROGRESS_SECONDS = 1.0
 STAN_BYTES = 3
 CONNECT_TIMEOUT = 10.0
 RETRY_PAUSE = 0.5
-RECEIVE_SIZE = 65536
 ATC_COUNTERS: dict[str, list[int]] = {}
 """Chip load: the ATC of each emulated card (by PAN), shared by the terminals of this run."""
 
@@ -127,15 +126,15 @@ class LoadSettings:
 
 
 def terminal_ids(prefix: str, count: int) -> list[str]:
-    """TIDs PREFIX + zero-filled index, 8 characters: ``LT000001`` ...
+    """:func:`shared.naming.terminal_ids`, refusals as :class:`BadInput`.
 
     >>> terminal_ids("LT", 2)
     ['LT000001', 'LT000002']
     """
-    width = 8 - len(prefix)
-    if width < 1 or count >= 10**width:
-        raise BadInput(f"TID prefix {prefix!r} leaves no room for {count} terminals")
-    return [f"{prefix}{i:0{width}d}" for i in range(1, count + 1)]
+    try:
+        return naming.terminal_ids(prefix, count)
+    except NamingError as exc:
+        raise BadInput(str(exc)) from None
 
 
 @dataclass
@@ -239,102 +238,6 @@ class Sold:
     amount: int
 
 
-class FastLine:
-    """A bare trio socket to the host for load mode.
-
-    :meth:`send_receive` has no timeout of its own: the load terminal bounds it with one
-    long-lived cancel scope whose deadline it moves (a cancel scope per request costs more
-    than the rest of the request). :meth:`exchange` is the ordinary Transport call.
-    """
-
-    def __init__(self, host: str, port: int,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
-        self.host, self.port = host, port
-        self.ssl_context = ssl_context
-        self._sock: trio.socket.SocketType | None = None
-        self._tls: trio.SSLStream | None = None
-        self._decoder = TcpFrameDecoder()
-
-    async def connect(self) -> None:
-        if self._sock is not None:
-            return
-        sock = trio.socket.socket()
-        try:
-            with trio.fail_after(CONNECT_TIMEOUT):
-                await sock.connect((self.host, self.port))
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                if self.ssl_context is not None:
-                    self._tls = await self._handshake(sock, self.ssl_context)
-        except (OSError, trio.TooSlowError) as exc:
-            sock.close()
-            raise ConnectFailed(f"cannot connect to {self.host}:{self.port}: {exc}") from None
-        except BaseException:
-            sock.close()
-            raise
-        self._sock, self._decoder = sock, TcpFrameDecoder()
-
-    async def _handshake(self, sock: trio.socket.SocketType,
-                         context: ssl.SSLContext) -> trio.SSLStream:
-        tls = trio.SSLStream(trio.SocketStream(sock), context, server_hostname=self.host)
-        try:
-            await tls.do_handshake()
-        except (trio.BrokenResourceError, ssl.SSLError) as exc:
-            raise ConnectFailed(f"TLS to {self.host}:{self.port}:"
-                                f" {describe_tls_failure(exc)}") from None
-        return tls
-
-    async def send_receive(self, payload: bytes) -> bytes:
-        await self.connect()
-        if self._tls is not None:
-            return await self._send_receive_tls(self._tls, payload)
-        sock = self._sock
-        assert sock is not None
-        data = encode_frame_tcp(payload)
-        try:
-            while data:
-                data = data[await sock.send(data):]
-            while (answer := self._decoder.next_payload()) is None:
-                chunk = await sock.recv(RECEIVE_SIZE)
-                if not chunk:
-                    raise NoResponse("host closed the connection")
-                self._decoder.feed(chunk)
-        except (OSError, FramingError) as exc:
-            self.close()
-            raise NoResponse(f"connection to {self.host}:{self.port} lost: {exc}") from None
-        return answer
-
-    async def _send_receive_tls(self, tls: trio.SSLStream, payload: bytes) -> bytes:
-        try:
-            await tls.send_all(encode_frame_tcp(payload))
-            while (answer := self._decoder.next_payload()) is None:
-                chunk = await tls.receive_some(RECEIVE_SIZE)
-                if not chunk:
-                    raise NoResponse("host closed the connection")
-                self._decoder.feed(chunk)
-        except (OSError, FramingError, trio.BrokenResourceError,
-                trio.ClosedResourceError) as exc:
-            self.close()
-            raise NoResponse(f"connection to {self.host}:{self.port} lost: {exc}") from None
-        return answer
-
-    async def exchange(self, payload: bytes, timeout: float) -> bytes:
-        try:
-            with trio.fail_after(timeout):
-                return await self.send_receive(payload)
-        except trio.TooSlowError:
-            self.close()
-            raise NoResponse(f"no response in {timeout:g} s") from None
-
-    def close(self) -> None:
-        self._tls = None
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-
-    async def aclose(self) -> None:
-        self.close()
-
-
 class LoadTerminal:
     """One emulated terminal with in-memory state."""
 
@@ -346,7 +249,8 @@ class LoadTerminal:
         self.stats = stats
         self.rng = rng
         self.pinpad = PinPad(settings.tmk, settings.mac)
-        self.line = FastLine(settings.host, settings.port, settings.ssl_context)
+        self.line = TcpTransport(settings.host, settings.port, connect_timeout=CONNECT_TIMEOUT,
+                                 ssl_context=settings.ssl_context)
         self.scope: trio.CancelScope | None = None
         self.inflight: tuple[str, Message] | None = None
         self.stan = f"{rng.randrange(1, 900_000):06d}"
@@ -594,22 +498,6 @@ class LoadTerminal:
                                                     chunk))
         await self.exchange(core.upload_end_request(self.profile, self.next_stan(), self.batch,
                                                     len(entries)))
-
-
-def percentile(sorted_values: list[float], fraction: float) -> float:
-    """Nearest-rank percentile of an ascending list (0 for an empty one)."""
-    if not sorted_values:
-        return 0.0
-    rank = max(1, math.ceil(fraction * len(sorted_values)))
-    return sorted_values[rank - 1]
-
-
-def latency_summary(values: list[float]) -> dict[str, float]:
-    ordered = sorted(values)
-    ms = {f"p{int(q * 100)}": round(percentile(ordered, q) * 1000, 3) for q in (0.5, 0.95, 0.99)}
-    ms["max"] = round(ordered[-1] * 1000, 3) if ordered else 0.0
-    ms["mean"] = round(sum(ordered) / len(ordered) * 1000, 3) if ordered else 0.0
-    return ms
 
 
 def build_report(settings: LoadSettings, stats: Stats, elapsed: float) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hsm_sim.crypto import (
+    CryptoError,
     encode_pinblock_iso_0,
     encrypt_tdes_ecb,
     generate_kcv,
@@ -20,7 +21,6 @@ from hsm_sim.crypto import (
     generate_mac_x919,
     unwrap_key_tmk,
 )
-from hsm_sim.errors import HsmError
 from specs.composite import decode_key_data
 from specs.errors import SpecError
 from terminal.errors import BadInput, KeyCheckFailed, NotReady
@@ -95,7 +95,7 @@ class PinPad:
             data = decode_key_data(key_data_hex)
             pik = unwrap_key_tmk(self.tmk, data.pik, data.pik_cv)
             mak = unwrap_key_tmk(self.tmk, data.mak, data.mak_cv)
-        except (HsmError, SpecError, ValueError) as exc:
+        except (SpecError, ValueError) as exc:
             raise KeyCheckFailed(
                 f"working keys refused ({exc}); is the TMK the one the host has? "
                 f"TMK KCV {kcv_hex(self.tmk)}"
@@ -109,7 +109,7 @@ class PinPad:
             raise NotReady("no PIN key: sign on first")
         try:
             clear = encode_pinblock_iso_0(pin, pan)
-        except HsmError as exc:
+        except CryptoError as exc:
             raise BadInput(f"cannot build PIN block: {exc}") from None
         return encrypt_tdes_ecb(self.pik, clear).hex().upper()
 

@@ -3,7 +3,7 @@
 posterm talks to the host (or to a bridge / NAC in front of it) through a serial port, with
 the STX/LEN/ETX/LRC framing and ACK/NAK of protocol.md section 1, or the 2-byte length framing
 when the line spec says ``framing=length``. The line spec is the one of
-:class:`host.serialline.LineSettings`: ``PORT[,baud=9600][,bytesize=8][,parity=N]
+:class:`shared.serialline.LineSettings`: ``PORT[,baud=9600][,bytesize=8][,parity=N]
 [,stopbits=1][,rtscts=0][,framing=stx|length]``.
 
 The port stays open between exchanges; the link only runs during :meth:`exchange` (posterm is
@@ -20,7 +20,7 @@ import math
 
 import trio
 
-from host.serialline import (
+from shared.serialline import (
     LineClosedError,
     LineSettings,
     SerialLineError,

@@ -80,7 +80,7 @@ class Config:
     backoff: float = 2.0
     attempts: int = 3
     serial: str = ""
-    """A serial line spec (host.serialline.LineSettings) used instead of host:port when set."""
+    """A serial line spec (shared.serialline.LineSettings) used instead of host:port when set."""
     tls: bool = False
     """Reach host:port over TLS (posterm init --tls)."""
     tls_ca: str = ""

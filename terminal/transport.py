@@ -18,7 +18,8 @@ from specs.framing import TcpFrameDecoder, encode_frame_tcp
 from specs.tls import TlsError, client_context, describe_tls_failure
 from terminal.errors import BadInput, ConnectFailed, GarbledResponse, NoResponse
 
-RECEIVE_SIZE = 4096
+RECEIVE_SIZE = 65536
+"""Most bytes taken from the socket per read."""
 
 
 class Transport(Protocol):
@@ -57,20 +58,45 @@ def tls_context(ca: str | None = None, cert: str | None = None,
         raise BadInput(f"TLS: {exc}") from None
 
 
+async def receive_payload(stream: trio.abc.ReceiveStream,
+                          decoder: TcpFrameDecoder) -> bytes | None:
+    """The next whole payload of a length-framed stream; None when the peer closed first.
+    Raises :class:`specs.errors.FramingError` for a frame that breaks the framing."""
+    while (payload := decoder.next_payload()) is None:
+        data = await stream.receive_some(RECEIVE_SIZE)
+        if not data:
+            return None
+        decoder.feed(data)
+    return payload
+
+
 class TcpTransport:
     """A persistent TCP connection, reopened when a read failed (stale bytes are dropped).
+
+    The one TCP frame client of the terminal side: posterm, ``posterm load``, the bench
+    terminals and the test kit all send through it. :meth:`exchange` bounds one exchange by a
+    timeout; :meth:`send_receive` has no timeout of its own, for callers (load mode) that bound
+    many requests with one long-lived cancel scope whose deadline they move (a cancel scope per
+    request costs more than the rest of the request).
+
     With ``ssl_context``, a TLS connection: the handshake (host certificate checked against
-    the context's CAs and the host name) is part of connecting, within ``connect_timeout``."""
+    the context's CAs and the host name) is part of connecting, within ``connect_timeout``.
+    """
 
     def __init__(self, host: str, port: int, *, connect_timeout: float = 10.0,
                  ssl_context: ssl.SSLContext | None = None) -> None:
         self.host, self.port = host, port
         self.connect_timeout = connect_timeout
         self.ssl_context = ssl_context
-        self._stream: trio.abc.Stream | None = None
+        self._stream: trio.SocketStream | trio.SSLStream[trio.SocketStream] | None = None
         self._decoder = TcpFrameDecoder()
         self._fresh = False
         """No exchange yet on this connection (a TLS refusal shows at the first one)."""
+
+    @property
+    def stream(self) -> trio.abc.Stream | None:
+        """The open connection (None when closed), for callers that write raw bytes to it."""
+        return self._stream
 
     async def connect(self) -> None:
         if self._stream is not None:
@@ -87,7 +113,7 @@ class TcpTransport:
         self._decoder = TcpFrameDecoder()
 
     async def _handshake(self, stream: trio.SocketStream,
-                         context: ssl.SSLContext) -> trio.SSLStream:
+                         context: ssl.SSLContext) -> trio.SSLStream[trio.SocketStream]:
         tls = trio.SSLStream(stream, context, server_hostname=self.host.strip("[]"))
         try:
             await tls.do_handshake()
@@ -100,37 +126,73 @@ class TcpTransport:
             raise
         return tls
 
-    async def exchange(self, payload: bytes, timeout: float) -> bytes:
+    async def _send_receive_tls(self, stream: trio.abc.Stream, data: bytes) -> bytes | None:
+        await stream.send_all(data)
+        return await receive_payload(stream, self._decoder)
+
+    def _lost(self, exc: BaseException) -> str:
+        """Why the line failed, with the TLS reason and a hint where one applies."""
+        if self.ssl_context is None:
+            return str(exc)
+        why = describe_tls_failure(exc)
+        if self._fresh and "certificate" not in why:
+            why += ("; a host that requires a client certificate (mutual TLS) closes a"
+                    " connection without one at once: posterm init --cert/--key")
+        return why
+
+    async def send_receive(self, payload: bytes) -> bytes:
+        """Send one payload and return the next whole payload, however long it takes; raise
+        :class:`NoResponse` (or :class:`GarbledResponse`) when the line fails meanwhile."""
         await self.connect()
-        assert self._stream is not None
-        fresh, self._fresh = self._fresh, False
+        stream = self._stream
+        assert stream is not None
+        where = f"{self.host}:{self.port}"
+        # The socket itself, not the stream's send_all/receive_some: one request at a time
+        # on this connection, so the stream's bookkeeping buys nothing in load mode's hot path.
+        data = encode_frame_tcp(payload)
+        try:
+            if isinstance(stream, trio.SSLStream):
+                answer = await self._send_receive_tls(stream, data)
+            else:
+                sock, decoder = stream.socket, self._decoder
+                while data:
+                    data = data[await sock.send(data):]
+                while (answer := decoder.next_payload()) is None:
+                    chunk = await sock.recv(RECEIVE_SIZE)
+                    if not chunk:
+                        break
+                    decoder.feed(chunk)
+        except FramingError as exc:
+            self.close()
+            raise GarbledResponse(f"undecodable frame from {where}: {exc}") from None
+        except (OSError, ssl.SSLError, trio.BrokenResourceError,
+                trio.ClosedResourceError) as exc:
+            why = self._lost(exc)
+            self.close()
+            raise NoResponse(f"connection to {where} lost: {why}") from None
+        # (a failed exchange closes the line, so the next connection is fresh again)
+        if answer is None:
+            why = self._lost(ConnectionResetError("host closed the connection"))
+            self.close()
+            raise NoResponse(f"connection to {where} lost: {why}")
+        self._fresh = False
+        return answer
+
+    async def exchange(self, payload: bytes, timeout: float) -> bytes:
+        await self.connect()  # bounded by connect_timeout alone: ConnectFailed = nothing sent
         try:
             with trio.fail_after(timeout if timeout > 0 else math.inf):
-                await self._stream.send_all(encode_frame_tcp(payload))
-                return await self._read_payload()
+                return await self.send_receive(payload)
         except trio.TooSlowError:
-            await self.aclose()
+            self.close()
             raise NoResponse(f"no response from {self.host}:{self.port} in {timeout:g} s") from None
-        except FramingError as exc:
-            await self.aclose()
-            where = f"{self.host}:{self.port}"
-            raise GarbledResponse(f"undecodable frame from {where}: {exc}") from None
-        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            await self.aclose()
-            why = describe_tls_failure(exc) if self.ssl_context is not None else str(exc)
-            if self.ssl_context is not None and fresh and "certificate" not in why:
-                why += ("; a host that requires a client certificate (mutual TLS) closes a"
-                        " connection without one at once: posterm init --cert/--key")
-            raise NoResponse(f"connection to {self.host}:{self.port} lost: {why}") from None
 
-    async def _read_payload(self) -> bytes:
-        assert self._stream is not None
-        while (payload := self._decoder.next_payload()) is None:
-            data = await self._stream.receive_some(RECEIVE_SIZE)
-            if not data:
-                raise trio.BrokenResourceError("host closed the connection")
-            self._decoder.feed(data)
-        return payload
+    def close(self) -> None:
+        """Drop the connection at once (no goodbye: the next exchange reconnects)."""
+        if self._stream is not None:
+            stream, self._stream = self._stream, None
+            raw = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+            raw.socket.close()
 
     async def aclose(self) -> None:
         if self._stream is not None:

@@ -5,13 +5,10 @@ ledger against what the terminals saw, and settle every batch balanced."""
 from __future__ import annotations
 
 import sqlite3
-import sys
 from pathlib import Path
 
 import pytest
 import trio
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 from benchlib import crash, ledger, procs
 from benchlib import fleet as fleet_mod

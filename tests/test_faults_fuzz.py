@@ -10,13 +10,9 @@ reported by scripts/fuzz, not asserted here (a shared 2-core machine makes it no
 from __future__ import annotations
 
 import random
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-
 from benchlib import fuzz, hostile
-
 from specs.framing import MAX_FRAME_LENGTH, MIN_FRAME_LENGTH
 
 

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hsm_sim import commands, crypto, lmk
+from hsm_sim.crypto import CryptoError, des, mac, pin, pinblock
 from hsm_sim.errors import HsmError
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
@@ -16,7 +17,7 @@ h = bytes.fromhex
 X919_KEY = h("0123456789ABCDEFFEDCBA9876543210")
 
 
-@pytest.mark.parametrize("module", [crypto, lmk, commands])
+@pytest.mark.parametrize("module", [des, pinblock, pin, mac, lmk, commands])
 def test_doctests(module: object) -> None:
     result = doctest.testmod(module)  # type: ignore[arg-type]
     assert result.failed == 0 and result.attempted > 0
@@ -49,7 +50,7 @@ def test_tmk_unwrap_vector() -> None:
     clear = crypto.unwrap_key_tmk(tmk, h("6701EAD6A9AD51E51AA406E2C27FCFA9"), h("8D0A74B8"))
     assert clear == h("807A23AD32B36D457AE91FDF927570EA")
     assert crypto.wrap_key_tmk(tmk, clear) == (h("6701EAD6A9AD51E51AA406E2C27FCFA9"), h("8D0A74B8"))
-    with pytest.raises(HsmError) as err:
+    with pytest.raises(CryptoError) as err:
         crypto.unwrap_key_tmk(tmk, h("6701EAD6A9AD51E51AA406E2C27FCFA9"), h("8D0A74B9"))
     assert err.value.code == "01"
 
@@ -133,8 +134,8 @@ def test_random_key_has_odd_parity_and_distinct_halves() -> None:
         (lambda: crypto.pad_mac_data(b"x", 3), "15"),
     ],
 )
-def test_bad_input_raises_hsm_error_with_code(call: object, code: str) -> None:
-    with pytest.raises(HsmError) as err:
+def test_bad_input_raises_crypto_error_with_code(call: object, code: str) -> None:
+    with pytest.raises(CryptoError) as err:
         call()  # type: ignore[operator]
     assert err.value.code == code
 
@@ -250,3 +251,14 @@ def test_translate_round_trip(key: bytes, src: str, dst: str, pin: str, account:
     length, out = crypto.translate_pinblock(key, X919_KEY, block, account, src, dst)
     assert length == f"{len(pin):02d}"
     assert crypto.decipher_pinblock(X919_KEY, out, account, dst) == pin
+
+
+def test_crypto_error_is_a_value_error_the_hsm_maps() -> None:
+    """Pure crypto raises CryptoError (a ValueError, not HsmError); the HSM answers its code."""
+    with pytest.raises(CryptoError) as err:
+        crypto.encode_pinblock_iso_0("12", "43219876543210987")
+    assert isinstance(err.value, ValueError) and not isinstance(err.value, HsmError)
+    assert err.value.code == "24"
+    engine = commands.HsmEngine.test()
+    # BA with a 2-digit PIN: the PIN block encoder refuses (24), the HSM answers 24
+    assert engine.handle(b"0000BA" + b"12FFFFFFFFFFF" + b"987654321098")[6:8] == b"24"

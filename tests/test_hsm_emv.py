@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from hsm_sim import crypto, emv
 from hsm_sim.client import HsmClient
 from hsm_sim.commands import HsmEngine
-from hsm_sim.errors import HsmError
+from hsm_sim.crypto.errors import CryptoError
 from hsm_sim.lmk import decrypt_key_under_kek
 from hsm_sim.server import serve_hsm
 
@@ -89,7 +89,7 @@ def test_agrees_with_pyemv(imk: bytes, pan: str, psn: str, atc: bytes, data: byt
     (lambda: emv.generate_arpc_method_1(h(IMK), ARQC[:7], b"00"), "15"),
 ])
 def test_bad_inputs(call: object, code: str) -> None:
-    with pytest.raises(HsmError) as info:
+    with pytest.raises(CryptoError) as info:
         call()  # type: ignore[operator]
     assert info.value.code == code
 

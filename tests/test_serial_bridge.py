@@ -19,7 +19,7 @@ import trio.testing
 
 from host import bridge as bridge_module
 from host.bridge import connectable, run_bridge, serve_serial_lines
-from host.serialline import SerialLineError
+from shared.serialline import SerialLineError
 from specs.catalog import KINDS
 from specs.framing import ACK, NAK, Frame, Header, TcpFrameDecoder, Tpdu, encode_frame_serial
 from specs.messages import (

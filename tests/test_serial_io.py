@@ -12,7 +12,7 @@ import pytest
 import trio
 import trio.testing
 
-from host.serialline import (
+from shared.serialline import (
     FdPort,
     LineClosedError,
     LineSettings,

@@ -14,7 +14,6 @@ from specs.composite import (
     encode_key_data,
     encode_settlement_totals,
 )
-from specs.errors import ValidationError
 from specs.framing import Frame, encode_frame_tcp
 from specs.messages import build_response, decode_message, encode_message, encode_with_mac
 from terminal import core
@@ -161,7 +160,7 @@ def test_a_full_batch_still_encodes_and_asks_for_settlement() -> None:
     assert core.batch_full(entries)
     req = core.settlement_request(PROFILE, "000001", "000001", core.batch_totals(entries))
     assert req["48"][12:15] == "999"
-    with pytest.raises(ValidationError, match="overflow"):
+    with pytest.raises(BadInput, match="overflow"):
         core.settlement_request(PROFILE, "000001", "000001", core.batch_totals(
             [*entries, core.BatchEntry("sale", "999999", "6222021234567890128", 1)]))
 
@@ -239,3 +238,11 @@ def test_response_frame_decodes() -> None:
     req = _sale()
     frame = Frame.parse(_response(req, {"39": "05"}))
     assert decode_message(frame.body)["39"] == "05"
+
+
+def test_settlement_over_the_n3_counts_is_bad_input_not_a_crash() -> None:
+    profile = core.Profile("12345678", "123456789012345")
+    full = core.batch_totals([core.BatchEntry("sale", f"{i:06d}", "6222021234567890128", 1)
+                              for i in range(1, 1001)])
+    with pytest.raises(BadInput, match="cannot build settlement"):
+        core.settlement_request(profile, "000001", "000001", full)

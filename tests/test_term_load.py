@@ -125,7 +125,8 @@ async def test_load_reverses_what_went_unanswered(running_host: Any, nursery: An
     proxy.on_next("0210", swallow)
     card = running_host.cards["good"]
     settings = LoadSettings(
-        "127.0.0.1", proxy.port, 1, 1.5, 0.0, parse_mix("sale=1"), ["LR000001"],
+        # paced: unpaced, a fast machine sold over 999 times in 1.5 s, which no F48 can settle
+        "127.0.0.1", proxy.port, 1, 1.5, 200.0, parse_mix("sale=1"), ["LR000001"],
         running_host.mid, bytes.fromhex(LOAD_TMK), [Card.from_track2(card.track2)], None,
         timeout=0.3)
     report = await run_load(settings)

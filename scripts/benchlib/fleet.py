@@ -12,7 +12,6 @@ import shutil
 import sqlite3
 from pathlib import Path
 
-from benchlib import wire
 from benchlib.limits import (
     BENCH_MID,
     BENCH_TMK_HEX,
@@ -23,15 +22,13 @@ from benchlib.limits import (
     TID_PREFIX,
 )
 from benchlib.load import Fleet
-
-
-def tid_of(index: int) -> str:
-    return f"{TID_PREFIX}{index:07d}"
+from shared.naming import lab_pan, terminal_ids
 
 
 def fleet_of(count: int) -> Fleet:
-    return Fleet([tid_of(i) for i in range(1, count + 1)],
-                 [wire.make_pan(CARD_PREFIX, i) for i in range(1, count + 1)])
+    """``count`` terminals named as ``posterm load --tid-prefix B`` names them, a card each."""
+    return Fleet(terminal_ids(TID_PREFIX, count),
+                 [lab_pan(CARD_PREFIX, i) for i in range(1, count + 1)])
 
 
 async def provision(db_path: Path, count: int, *, balance: int = CARD_BALANCE) -> Fleet:

@@ -18,7 +18,6 @@ from functools import partial
 
 import trio
 
-from benchlib.fastpath import Malformed, field_slices, x919
 from benchlib.limits import BENCH_TMK_HEX, RECEIVE_SIZE
 from hsm_sim.crypto import generate_mac_x919, wrap_key_tmk
 from specs.catalog import identify_request
@@ -48,6 +47,7 @@ from specs.messages import (
     decode_message,
     encode_message,
     encode_with_mac,
+    field_spans,
     response_needs_mac,
 )
 
@@ -74,8 +74,8 @@ _PREFIX = {"": 0, "LL": 1, "LLL": 2}
 def _raw_fields(body: bytes) -> dict[str, bytes]:
     """Every field of ``body`` with its length prefix, as raw bytes."""
     out = {}
-    for key, (start, end) in field_slices(body).items():
-        out[key] = body[start - _PREFIX[FIELDS[int(key)].prefix] : end]
+    for number, (start, end) in field_spans(body).items():
+        out[str(number)] = body[start - _PREFIX[FIELDS[number].prefix] : end]
     return out
 
 
@@ -97,7 +97,7 @@ def fast_answer(payload: bytes) -> bytes | None:
         return None
     try:
         request = _raw_fields(body)
-    except (Malformed, ValueError):
+    except (SpecError, ValueError):
         return None
     fields = {k: v for k, v in request.items() if k in ECHOED}
     fields.update(CANNED_RAW)
@@ -108,7 +108,7 @@ def fast_answer(payload: bytes) -> bytes | None:
     out = response_mti + bitmap.to_bytes(BITMAP_LENGTH, "big") + b"".join(
         fields[k] for k in sorted(fields, key=int))[:-MAC_LENGTH]
     tpdu = payload[:1] + payload[3:5] + payload[1:3]
-    return tpdu + payload[TPDU_LENGTH:BODY_OFFSET] + out + x919(FLOOR_MAK, out)
+    return tpdu + payload[TPDU_LENGTH:BODY_OFFSET] + out + generate_mac_x919(FLOOR_MAK, out)
 
 
 def answer(payload: bytes, rrns: itertools.count[int], f62: str) -> bytes:

@@ -25,7 +25,6 @@ from typing import Any
 
 import trio
 
-from benchlib import wire
 from benchlib.limits import (
     FUZZ_WORKERS,
     HOSTILE_ANSWER_TIMEOUT,
@@ -44,6 +43,9 @@ from specs.framing import (
     TcpFrameDecoder,
 )
 from specs.messages import decode_message
+from terminal import core
+from terminal.cards import Card
+from terminal.pinpad import PinPad
 
 KINDS = (("mutated", 40), ("random", 15), ("random_body", 20), ("truncated", 10),
          ("huge", 5), ("short", 5), ("raw", 5))
@@ -76,24 +78,26 @@ def select(kinds: list[str]) -> None:
 
 def base_payloads(tid: str = FUZZ_TID, mid: str = FUZZ_MID) -> list[bytes]:
     """Valid request payloads (TPDU onwards) of most kinds, MACed under a throwaway MAK."""
-    keys = wire.Keys(bytes(16), pik=bytes.fromhex("0B681FC20E62C734") * 2,
-                     mak=bytes.fromhex("7962D9ECE03D1ACD4C76089DCE131543"))
-    card = wire.card_fields(FUZZ_PAN, "3012", keys, "1234")
-    sale = wire.sale(tid, mid, 2, "000001", card, 12345)
-    docs: list[tuple[wire.Message, wire.Keys | None]] = [
-        (wire.management("sign_on", tid, mid, 1, "000000"), None),
-        (wire.management("echo_test", tid, mid, 3, "000001"), None),
-        (sale, keys),
-        (wire.void(tid, mid, 4, "000001", card, 12345, "000000000001", "123456", "000001",
-                   "000002"), keys),
-        (wire.refund(tid, mid, 5, "000001", card, 500, "000000000001", "000001", "000002",
-                     "1123"), keys),
-        (wire.reversal(sale, "98"), keys),
-        (wire.settlement(tid, mid, 6, "000001", SettlementTotals(Totals(1, 1), Totals())), None),
-        (wire.upload(tid, mid, 7, "000001", [UploadRecord("000002", FUZZ_PAN, 12345)]), None),
-        (wire.upload_end(tid, mid, 8, "000001", 1), None),
+    pad = PinPad(bytes(16), pik=bytes.fromhex("0B681FC20E62C734") * 2,
+                 mak=bytes.fromhex("7962D9ECE03D1ACD4C76089DCE131543"))
+    profile, batch = core.Profile(tid, mid), "000001"
+    card = Card(FUZZ_PAN, "3012")
+    pin_block = pad.pin_block("1234", FUZZ_PAN)
+    sale = core.sale_request(profile, "000002", batch, card, 12345, pin_block)
+    original = core.Original("000001", "000002", "000000000001", 12345, "123456", "1123")
+    docs = [
+        core.management_request("sign_on", profile, "000001", "000000"),
+        core.management_request("echo_test", profile, "000003", batch),
+        sale,
+        core.void_request(profile, "000004", batch, card, original, pin_block),
+        core.refund_request(profile, "000005", batch, card, original, 500),
+        core.reversal_request(sale, "98"),
+        core.settlement_request(profile, "000006", batch,
+                                SettlementTotals(Totals(1, 1), Totals())),
+        core.upload_request(profile, "000007", batch, [UploadRecord("000002", FUZZ_PAN, 12345)]),
+        core.upload_end_request(profile, "000008", batch, 1),
     ]
-    return [wire.encode_request(doc, k)[2:] for doc, k in docs]
+    return [core.encode_request(profile, doc, pad) for doc in docs]
 
 
 def _prefixed(payload: bytes) -> bytes:

@@ -16,11 +16,12 @@ from typing import Any
 
 import trio
 
-from benchlib import wire
 from benchlib.limits import SALE_AMOUNT, SETTLEMENT_BATCH
-from benchlib.term import APPROVED, BenchTerminal
+from benchlib.term import BenchTerminal
+from specs.codes import APPROVED
 from specs.composite import NOT_BALANCED, SettlementTotals, Totals, UploadRecord
 from specs.composite import decode_settlement_totals as decode_totals
+from terminal import core
 
 UPLOAD_CHUNK = 8
 """Records per 0320 (protocol.md section 3)."""
@@ -49,20 +50,20 @@ async def upload_settlement(t: BenchTerminal) -> dict[str, Any]:
     sales = sorted((s.stan, s.amount) for s in t.journal.standing_sales(t.batch))
     claimed = Totals(sum(a for _, a in sales) - SALE_AMOUNT, len(sales) - 1, 0, 0, 0)
     started = time.monotonic()
-    doc = wire.settlement(t.tid, t.mid, t._next_stan(), t.batch,
-                          SettlementTotals(claimed, Totals()))
-    response, _ = await t._exchange(doc, None)
+    doc = core.settlement_request(t.profile, t.next_stan(), t.batch,
+                                  SettlementTotals(claimed, Totals()))
+    response, _ = await t._exchange(doc)
     answered = time.monotonic()
     result = decode_totals(response["48"]).domestic.result
     if response.get("39") != APPROVED or result != NOT_BALANCED:
         raise RuntimeError(f"settlement answered {response.get('39')} result {result}")
     for i in range(0, len(sales), UPLOAD_CHUNK):
         chunk = [UploadRecord(trace, t.pan, amount) for trace, amount in sales[i:i + UPLOAD_CHUNK]]
-        up, _ = await t._exchange(wire.upload(t.tid, t.mid, t._next_stan(), t.batch, chunk), None)
+        up, _ = await t._exchange(core.upload_request(t.profile, t.next_stan(), t.batch, chunk))
         if up.get("39") != APPROVED:
             raise RuntimeError(f"upload answered {up.get('39')}")
-    end, _ = await t._exchange(wire.upload_end(t.tid, t.mid, t._next_stan(), t.batch,
-                                               len(sales)), None)
+    end, _ = await t._exchange(core.upload_end_request(t.profile, t.next_stan(), t.batch,
+                                                       len(sales)))
     if end.get("39") != APPROVED:
         raise RuntimeError(f"upload end answered {end.get('39')}")
     return {"transactions": len(sales), "messages": 2 + math.ceil(len(sales) / UPLOAD_CHUNK),

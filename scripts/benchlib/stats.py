@@ -1,4 +1,4 @@
-"""Latency and outcome statistics of a load run.
+"""Latency and outcome statistics of a load run (percentiles from :mod:`shared.stats`).
 
 >>> s = Recorder()
 >>> for ms in range(1, 101):
@@ -10,21 +10,14 @@
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-APPROVED = "00"
-PERCENTILES = (50, 95, 99)
+from shared.stats import latency_summary, percentile
+from specs.codes import APPROVED
 
-
-def percentile(sorted_values: list[float], pct: float) -> float:
-    """Nearest-rank percentile of an already sorted list (0 when empty)."""
-    if not sorted_values:
-        return 0.0
-    rank = max(1, math.ceil(pct / 100 * len(sorted_values)))
-    return sorted_values[rank - 1]
+__all__ = ["Recorder", "latency_summary", "percentile"]
 
 
 @dataclass
@@ -51,12 +44,10 @@ class Recorder:
         self.errors.clear()
 
     def summary(self, elapsed: float) -> dict[str, Any]:
-        values = sorted(self.latencies)
+        values = self.latencies
         approved = self.codes.get(APPROVED, 0)
         declined = sum(self.codes.values()) - approved
-        lat = {f"p{p}": round(percentile(values, p) * 1000, 3) for p in PERCENTILES}
-        lat["max"] = round(values[-1] * 1000, 3) if values else 0.0
-        lat["mean"] = round(sum(values) / len(values) * 1000, 3) if values else 0.0
+        lat = latency_summary(values)
         return {
             "elapsed_s": round(elapsed, 3),
             "transactions": len(values),

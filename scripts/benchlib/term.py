@@ -1,9 +1,13 @@
 """A journaling bench terminal: signs on, sells with PIN + MAC, voids, refunds, reverses.
 
-It keeps the protocol.md rules a real terminal keeps (automatic reversal recorded before a
-reversible request is sent and sent before anything else; refund advices retried until 00/94;
-sign-on again on 22/77/A0) and a journal of everything it believes, so the crash test can hold
-the host's database against what the terminals saw.
+Every request is built, MACed and checked by posterm's own :mod:`terminal.core` and
+:class:`terminal.pinpad.PinPad`, sent over its :class:`terminal.transport.TcpTransport`; sales
+go through the same STAN-spliced :class:`terminal.load.Template` fast path as ``posterm load``.
+What the bench adds is the orchestration and the journal: it keeps the protocol.md rules a
+real terminal keeps (automatic reversal recorded before a reversible request is sent and sent
+before anything else; refund advices retried until 00/94; sign-on again on 22/77/A0) and a
+journal of everything it believes, so the crash test can hold the host's database against
+what the terminals saw.
 """
 
 from __future__ import annotations
@@ -14,7 +18,6 @@ from dataclasses import dataclass, field
 
 import trio
 
-from benchlib import fastpath, wire
 from benchlib.limits import (
     CARD_EXPIRY,
     CONNECT_TIMEOUT,
@@ -24,15 +27,29 @@ from benchlib.limits import (
     TEST_PIN,
 )
 from benchlib.stats import Recorder
+from specs.codes import APPROVED, DUPLICATE, REASON_NO_RESPONSE
 from specs.composite import SettlementTotals, Totals, decode_settlement_totals
-from specs.framing import SIGN_ON_AGAIN, Frame
 from specs.messages import Message
+from terminal import core
+from terminal.cards import Card
+from terminal.errors import ConnectFailed, GarbledResponse, NoResponse
+from terminal.load import Template
+from terminal.pinpad import PinPad
+from terminal.transport import TcpTransport
 
 ERROR_TEXT = 60
 """Characters of an error message kept as its key in the error counts."""
-SIGN_ON_CODES = frozenset({"22", "77", "A0"})
-APPROVED, DUPLICATE = "00", "94"
-LOST = (OSError, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError)
+LOST = (ConnectFailed, NoResponse, GarbledResponse, OSError, trio.BrokenResourceError,
+        trio.ClosedResourceError, trio.TooSlowError)
+"""A line that failed: nothing believable came back (the request may have arrived)."""
+
+
+class BadResponse(Exception):
+    """A response that cannot be believed: ``reason`` is the reversal reason (A0 or 06)."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass
@@ -96,57 +113,73 @@ class BenchTerminal:
                  fast: bool = True, stan_source: Callable[[], int] | None = None) -> None:
         self.host, self.port = host, port
         self.tid, self.mid, self.pan = tid, mid, pan
-        self.keys = wire.Keys(tmk)
+        self.profile = core.Profile(tid, mid)
+        self.pinpad = PinPad(tmk)
+        self.card = Card(pan, CARD_EXPIRY)
         self.pin = pin
+        self.pin_block: str | None = None
         self.timeout = timeout
         self.recorder = recorder or Recorder(recording=False)
         self.rng = rng or random.Random(tid)
         self.stan = 0
         self.batch = "000000"
-        self.conn: wire.Connection | None = None
+        self.line = TcpTransport(host, port, connect_timeout=CONNECT_TIMEOUT)
         self.journal = Journal()
         self.reversal: PendingReversal | None = None
         self.advices: list[tuple[Message, int]] = []
         self.signed_on = False
-        self.card: dict[str, str] | None = None
         self.fast = fast
         self.stan_source = stan_source
-        self._template: fastpath.SaleTemplate | None = None
-        self._template_doc: Message | None = None
+        self._template: Template | None = None
         self._template_amount = -1
 
     # ------------------------------------------------------------------ line
 
     def _next_stan(self) -> int:
-        self.stan = self.stan_source() if self.stan_source else wire.next_stan(self.stan)
+        self.stan = self.stan_source() if self.stan_source else self.stan % core.MAX_STAN + 1
         return self.stan
+
+    def next_stan(self) -> str:
+        """The next STAN as F11 carries it."""
+        return f"{self._next_stan():06d}"
 
     def share_session(self, other: BenchTerminal) -> None:
         """Use ``other``'s working keys and batch (another line of the same terminal)."""
-        self.keys, self.batch, self.card = other.keys, other.batch, other.card
+        self.pinpad, self.batch, self.pin_block = other.pinpad, other.batch, other.pin_block
+        self._template = None
         self.signed_on = True
 
     async def _drop(self) -> None:
-        if self.conn is not None:
-            conn, self.conn = self.conn, None
-            await conn.aclose()
+        await self.line.aclose()
 
-    async def _exchange(self, doc: Message, keys: wire.Keys | None) -> tuple[Message, bool]:
-        """One request/response; raises LOST errors or wire.BadResponse."""
-        if self.conn is None:
-            with trio.fail_after(CONNECT_TIMEOUT):
-                self.conn = await wire.Connection.open(self.host, self.port)
-        frame = wire.encode_request(doc, keys)
+    async def _send(self, doc: Message, payload: bytes | None = None) -> tuple[bytes, Message]:
+        """Send one request (``payload`` when already encoded); its response payload."""
+        if payload is None:
+            payload = core.encode_request(self.profile, doc, self.pinpad)
         try:
-            with trio.fail_after(self.timeout):
-                payload = await self.conn.exchange(frame)
+            return await self.line.exchange(payload, self.timeout), doc
         except LOST:
             await self._drop()
             raise
-        response = wire.read_response(doc, payload, keys)
-        again = (Frame.parse(payload).header.processing_requirement == SIGN_ON_AGAIN
-                 or response.get("39") in SIGN_ON_CODES)
-        return response, again
+
+    def _believe(self, doc: Message, raw: bytes, templated: bool = False) -> core.Outcome:
+        """The outcome of a response; raises BadResponse when it cannot be believed. A
+        plainly good answer to a templated sale is read by the template's quick check."""
+        outcome = None
+        if templated and self._template is not None:
+            outcome = self._template.quick_evaluate(doc, raw)
+        if outcome is None:
+            outcome = core.evaluate(doc, raw, self.pinpad)
+        if outcome.reversal_reason is not None or outcome.response is None:
+            raise BadResponse(outcome.problem, outcome.reversal_reason or core.REASON_OTHER)
+        return outcome
+
+    async def _exchange(self, doc: Message) -> tuple[Message, bool]:
+        """One request/response: (response, sign on again); raises LOST or BadResponse."""
+        raw, _ = await self._send(doc)
+        outcome = self._believe(doc, raw)
+        assert outcome.response is not None
+        return outcome.response, outcome.sign_on_again
 
     async def close(self) -> None:
         await self._drop()
@@ -154,13 +187,13 @@ class BenchTerminal:
     # ------------------------------------------------------------------ management
 
     async def sign_on(self) -> None:
-        doc = wire.management("sign_on", self.tid, self.mid, self._next_stan(), self.batch)
-        response, _ = await self._exchange(doc, None)
+        doc = core.management_request("sign_on", self.profile, self.next_stan(), self.batch)
+        response, _ = await self._exchange(doc)
         if response.get("39") != APPROVED:
             raise RuntimeError(f"sign-on of {self.tid} answered {response.get('39')}")
-        self.keys.install(response["62"])
-        self.batch = wire.batch_of(response)
-        self.card = wire.card_fields(self.pan, CARD_EXPIRY, self.keys, self.pin)
+        self.pinpad.install_key_data(response["62"])
+        self.batch = core.signon_batch(response)
+        self.pin_block = self.pinpad.pin_block(self.pin, self.pan) if self.pin else None
         self._template = None
         self.signed_on = True
 
@@ -174,10 +207,10 @@ class BenchTerminal:
         """Send the pending reversal and refund advices (raises LOST when the line fails)."""
         if self.reversal is not None:
             pending = self.reversal
-            doc = wire.reversal(pending.request, pending.reason, pending.auth)
+            doc = core.reversal_request(pending.request, pending.reason, pending.auth)
             try:
-                response, again = await self._exchange(doc, self.keys)
-            except wire.BadResponse:
+                response, again = await self._exchange(doc)
+            except BadResponse:
                 await self._drop()
                 raise trio.BrokenResourceError("bad reversal response") from None
             # Any 0410 with a response code clears the reversal.
@@ -193,8 +226,8 @@ class BenchTerminal:
         while self.advices:
             doc, amount = self.advices[0]
             try:
-                response, again = await self._exchange(doc, self.keys)
-            except wire.BadResponse:
+                response, again = await self._exchange(doc)
+            except BadResponse:
                 await self._drop()
                 raise trio.BrokenResourceError("bad advice response") from None
             code = response.get("39")
@@ -206,25 +239,27 @@ class BenchTerminal:
             else:
                 self.advices.pop(0)  # declined advice: nothing to apply
 
-    async def _reversible(self, doc: Message, *, undoes: Sale | None = None,
-                          kind: str = "sale") -> Message | None:
+    async def _reversible(self, doc: Message, payload: bytes | None = None, *,
+                          undoes: Sale | None = None, kind: str = "sale") -> Message | None:
         """Send a reversible request; None when no believable response came (reversal armed)."""
-        self.reversal = PendingReversal(doc, "98", undoes=undoes, kind=kind)
+        self.reversal = PendingReversal(doc, REASON_NO_RESPONSE, undoes=undoes, kind=kind)
         started = trio.current_time()
         try:
-            response, again = await self._exchange(doc, self.keys)
+            raw, _ = await self._send(doc, payload)
+            outcome = self._believe(doc, raw, templated=payload is not None)
         except LOST as exc:
             self.recorder.error(f"{type(exc).__name__}: {exc}"[:ERROR_TEXT])
             return None
-        except wire.BadResponse as exc:
+        except BadResponse as exc:
             self.reversal.reason = exc.reason
             self.recorder.error(f"bad response {exc.reason}")
             await self._drop()
             return None
         self.reversal = None
-        code = response.get("39", "")
-        self.recorder.record(trio.current_time() - started, code)
-        if again:
+        response = outcome.response
+        assert response is not None
+        self.recorder.record(trio.current_time() - started, response.get("39", ""))
+        if outcome.sign_on_again:
             await self._resign()
         return response
 
@@ -236,81 +271,50 @@ class BenchTerminal:
             await self.sign_on()
         await self.flush()
 
+    def _sale_request(self, amount: int) -> tuple[Message, bytes | None]:
+        """A sale with the next STAN; its payload from the template on the fast path."""
+        if not self.fast:
+            return core.sale_request(self.profile, self.next_stan(), self.batch, self.card,
+                                     amount, self.pin_block), None
+        if self._template is None or self._template_amount != amount:
+            doc = core.sale_request(self.profile, "000001", self.batch, self.card, amount,
+                                    self.pin_block)
+            self._template = Template(self.profile, doc, self.pinpad)
+            self._template_amount = amount
+        return self._template.render(self.next_stan())
+
     async def sale(self, amount: int = SALE_AMOUNT) -> Message | None:
         await self.ready()
-        assert self.card is not None
-        if self.fast:
-            return await self._fast_sale(amount)
-        stan = self._next_stan()
-        doc = wire.sale(self.tid, self.mid, stan, self.batch, self.card, amount)
-        response = await self._reversible(doc)
+        batch = self.batch
+        doc, payload = self._sale_request(amount)
+        response = await self._reversible(doc, payload)
         if response is not None and response.get("39") == APPROVED:
-            self.journal.sales.append(Sale(self.batch, f"{stan:06d}", amount, response["37"],
+            self.journal.sales.append(Sale(batch, doc["11"], amount, response["37"],
                                            response["38"], response.get("13", "")))
         return response
 
-    async def _fast_sale(self, amount: int) -> Message | None:
-        """The sale of :meth:`sale` through the template fast path (same rules, same journal)."""
-        assert self.card is not None
-        if self._template is None or self._template_amount != amount:
-            self._template_doc = wire.sale(self.tid, self.mid, 1, self.batch, self.card, amount)
-            self._template = fastpath.SaleTemplate.build(self._template_doc, self.keys)
-            self._template_amount = amount
-        assert self._template_doc is not None
-        stan = self._next_stan()
-        frame, stan_bytes = self._template.frame(stan)
-        doc = {**self._template_doc, "11": f"{stan:06d}"}
-        self.reversal = PendingReversal(doc, "98")
-        if self.conn is None:
-            with trio.fail_after(CONNECT_TIMEOUT):
-                self.conn = await wire.Connection.open(self.host, self.port)
-        started = trio.current_time()
-        try:
-            with trio.fail_after(self.timeout):
-                payload = await self.conn.exchange(frame)
-            code, extra = self._template.check(payload, stan_bytes)
-        except LOST as exc:
-            await self._drop()
-            self.recorder.error(f"{type(exc).__name__}: {exc}"[:ERROR_TEXT])
-            return None
-        except wire.BadResponse as exc:
-            self.reversal.reason = exc.reason
-            self.recorder.error(f"bad response {exc.reason}")
-            await self._drop()
-            return None
-        self.reversal = None
-        self.recorder.record(trio.current_time() - started, code)
-        if code == APPROVED:
-            self.journal.sales.append(Sale(self.batch, f"{stan:06d}", amount, extra["37"],
-                                           extra["38"], extra.get("13", "")))
-        if code in SIGN_ON_CODES or payload[7] & 0x0F == SIGN_ON_AGAIN:
-            await self._resign()
-        return {"t": "0210", "39": code, **extra}
-
     async def void(self) -> Message | None:
         await self.ready()
-        assert self.card is not None
         candidates = [s for s in self.journal.standing_sales(self.batch) if not s.refunded]
         if not candidates:
             return await self.sale()
         original = self.rng.choice(candidates)
-        stan = self._next_stan()
-        doc = wire.void(self.tid, self.mid, stan, self.batch, self.card, original.amount,
-                        original.rrn, original.auth, original.batch, original.stan)
+        doc = core.void_request(
+            self.profile, self.next_stan(), self.batch, self.card,
+            core.Original(original.batch, original.stan, original.rrn, original.amount,
+                          original.auth), self.pin_block)
         original.voided = True  # provisional: undone below when not approved
         response = await self._reversible(doc, undoes=original, kind="void")
         if response is not None and response.get("39") == APPROVED:
-            self.journal.voids.append((self.batch, f"{stan:06d}", original))
-        elif response is not None:
-            original.voided = False
+            self.journal.voids.append((self.batch, doc["11"], original))
         else:
-            # no believable answer: the void may have been applied; its reversal undoes it
+            # declined, or no believable answer: the void may have been applied; its
+            # reversal undoes it
             original.voided = False
         return response
 
     async def refund(self) -> None:
         await self.ready()
-        assert self.card is not None
         candidates = [s for s in self.journal.standing_sales(self.batch)
                       if not s.refunded and s.date]
         if not candidates:
@@ -318,10 +322,10 @@ class BenchTerminal:
             return
         original = self.rng.choice(candidates)
         original.refunded = True
-        stan = self._next_stan()
-        doc = wire.refund(self.tid, self.mid, stan, self.batch, self.card,
-                          original.amount // 2, original.rrn, original.batch, original.stan,
-                          original.date)
+        doc = core.refund_request(
+            self.profile, self.next_stan(), self.batch, self.card,
+            core.Original(original.batch, original.stan, original.rrn, original.amount,
+                          date=original.date), original.amount // 2)
         self.advices.append((doc, original.amount // 2))
         started = trio.current_time()
         try:
@@ -336,9 +340,9 @@ class BenchTerminal:
     async def settle(self) -> int:
         """0500 with the journal's totals; returns the 0510 domestic result (1 balanced)."""
         await self.ready()
-        doc = wire.settlement(self.tid, self.mid, self._next_stan(), self.batch,
-                              self.journal.totals(self.batch))
-        response, _ = await self._exchange(doc, None)
+        doc = core.settlement_request(self.profile, self.next_stan(), self.batch,
+                                      self.journal.totals(self.batch))
+        response, _ = await self._exchange(doc)
         if response.get("39") != APPROVED:
             raise RuntimeError(f"settlement of {self.tid} answered {response.get('39')}")
         return decode_settlement_totals(response["48"]).domestic.result

@@ -32,7 +32,7 @@ from typing import Protocol
 import serial
 import trio
 
-from host.errors import HostError
+from shared.errors import SharedError
 from specs.framing import MIN_FRAME_LENGTH, Frame
 from specs.messages import decode_message
 from specs.pretty import summarize
@@ -70,7 +70,7 @@ POLL_INTERVAL = 0.01
 START_BIT = 1
 
 
-class SerialLineError(HostError):
+class SerialLineError(SharedError):
     """A serial line that cannot be used: bad spec, port not openable, line gone."""
 
 
