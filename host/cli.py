@@ -73,9 +73,16 @@ def hsm_options(f: Callable[..., Any]) -> Callable[..., Any]:
                         help="'embedded' or tcp://HOST:PORT")(f)
 
 
-def with_hsm(fn: Callable[..., Awaitable[T]], hsm: str, lmk: str) -> T:
+authorise_option = click.option(
+    "--authorise", is_flag=True,
+    help="embedded HSM on a live LMK: enter the Authorised state for this command (logged);"
+         " needed for clear PINs/keys (card add, terminal add --tmk); automatic on the test LMK")
+
+
+def with_hsm(fn: Callable[..., Awaitable[T]], hsm: str, lmk: str,
+             authorise: bool = False) -> T:
     async def main() -> T:
-        async with open_hsm(hsm, lmk) as (client, info):
+        async with open_hsm(hsm, lmk, True if authorise else None) as (client, info):
             if info.test_lmk:
                 click.echo(TEST_LMK_WARNING_TEXT, err=True)
             return await fn(client)
@@ -154,7 +161,7 @@ def serve(listen: str, db_path: Path, hsm: str, lmk: str, demo: bool | None,
 
     async def main() -> None:
         if new_db and (demo or (demo is None and lmk == "test" and hsm == "embedded")):
-            async with open_hsm(hsm, lmk) as (client, _):
+            async with open_hsm(hsm, lmk, None) as (client, _):
                 _print_demo(await init_demo(db_path, client), listen)
         stop = trio.Event()
         async with trio.open_nursery() as nursery:
@@ -198,7 +205,8 @@ async def _stop_on_signal(stop: trio.Event) -> None:
 @db_option
 @hsm_options
 @click.option("--demo", is_flag=True, help="add the demo merchant, terminal and cards")
-def init(db_path: Path, hsm: str, lmk: str, demo: bool) -> None:
+@authorise_option
+def init(db_path: Path, hsm: str, lmk: str, demo: bool, authorise: bool = False) -> None:
     """Create the database (bound to the HSM's LMK), optionally with demo data."""
     async def go(client: HsmClient) -> None:
         from host.hsm import check_lmk, ensure_pvk
@@ -211,7 +219,7 @@ def init(db_path: Path, hsm: str, lmk: str, demo: bool) -> None:
         if demo:
             _print_demo(await init_demo(db_path, client), DEFAULT_LISTEN)
         click.echo(f"database ready: {db_path}")
-    with_hsm(go, hsm, lmk)
+    with_hsm(go, hsm, lmk, authorise)
 
 
 # --------------------------------------------------------------------------- provisioning
@@ -251,9 +259,11 @@ def terminal() -> None:
               show_default=True)
 @db_option
 @hsm_options
+@authorise_option
 def terminal_add(tid: str, mid: str, tmk: str | None, mac: str, db_path: Path, hsm: str,
-                 lmk: str) -> None:
-    result = with_hsm(lambda c: provision.add_terminal(db_path, c, tid, mid, tmk, mac), hsm, lmk)
+                 lmk: str, authorise: bool = False) -> None:
+    result = with_hsm(lambda c: provision.add_terminal(db_path, c, tid, mid, tmk, mac), hsm, lmk,
+                      authorise)
     click.echo(f"terminal {tid} added (merchant {mid}, MAC {mac}), TMK check value"
                f" {result['tmk_kcv']}")
     components = result.get("components")
@@ -272,8 +282,9 @@ def terminal_add(tid: str, mid: str, tmk: str | None, mac: str, db_path: Path, h
               show_default=True)
 @db_option
 @hsm_options
+@authorise_option
 def terminal_add_range(prefix: str, count: int, mid: str, tmk: str, mac: str, db_path: Path,
-                       hsm: str, lmk: str) -> None:
+                       hsm: str, lmk: str, authorise: bool = False) -> None:
     """COUNT terminals named as `posterm load --tid-prefix PREFIX` expects, for load tests."""
     try:
         tids = terminal_ids(prefix, count)
@@ -284,7 +295,7 @@ def terminal_add_range(prefix: str, count: int, mid: str, tmk: str, mac: str, db
         for tid in tids:
             await provision.add_terminal(db_path, client, tid, mid, tmk, mac)
 
-    with_hsm(go, hsm, lmk)
+    with_hsm(go, hsm, lmk, authorise)
     click.echo(f"terminals {tids[0]}..{tids[-1]} added (merchant {mid}, MAC {mac})")
 
 
@@ -308,12 +319,13 @@ def card() -> None:
 @click.option("--status", type=click.Choice(["active", "lost", "stolen"]), default="active")
 @db_option
 @hsm_options
+@authorise_option
 def card_add(pan: str, expiry: str, pin: str, balance: str, limit: str | None, status: str,
-             db_path: Path, hsm: str, lmk: str) -> None:
+             db_path: Path, hsm: str, lmk: str, authorise: bool = False) -> None:
     """An issuer-simulator card. Domestic (CUP, BIN 62) or foreign follows the BIN."""
     amount, cap = parse_amount(balance), None if limit is None else parse_amount(limit)
     with_hsm(lambda c: provision.add_card(db_path, c, pan, expiry, pin, amount, cap, status),
-             hsm, lmk)
+             hsm, lmk, authorise)
     click.echo(f"card {reports.mask_pan(pan)} added")
 
 

@@ -39,15 +39,34 @@ def parse_tcp(spec: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+NOT_AUTHORISED = "17"
+
+
+def not_authorised_hint(what: str) -> str:
+    """The operator's message when provisioning meets error 17 (HSM not Authorised)."""
+    return (f"{what} needs the HSM in the Authorised state (error 17: it takes a clear PIN or"
+            " a clear key). With --hsm tcp://...: start it with `hsm-sim serve --authorised`"
+            " (or --authorised-for SECONDS); with the embedded HSM on a live LMK: pass"
+            " --authorise")
+
+
 @asynccontextmanager
-async def open_hsm(hsm: str, lmk: str) -> AsyncIterator[tuple[HsmClient, HsmInfo]]:
-    """An HSM client for ``--hsm`` / ``--lmk``; closed on exit."""
+async def open_hsm(hsm: str, lmk: str, authorise: bool | None = False
+                   ) -> AsyncIterator[tuple[HsmClient, HsmInfo]]:
+    """An HSM client for ``--hsm`` / ``--lmk``; closed on exit.
+
+    The embedded HSM is Authorised (BA, Y4/Y6/Y8 accepted) only when ``authorise`` is True,
+    or when it is None (provisioning commands) and the LMK is the published test LMK. A
+    serving host passes False: the message path never needs a clear PIN or key."""
     if hsm == EMBEDDED:
         try:
             lmk_set = load_lmk(lmk)
         except HsmError as exc:
             raise ConfigError(f"cannot load the LMK: {exc}") from None
-        client = HsmClient.in_process(HsmEngine(lmk_set))
+        engine = HsmEngine(lmk_set)
+        if authorise or (authorise is None and lmk_set.is_test):
+            engine.authorise(None, who="poshost provisioning (embedded HSM)")
+        client = HsmClient.in_process(engine)
         info = HsmInfo(f"embedded HSM, LMK {'TEST' if lmk_set.is_test else lmk}",
                        lmk_set.is_test)
     elif hsm.startswith(TCP_PREFIX):

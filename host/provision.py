@@ -13,7 +13,7 @@ from pathlib import Path
 
 from host.db import PanProtector, open_store
 from host.errors import ConfigError
-from host.hsm import TMK_TYPE, check_lmk, ensure_pvk
+from host.hsm import NOT_AUTHORISED, TMK_TYPE, check_lmk, ensure_pvk, not_authorised_hint
 from host.rules import CARD_STATUSES
 from hsm_sim.client import HsmClient
 from hsm_sim.errors import HsmError
@@ -77,6 +77,10 @@ async def add_terminal(db_path: Path | str, hsm: HsmClient, tid: str, mid: str,
                 tmk, components = await hsm.generate_key_components(TMK_TYPE)
                 result["components"] = components
         except HsmError as exc:
+            if exc.code == NOT_AUTHORISED:
+                raise ConfigError(not_authorised_hint("terminal add (TMK import)") + "; the"
+                                  " clear-key extensions Y4/Y8 also need the test LMK"
+                                  ) from None
             raise ConfigError(f"the HSM refused the TMK: {exc}") from None
         result["tmk_kcv"] = tmk.kcv
         conn.execute(
@@ -115,6 +119,8 @@ async def add_card(db_path: Path | str, hsm: HsmClient, pan: str, expiry: str, p
         try:
             pvv = await hsm.generate_pvv(pvk, pan, pin, PVKI)
         except HsmError as exc:
+            if exc.code == NOT_AUTHORISED:
+                raise ConfigError(not_authorised_hint("card add (PIN to PVV)")) from None
             raise ConfigError(f"the HSM could not compute the PVV: {exc}") from None
         try:
             conn.execute(

@@ -8,6 +8,7 @@ helpers that compute published vectors on the operator's screen (never for live 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -18,13 +19,19 @@ import click
 import trio
 
 from hsm_sim import crypto
-from hsm_sim.commands import DEFAULT_HEADER_LENGTH, HsmEngine
+from hsm_sim.commands import (
+    DEFAULT_HEADER_LENGTH,
+    LEGACY_SETTINGS,
+    HsmEngine,
+    SecurityPolicy,
+)
 from hsm_sim.errors import HsmError
 from hsm_sim.lmk import TEST_LMK_WARNING, generate_lmk_file, load_lmk
 
 F = TypeVar("F", bound=Callable[..., Any])
 LAB_ONLY = "LAB HELPER: works on CLEAR keys - published test vectors only, never live keys."
 DEFAULT_PORT = 1500
+AUDIT_LOG_MODE = 0o600
 
 
 def _hsm_errors(func: F) -> F:
@@ -78,12 +85,23 @@ async def _run_server(engine: HsmEngine, host: str, port: int, header_length: in
                 break
 
 
-def _load_engine(lmk_spec: str, header_length: int) -> HsmEngine:
+def _load_engine(lmk_spec: str, header_length: int, *, authorised: bool = False,
+                 authorised_for: float | None = None,
+                 legacy: tuple[str, ...] = ()) -> HsmEngine:
     lmk = load_lmk(lmk_spec)
     if lmk.is_test:
         banner = "!" * 78
         click.echo(f"{banner}\n{TEST_LMK_WARNING}\n{banner}", err=True)
-    return HsmEngine(lmk, header_length)
+    policy = SecurityPolicy.from_names(legacy)
+    if legacy:
+        click.echo(f"WARNING: legacy security settings on: {', '.join(policy.names())}",
+                   err=True)
+    engine = HsmEngine(lmk, header_length, policy=policy)
+    if authorised or authorised_for is not None:
+        engine.authorise(authorised_for, who="hsm-sim serve")
+        limit = "" if authorised_for is None else f" for {authorised_for:g} s"
+        click.echo(f"hsm-sim: Authorised state{limit} (BA, Y4, Y6, Y8 accepted)", err=True)
+    return engine
 
 
 @main.command()
@@ -104,9 +122,23 @@ def _load_engine(lmk_spec: str, header_length: int) -> HsmEngine:
     help="Append the audit log (one line per command: client, command, error code, KCVs) "
     "to this file instead of stderr.",
 )
+@click.option(
+    "--authorised", is_flag=True,
+    help="Start in the Authorised state (payShield console 'A'): commands that take clear "
+    "PINs or clear keys (BA, Y4, Y6, Y8) are accepted. Logged on the audit log.",
+)
+@click.option(
+    "--authorised-for", type=click.FloatRange(min=0, min_open=True), default=None,
+    metavar="SECONDS", help="As --authorised, for this many seconds only (then error 17).",
+)
+@click.option(
+    "--legacy", type=click.Choice([*LEGACY_SETTINGS, "all"]), multiple=True,
+    help="Re-open a legacy behaviour PCI settings forbid (repeatable; README 'HSM settings').",
+)
 @_hsm_errors
 def serve(host: str, port: int, header_length: int, lmk_spec: str,
-          audit_log: str | None) -> None:
+          audit_log: str | None, authorised: bool = False, authorised_for: float | None = None,
+          legacy: tuple[str, ...] = ()) -> None:
     """Run the HSM on TCP (2-byte length framing, payShield host commands).
 
     Prints one 'hsm-sim ready on HOST:PORT' line when listening; stops on SIGINT/SIGTERM.
@@ -116,15 +148,20 @@ def serve(host: str, port: int, header_length: int, lmk_spec: str,
     Extensions:    Y0/Y2 UnionPay ECB MAC generate/verify under a TAK;
                    Y4 import a clear key, Y6 clear components, Y8 generate components
                    (Y4/Y6/Y8 only while the test LMK is loaded, else error 17).
+    BA, Y4, Y6, Y8 also need the Authorised state (--authorised / --authorised-for).
     """
     _start_audit_log(audit_log)
-    engine = _load_engine(lmk_spec, header_length)
+    engine = _load_engine(lmk_spec, header_length, authorised=authorised,
+                          authorised_for=authorised_for, legacy=legacy)
     trio.run(_run_server, engine, host, port, header_length)
 
 
 def _start_audit_log(path: str | None) -> None:
     """The audit lines of hsm_sim.audit, with a timestamp, to ``path`` or stderr. They never
     carry a key, PIN or PIN block (see hsm_sim.commands)."""
+    if path:  # created 0600: the audit log names clients and key check values
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, AUDIT_LOG_MODE))
+        os.chmod(path, AUDIT_LOG_MODE)
     handler = logging.FileHandler(path) if path else logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s audit %(message)s"))
     audit = logging.getLogger("hsm_sim.audit")

@@ -48,6 +48,8 @@ __all__ = [
 
 LMK_PAIR_COUNT = 20
 LMK_FILE_MODE = 0o600
+LMK_FILE_FORBIDDEN_BITS = 0o077
+"""A live LMK file with any group/other permission bit is refused (error 13)."""
 KEY_CACHE_SIZE = 65536
 LMK_FILE_HEADER = "# hsm-sim variant LMK: 20 double-length pairs. KEEP SECRET."
 
@@ -276,9 +278,14 @@ def load_lmk(spec: str) -> LmkSet:
     if spec == "test":
         return published_test_lmk()
     try:
+        mode = os.stat(spec).st_mode
         text = Path(spec).read_text()
     except OSError as exc:
         raise HsmError(f"cannot read LMK file {spec}: {exc.strerror}", code="13") from None
+    if mode & LMK_FILE_FORBIDDEN_BITS:
+        raise HsmError(
+            f"LMK file {spec} is open to group or others (mode {mode & 0o777:04o}): refusing a"
+            f" live LMK others can read; chmod 600 {spec}", code="13")
     return LmkSet(parse_lmk_file(text), is_test=False, source=spec)
 
 

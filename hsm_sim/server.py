@@ -78,7 +78,7 @@ async def serve_hsm(
 ) -> None:
     """Listen on host:port; `nursery.start(serve_hsm, ...)` returns the listeners."""
     if header_length != engine.header_length:
-        engine = HsmEngine(engine.lmk, header_length)
+        engine = engine.with_header_length(header_length)
     listeners = await trio.open_tcp_listeners(port, host=host)
     task_status.started(listeners)
 
