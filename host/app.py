@@ -16,6 +16,7 @@ from host.errors import ConfigError
 from host.hsm import check_lmk, ensure_pvk, open_hsm
 from host.ledger import Ledger, RrnCounter
 from host.ops import LocalStore
+from host.peers import PeerGuard, guard_for
 from host.server import Server
 from host.service import HostService
 from host.workers import RrnHighWater, WorkerPool, reserve_port
@@ -35,6 +36,14 @@ class HostConfig:
     """Serial line specs (host.serialline.LineSettings) served as terminal connections."""
     workers: int = 0
     """Worker processes for the message path (host/workers.py); 0: all in this process."""
+    allow_peers: tuple[str, ...] = ()
+    """Terminal source addresses/networks allowed to connect (empty: any; host/peers.py)."""
+    terminal_peers: tuple[str, ...] = ()
+    """``TID=CIDR`` declarations: management traffic for TID from elsewhere is alerted."""
+
+    def peer_guard(self) -> PeerGuard | None:
+        """The peer guard for these settings, or None when the operator set none."""
+        return guard_for(self.allow_peers, self.terminal_peers, self.serial_lines)
 
 
 async def run_host(config: HostConfig, *,
@@ -62,13 +71,14 @@ async def run_host(config: HostConfig, *,
             rrns = RrnCounter.load(conn)
             writer = Writer(Path(config.db_path), before_commit=rrns.persist)
             store = LocalStore(writer, Ledger(PanProtector.load(conn)))
-            service = HostService(hsm, store, rrns, conn, pvk)
+            guard = config.peer_guard()
+            service = HostService(hsm, store, rrns, conn, pvk, guard)
             async with trio.open_nursery() as nursery:
                 await nursery.start(writer.run)
                 await nursery.start(serve_serial_lines, config.serial_lines, host, port)
                 log.info("listening on %s:%d (%s)", host, port, info.description)
                 task_status.started((host, port))
-                await Server(service).serve(listeners, stop)
+                await Server(service, guard=guard).serve(listeners, stop)
                 nursery.cancel_scope.cancel()  # connections drained: stop the writer
     finally:
         conn.close()
@@ -96,6 +106,8 @@ async def _serve_pool(config: HostConfig, conn: sqlite3.Connection, bound: tuple
         config.workers, LocalStore(writer, Ledger(PanProtector.load(conn))),
         bound,
         {"db_path": str(config.db_path), "hsm": config.hsm, "lmk": config.lmk,
+         "allow_peers": config.allow_peers, "terminal_peers": config.terminal_peers,
+         "serial_lines": config.serial_lines,
          "log_level": logging.getLogger().getEffectiveLevel()},
         RrnCounter.restart_base(conn), high_water)
     async with trio.open_nursery() as nursery:

@@ -147,8 +147,15 @@ def _print_demo(rows: list[tuple[str, ...]], listen: str) -> None:
 @click.option("--workers", type=click.IntRange(0, MAX_WORKERS), default=0, show_default=True,
               help="processes for the message path in front of the one writer"
                    " (0: one process; about the number of cores for throughput)")
+@click.option("--allow-peer", "allow_peers", multiple=True, metavar="CIDR",
+              help="terminal source address or network allowed to connect (repeatable);"
+                   " connections from elsewhere are closed at accept. Default: any")
+@click.option("--terminal-peer", "terminal_peers", multiple=True, metavar="TID=CIDR",
+              help="where TID's terminal connects from (repeatable): an ALERT line when its"
+                   " sign-on, sign-off, settlement or upload comes from elsewhere")
 def serve(listen: str, db_path: Path, hsm: str, lmk: str, demo: bool | None,
-          serial_lines: tuple[str, ...], workers: int) -> None:
+          serial_lines: tuple[str, ...], workers: int, allow_peers: tuple[str, ...] = (),
+          terminal_peers: tuple[str, ...] = ()) -> None:
     """Run the acquiring host until SIGINT/SIGTERM."""
     host, _, port = listen.rpartition(":")
     if not port.isdigit():
@@ -156,7 +163,7 @@ def serve(listen: str, db_path: Path, hsm: str, lmk: str, demo: bool | None,
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     logging.getLogger("hsm_sim.audit").setLevel(logging.WARNING)
     config = HostConfig(host or "127.0.0.1", int(port), db_path, hsm, lmk, serial_lines,
-                        workers)
+                        workers, allow_peers, terminal_peers)
     new_db = not db_path.exists()
 
     async def main() -> None:

@@ -7,8 +7,10 @@ hash (to match card against card) and the masked PAN.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
+import os
 import secrets
 import sqlite3
 from dataclasses import dataclass
@@ -17,6 +19,9 @@ from pathlib import Path
 from specs.pretty import mask_pan
 
 BUSY_TIMEOUT_MS = 10_000
+DB_FILE_MODE = 0o600
+"""The database, its -wal and -shm hold keys under the LMK, PVVs and card data: owner only."""
+SIDE_FILES = ("-wal", "-shm", "-journal")
 SCHEMA_VERSION = "1"
 
 SCHEMA = """
@@ -70,7 +75,11 @@ CREATE TABLE IF NOT EXISTS exceptions (
 
 
 def connect(db_path: Path | str, *, check_same_thread: bool = True) -> sqlite3.Connection:
-    """A connection in WAL mode with synchronous=FULL, autocommit (explicit BEGIN)."""
+    """A connection in WAL mode with synchronous=FULL, autocommit (explicit BEGIN).
+
+    The file is created 0600 (SQLite gives -wal and -shm the database file's mode); an older
+    database open to group or others is narrowed to 0600, side files included."""
+    make_private(db_path)
     conn = sqlite3.connect(
         str(db_path), isolation_level=None, check_same_thread=check_same_thread,
         timeout=BUSY_TIMEOUT_MS / 1000,
@@ -80,7 +89,26 @@ def connect(db_path: Path | str, *, check_same_thread: bool = True) -> sqlite3.C
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA foreign_keys=ON")
+    make_private(db_path, side_files=True)
     return conn
+
+
+def make_private(db_path: Path | str, *, side_files: bool = False) -> None:
+    """Create the database file 0600 when missing; narrow it (and its -wal/-shm/-journal
+    when ``side_files``) to 0600 when open to group or others."""
+    if str(db_path) == ":memory:" or str(db_path).startswith("file:"):
+        return
+    path = Path(db_path)
+    if not path.exists():
+        with contextlib.suppress(OSError):  # a missing directory: sqlite3 says so
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, DB_FILE_MODE))
+    paths = [path] + ([path.with_name(path.name + s) for s in SIDE_FILES] if side_files else [])
+    for p in paths:
+        try:
+            if os.stat(p).st_mode & 0o077:
+                os.chmod(p, DB_FILE_MODE)
+        except OSError:
+            continue
 
 
 def initialise(conn: sqlite3.Connection) -> None:

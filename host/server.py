@@ -24,6 +24,7 @@ from host.limits import (
     UNPROVEN_BURST,
     UNPROVEN_PER_SECOND,
 )
+from host.peers import PeerGuard
 from host.service import HostService
 from host.throttle import LogBudget, TokenBucket
 from specs.errors import FramingError
@@ -51,10 +52,13 @@ class Server:
     Lines about peers closed for bad input are kept to PEER_LOG_PER_SECOND, with a count of
     those left out."""
 
-    def __init__(self, service: HostService, admission_share: float = 1.0) -> None:
+    def __init__(self, service: HostService, admission_share: float = 1.0,
+                 guard: PeerGuard | None = None) -> None:
         """``admission_share``: this server's part of the host's admission rate and burst
-        (1/N in each of N worker processes)."""
+        (1/N in each of N worker processes). ``guard``: the operator's allow-list of
+        terminal source addresses (host/peers.py); connections from elsewhere are closed."""
         self.service = service
+        self.guard = guard
         self.connections = 0
         self._stopping = False
         self._idle: set[trio.CancelScope] = set()
@@ -95,6 +99,14 @@ class Server:
                     await trio.sleep(ACCEPT_BACKOFF)
                     continue
                 raise
+            if self.guard is not None and not self.guard.admits(_peer_address(stream)):
+                left_out = self._peer_log.admit(trio.current_time())
+                if left_out is not None:
+                    log.warning("peer=%s refused: not in the --allow-peer list",
+                                _peer(stream))
+                self._admission.give(trio.current_time())
+                stream.socket.close()
+                continue
             if self.connections >= MAX_CONNECTIONS:
                 log.warning("connection limit %d reached: closing a new one", MAX_CONNECTIONS)
                 await stream.aclose()
@@ -131,6 +143,7 @@ class Server:
         receive = stream.receive_some
         scope = trio.CancelScope()
         phase = _IDLE
+        peer = _peer_address(stream) if self.guard is not None else None
         with scope:
             while not self._stopping:
                 payload = _next_payload(decoder)
@@ -159,7 +172,7 @@ class Server:
                             payload = _next_payload(decoder)
                 phase = _HANDLER
                 scope.deadline = now() + HANDLER_TIMEOUT
-                answer = await self.service.handle(payload)
+                answer = await self.service.handle(payload, peer)
                 phase = _SEND
                 scope.deadline = now() + SEND_TIMEOUT
                 await stream.send_all(answer)
@@ -181,6 +194,13 @@ def _next_payload(decoder: TcpFrameDecoder) -> bytes | None:
         return decoder.next_payload()
     except FramingError as exc:
         raise CloseConnection(str(exc)) from None
+
+
+def _peer_address(stream: trio.SocketStream) -> str:
+    try:
+        return str(stream.socket.getpeername()[0])
+    except OSError:
+        return "?"
 
 
 def _peer(stream: trio.SocketStream) -> str:

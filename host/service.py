@@ -21,6 +21,7 @@ from host.errors import CloseConnection, HostError, ProtocolError
 from host.ledger import Request, RrnCounter, field60_of_sign_on
 from host.limits import TERMINAL_CACHE_TTL
 from host.ops import Store
+from host.peers import PeerGuard
 from host.responses import minimal_response, request_digest, respond
 from host.rules import PinResult
 from hsm_sim.client import HsmClient
@@ -95,6 +96,8 @@ class Exchange:
     kind: MessageKind | None = None
     terminal: Terminal | None = None
     undecodable: bool = False
+    peer: str | None = None
+    """The source address, when the operator guards peers (host/peers.py)."""
 
 
 class TerminalLanes:
@@ -130,7 +133,8 @@ class HostService:
     """Handles frames for every connection (one instance per host)."""
 
     def __init__(self, hsm: HsmClient, store: Store, rrns: RrnCounter,
-                 read_conn: sqlite3.Connection, pvk_lmk: str) -> None:
+                 read_conn: sqlite3.Connection, pvk_lmk: str,
+                 guard: PeerGuard | None = None) -> None:
         self.hsm = hsm
         self.store = store
         self.rrns = rrns
@@ -138,15 +142,18 @@ class HostService:
         self.pvk_lmk = pvk_lmk
         self.terminals = TerminalCache(read_conn)
         self.lanes = TerminalLanes()
+        self.guard = guard
 
-    async def handle(self, payload: bytes) -> bytes:
-        """Answer one frame payload; raise CloseConnection when it cannot be answered."""
+    async def handle(self, payload: bytes, peer: str | None = None) -> bytes:
+        """Answer one frame payload; raise CloseConnection when it cannot be answered.
+        ``peer``: the source address, for the unexpected-peer alert (host/peers.py)."""
         started = time.perf_counter()
         try:
             frame = Frame.parse(payload)
         except FramingError as exc:
             raise CloseConnection(str(exc)) from None
         ex = self._decode(frame)
+        ex.peer = peer
         async with self.lanes.hold(ex.request.get("41", "")):
             response = await self._answer(ex)
             out = await self._encode(ex, response)
@@ -237,6 +244,10 @@ class HostService:
     async def _dispatch(self, ex: Exchange, now: datetime) -> Message:
         kind, doc, terminal = ex.kind, ex.request, ex.terminal
         assert kind is not None and terminal is not None
+        if self.guard is not None and ex.peer is not None:
+            alert = self.guard.check(terminal.tid, kind.name, ex.peer)
+            if alert is not None:
+                log.warning("%s", alert)
         if kind.name == "sign_on":
             return await self._sign_on(ex, now)
         if kind.name in ("sign_off", "echo_test"):

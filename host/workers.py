@@ -42,6 +42,7 @@ from host.hsm import ensure_pvk, open_hsm
 from host.ipc import IPC_RECEIVE_CHUNK, IpcDecoder, IpcError, encode_ipc
 from host.ledger import RrnCounter, persist_rrn_high_water
 from host.ops import KEY_CHANGES, LocalStore
+from host.peers import guard_for
 from host.server import Server
 from host.service import HostService, TerminalCache
 
@@ -357,7 +358,9 @@ async def serve_worker(config: dict[str, Any]) -> None:
             pvk = await ensure_pvk(conn, hsm)  # the parent made it: this only reads
             rrns = RrnCounter(config["rrn_base"], step=config["count"], offset=config["index"])
             store = RemoteStore(channel, rrns)
-            service = HostService(hsm, store, rrns, conn, pvk)
+            guard = guard_for(config.get("allow_peers", ()), config.get("terminal_peers", ()),
+                              config.get("serial_lines", ()))
+            service = HostService(hsm, store, rrns, conn, pvk, guard)
             stop = trio.Event()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(store.receive, service.terminals)
@@ -366,7 +369,7 @@ async def serve_worker(config: dict[str, Any]) -> None:
                 store.say_ready(config["index"])
                 await store.may_listen.wait()
                 listener = await open_shared_listener(*config["listen"])
-                server = Server(service, admission_share=1 / config["count"])
+                server = Server(service, admission_share=1 / config["count"], guard=guard)
                 await server.serve([listener], stop)  # returns once drained
                 nursery.cancel_scope.cancel()
     finally:

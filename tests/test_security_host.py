@@ -1,0 +1,159 @@
+"""Issue 19 (b), (f), (g) at the host: provisioning on a live LMK that is not Authorised,
+files created 0600, and the operator's defences for unMACed management traffic (allow-list of
+terminal source addresses, alert on an unexpected peer), over real TCP and a real SQLite
+file."""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from pathlib import Path
+
+import pytest
+import trio
+from click.testing import CliRunner
+
+from host.app import HostConfig, run_host
+from host.cli import main
+from host.db import open_store
+from hsm_sim.client import HsmClient
+from hsm_sim.commands import HsmEngine
+from hsm_sim.lmk import generate_lmk_file
+from specs.composite import SettlementTotals, Totals
+from tests.conftest import MID, TID, TMK, provision
+from tests.hostkit import TestTerminal
+
+PAN = "6222021234567890128"
+
+
+def mode_of(path: Path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def poshost(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.output + (result.stderr if result.stderr_bytes else "")
+
+
+# --------------------------------------------------------------------------- (b)
+
+
+def test_provisioning_on_a_live_lmk_says_it_needs_the_authorised_state(tmp_path: Path) -> None:
+    lmk = tmp_path / "lmk"
+    generate_lmk_file(lmk)
+    db = str(tmp_path / "live.db")
+    common = ("--db", db, "--lmk", str(lmk))
+    assert poshost("init", *common)[0] == 0
+    card = ("card", "add", "--pan", PAN, "--expiry", "3012", "--pin", "1234",
+            "--balance", "100.00", *common)
+    code, out = poshost(*card)
+    assert code == 1 and "Authorised state" in out and "error 17" in out, out
+    assert "1234" not in out.replace(PAN, "")  # no PIN in the message
+    code, out = poshost(*card, "--authorise")
+    assert code == 0 and "added" in out, out
+    # the test LMK's embedded HSM is Authorised for provisioning out of the box
+    test_db = str(tmp_path / "test.db")
+    assert poshost("init", "--db", test_db, "--demo")[0] == 0
+
+
+# --------------------------------------------------------------------------- (f)
+
+
+async def test_database_and_its_wal_and_shm_are_private(tmp_path: Path) -> None:
+    db = tmp_path / "host.db"
+    await provision(db, HsmClient.in_process(HsmEngine.test()))
+    conn = open_store(db)  # WAL mode: -wal and -shm exist while it is open
+    try:
+        conn.execute("INSERT OR REPLACE INTO meta VALUES ('probe', '1')")
+        for suffix in ("", "-wal", "-shm"):
+            path = Path(f"{db}{suffix}")
+            assert path.exists() and mode_of(path) == 0o600, suffix
+    finally:
+        conn.close()
+    # a database made before (0644) is narrowed when opened
+    os.chmod(db, 0o644)
+    open_store(db).close()
+    assert mode_of(db) == 0o600
+
+
+# --------------------------------------------------------------------------- (g)
+
+
+async def _host(tmp_path: Path, nursery: trio.Nursery, **settings: tuple[str, ...]
+                ) -> tuple[str, int]:
+    db = tmp_path / "host.db"
+    await provision(db, HsmClient.in_process(HsmEngine.test()))
+    config = HostConfig(listen_host="127.0.0.1", listen_port=0, db_path=db, **settings)
+    return await nursery.start(run_host, config)
+
+
+async def _terminal_from(host: str, port: int, source: str) -> TestTerminal:
+    t = TestTerminal(host, port, TID, MID, TMK)
+    t.stream = await trio.open_tcp_stream(host, port, local_address=source)
+    return t
+
+
+async def test_allow_list_closes_connections_from_other_addresses(
+        tmp_path: Path, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture) -> None:
+    """The attack: anyone who reaches the port signs on as another terminal (re-keys it). With
+    an allow-list that excludes the attacker's address the connection is closed unanswered."""
+    caplog.set_level(logging.WARNING, logger="poshost.net")
+    host, port = await _host(tmp_path, nursery, allow_peers=("127.0.0.1/32",))
+    outsider = await _terminal_from(host, port, "127.0.0.2")
+    with pytest.raises((AssertionError, trio.BrokenResourceError)):
+        await outsider.sign_on()  # the host closed it: no answer at all
+    await outsider.__aexit__()
+    assert any("refused: not in the --allow-peer list" in r.getMessage()
+               for r in caplog.records)
+    inside = await _terminal_from(host, port, "127.0.0.1")
+    try:
+        assert (await inside.sign_on()).code == "00"
+    finally:
+        await inside.__aexit__()
+
+
+async def test_alert_on_management_traffic_from_an_unexpected_peer(
+        tmp_path: Path, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="poshost")
+    host, port = await _host(tmp_path, nursery, terminal_peers=(f"{TID}=127.0.0.1",))
+    zero = SettlementTotals(Totals(0, 0, 0, 0), Totals(0, 0, 0, 0))
+    good = await _terminal_from(host, port, "127.0.0.1")
+    try:
+        assert (await good.sign_on()).code == "00"
+    finally:
+        await good.__aexit__()
+    assert not [r for r in caplog.records if "ALERT" in r.getMessage()]
+    rogue = await _terminal_from(host, port, "127.0.0.3")
+    rogue.batch = good.batch
+    try:
+        assert (await rogue.sign_on()).code == "00"  # the contract: still answered
+        assert (await rogue.settle(zero)).code == "00"
+    finally:
+        await rogue.__aexit__()
+    alerts = [r.getMessage() for r in caplog.records if "ALERT" in r.getMessage()]
+    assert any(f"tid={TID} sign_on from unexpected peer 127.0.0.3" in a for a in alerts)
+    assert any(f"tid={TID} settlement from unexpected peer 127.0.0.3" in a for a in alerts)
+
+
+async def test_alert_learns_the_sign_on_address_when_none_is_declared(
+        tmp_path: Path, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="poshost")
+    host, port = await _host(tmp_path, nursery, allow_peers=("127.0.0.0/8",))
+    zero = SettlementTotals(Totals(0, 0, 0, 0), Totals(0, 0, 0, 0))
+    good = await _terminal_from(host, port, "127.0.0.1")
+    try:
+        assert (await good.sign_on()).code == "00"
+        assert (await good.settle(zero)).code == "00"
+    finally:
+        await good.__aexit__()
+    assert not [r for r in caplog.records if "ALERT" in r.getMessage()]
+    rogue = await _terminal_from(host, port, "127.0.0.4")
+    rogue.batch, rogue.stan = good.batch, good.stan + 10
+    try:
+        assert (await rogue.settle(zero)).code in ("00", "77")
+    finally:
+        await rogue.__aexit__()
+    alerts = [r.getMessage() for r in caplog.records if "ALERT" in r.getMessage()]
+    assert any(f"tid={TID} settlement from unexpected peer 127.0.0.4 (last sign-on from"
+               " 127.0.0.1)" in a for a in alerts), alerts
