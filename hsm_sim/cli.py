@@ -85,7 +85,7 @@ async def _run_server(engine: HsmEngine, host: str, port: int, header_length: in
                 break
 
 
-def _load_engine(lmk_spec: str, header_length: int, *, authorised: bool = False,
+def _load_engine(lmk_spec: str, header_length: int, *, authorised: bool | None = False,
                  authorised_for: float | None = None,
                  legacy: tuple[str, ...] = ()) -> HsmEngine:
     lmk = load_lmk(lmk_spec)
@@ -97,6 +97,8 @@ def _load_engine(lmk_spec: str, header_length: int, *, authorised: bool = False,
         click.echo(f"WARNING: legacy security settings on: {', '.join(policy.names())}",
                    err=True)
     engine = HsmEngine(lmk, header_length, policy=policy)
+    if authorised is None:  # the default: Authorised on the published test LMK only
+        authorised = lmk.is_test
     if authorised or authorised_for is not None:
         engine.authorise(authorised_for, who="hsm-sim serve")
         limit = "" if authorised_for is None else f" for {authorised_for:g} s"
@@ -123,9 +125,10 @@ def _load_engine(lmk_spec: str, header_length: int, *, authorised: bool = False,
     "to this file instead of stderr.",
 )
 @click.option(
-    "--authorised", is_flag=True,
+    "--authorised/--not-authorised", default=None,
     help="Start in the Authorised state (payShield console 'A'): commands that take clear "
-    "PINs or clear keys (BA, Y4, Y6, Y8) are accepted. Logged on the audit log.",
+    "PINs or clear keys (BA, Y4, Y6, Y8) are accepted; logged on the audit log. Default: "
+    "authorised on the published test LMK (its keys are public anyway), not on a live LMK.",
 )
 @click.option(
     "--authorised-for", type=click.FloatRange(min=0, min_open=True), default=None,
@@ -137,7 +140,8 @@ def _load_engine(lmk_spec: str, header_length: int, *, authorised: bool = False,
 )
 @_hsm_errors
 def serve(host: str, port: int, header_length: int, lmk_spec: str,
-          audit_log: str | None, authorised: bool = False, authorised_for: float | None = None,
+          audit_log: str | None, authorised: bool | None = None,
+          authorised_for: float | None = None,
           legacy: tuple[str, ...] = ()) -> None:
     """Run the HSM on TCP (2-byte length framing, payShield host commands).
 

@@ -8,6 +8,7 @@ import logging
 import os
 import select
 import socket
+import stat
 import subprocess
 from pathlib import Path
 
@@ -102,24 +103,30 @@ def _exchange(port: int, payload: bytes) -> bytes:
         return data
 
 
-def test_hsm_sim_serve_is_not_authorised_unless_told(tmp_path: Path) -> None:
+def test_hsm_sim_serve_authorised_state_per_lmk(tmp_path: Path) -> None:
     lmk = tmp_path / "lmk"
     generate_lmk_file(lmk)
     ba = f"0000BA1234F{ACCOUNT}".encode()
+    audit = tmp_path / "audit.log"
     for args, expected in (((), b"0000BB17"), (("--authorised-for", "300"), b"0000BB00")):
-        proc, port = _serve("--lmk", str(lmk), *args)
+        proc, port = _serve("--lmk", str(lmk), "--audit-log", str(audit), *args)
         try:
             assert _exchange(port, ba)[:8] == expected
         finally:
             proc.terminate()
             proc.wait(timeout=READY_TIMEOUT)
-    # on the test LMK too: a TCP HSM is not Authorised by default
-    proc, port = _serve("--lmk", "test")
-    try:
-        assert _exchange(port, ba)[:8] == b"0000BB17"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=READY_TIMEOUT)
+    assert stat.S_IMODE(os.stat(audit).st_mode) == 0o600  # the audit log is private
+    text = audit.read_text()
+    assert "cmd=BA err=17" in text and "cmd=BA err=00" in text
+    assert "authorised state entered by hsm-sim serve, for 300 s" in text
+    # the published test LMK: Authorised by default (lab flows), unless told not to be
+    for args, expected in (((), b"0000BB00"), (("--not-authorised",), b"0000BB17")):
+        proc, port = _serve("--lmk", "test", *args)
+        try:
+            assert _exchange(port, ba)[:8] == expected
+        finally:
+            proc.terminate()
+            proc.wait(timeout=READY_TIMEOUT)
 
 
 # --------------------------------------------------------------------------- (c) export
