@@ -7,6 +7,7 @@ helpers that compute published vectors on the operator's screen (never for live 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -87,12 +88,12 @@ async def _run_server(engine: HsmEngine, host: str, port: int, header_length: in
 
 def _load_engine(lmk_spec: str, header_length: int, *, authorised: bool | None = False,
                  authorised_for: float | None = None,
-                 legacy: tuple[str, ...] = ()) -> HsmEngine:
+                 legacy: tuple[str, ...] = (), separate_002: bool = False) -> HsmEngine:
     lmk = load_lmk(lmk_spec)
     if lmk.is_test:
         banner = "!" * 78
         click.echo(f"{banner}\n{TEST_LMK_WARNING}\n{banner}", err=True)
-    policy = SecurityPolicy.from_names(legacy)
+    policy = dataclasses.replace(SecurityPolicy.from_names(legacy), separate_002=separate_002)
     if legacy:
         click.echo(f"WARNING: legacy security settings on: {', '.join(policy.names())}",
                    err=True)
@@ -138,11 +139,16 @@ def _load_engine(lmk_spec: str, header_length: int, *, authorised: bool | None =
     "--legacy", type=click.Choice([*LEGACY_SETTINGS, "all"]), multiple=True,
     help="Re-open a legacy behaviour PCI settings forbid (repeatable; README 'HSM settings').",
 )
+@click.option(
+    "--separate-002", is_flag=True,
+    help="payShield's 'Enforce key type 002 separation': TPK 70D and TMK 80D (LMK 36-37) "
+    "apart from PVK 002. Hosts must then use those key types (poshost does not yet).",
+)
 @_hsm_errors
 def serve(host: str, port: int, header_length: int, lmk_spec: str,
           audit_log: str | None, authorised: bool | None = None,
           authorised_for: float | None = None,
-          legacy: tuple[str, ...] = ()) -> None:
+          legacy: tuple[str, ...] = (), separate_002: bool = False) -> None:
     """Run the HSM on TCP (2-byte length framing, payShield host commands).
 
     Prints one 'hsm-sim ready on HOST:PORT' line when listening; stops on SIGINT/SIGTERM.
@@ -156,7 +162,8 @@ def serve(host: str, port: int, header_length: int, lmk_spec: str,
     """
     _start_audit_log(audit_log)
     engine = _load_engine(lmk_spec, header_length, authorised=authorised,
-                          authorised_for=authorised_for, legacy=legacy)
+                          authorised_for=authorised_for, legacy=legacy,
+                          separate_002=separate_002)
     trio.run(_run_server, engine, host, port, header_length)
 
 

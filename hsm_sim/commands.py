@@ -93,15 +93,22 @@ PIN_FORMAT_DISABLED = "69"
 WEAK_DECIMALISATION_TABLE = "15"
 
 STRONG_SCHEMES = ("U", "T")
-PIN_MAC_KEY_TYPES = frozenset({"01", "02", "03", "08"})
-"""Last two digits of the key types held to the strong-key rule: ZPK, TMK/TPK/PVK, TAK, ZAK."""
+TPK_SEPARATED, TMK_SEPARATED = "70D", "80D"
+"""payShield's key type codes for TPK and TMK under "key type 002 separation" (LMK 36-37,
+variants 7 and 8); PVKs stay 002 (LMK 14-15)."""
+PIN_MAC_KEY_TYPES = frozenset({"01", "02", "03", "08", "0D"})
+"""Last two digits of the key types held to the strong-key rule: ZPK, TMK/TPK/PVK, TAK, ZAK
+(and TPK 70D / TMK 80D under key type 002 separation)."""
 ACCOUNT_BOUND_FORMATS = frozenset({"01", "47"})
 """ISO 9564 formats 0 and 3 carry the account; 03 (IBM 3624) and 05 (ISO 1) do not."""
 EXPORTABLE_UNDER: dict[str, frozenset[str]] = {
     # ZMK: interchange keys, key-encrypting keys, PVKs and issuer keys for another zone
-    "000": frozenset({"000", "001", "002", "003", "008", "009", "00A", "109"}),
+    "000": frozenset({"000", "001", "002", "003", "008", "009", "00A", "109", TPK_SEPARATED,
+                      TMK_SEPARATED}),
     # TMK: only what a terminal uses (TMK/TPK under a TMK, TAK)
     "002": frozenset({"002", "003"}),
+    # TMK under key type 002 separation: TPK, TMK and TAK; never a PVK
+    TMK_SEPARATED: frozenset({TPK_SEPARATED, TMK_SEPARATED, "003"}),
 }
 """A0 mode 1: key types each exporting key type (000 ZMK, 002 TMK) may carry."""
 MIN_DECTAB_DISTINCT = 8
@@ -121,10 +128,22 @@ class SecurityPolicy:
     """CA/CC may translate ISO 0/3 blocks to IBM 3624 or ISO 1 (drops the account binding)."""
     clear_dectab: bool = False
     """DA accepts any clear decimalisation table (even all zeros)."""
-
+    separate_002: bool = False
+    """payShield's "Enforce key type 002 separation": TPK 70D and TMK 80D (LMK 36-37)
+    apart from PVK 002, so none can stand in for another. Stricter, not a legacy switch."""
     @classmethod
     def legacy(cls) -> SecurityPolicy:
         return cls(weak_keys=True, any_export=True, pin_downgrade=True, clear_dectab=True)
+
+    @property
+    def tmk_type(self) -> str:
+        """The key type of a TMK (the `;1` exporting key of A0, the parent of HC/HA)."""
+        return TMK_SEPARATED if self.separate_002 else "002"
+
+    @property
+    def tpk_type(self) -> str:
+        """The key type of a TPK (CA source, DC/DA PIN key)."""
+        return TPK_SEPARATED if self.separate_002 else "002"
 
     @classmethod
     def from_names(cls, names: list[str] | tuple[str, ...]) -> SecurityPolicy:
@@ -135,13 +154,14 @@ class SecurityPolicy:
             if name == "all":
                 return cls.legacy()
             attr = name.replace("-", "_")
-            if attr not in cls.__dataclass_fields__:
+            if name not in LEGACY_SETTINGS:
                 raise HsmError(f"unknown legacy setting {name!r}", code="15")
             flags[attr] = True
         return cls(**flags)
 
     def names(self) -> list[str]:
-        return [n.replace("_", "-") for n in self.__dataclass_fields__ if getattr(self, n)]
+        """The legacy settings that are on."""
+        return [n for n in LEGACY_SETTINGS if getattr(self, n.replace("-", "_"))]
 
 
 LEGACY_SETTINGS = ("weak-keys", "any-export", "pin-downgrade", "clear-dectab")
@@ -345,7 +365,7 @@ def cmd_a0(call: Call, f: Fields) -> bytes:
     kek_type = "000"
     if mode == "1":
         if f.optional(b";"):
-            kek_type = {"0": "000", "1": "002"}[f.choice(1, "01")]
+            kek_type = {"0": "000", "1": call.policy.tmk_type}[f.choice(1, "01")]
         kek_field, export_scheme = f.key(), f.text(1)
         if _scheme_length(export_scheme) != length:
             raise HsmError("export scheme does not fit the key length", code="27")
@@ -364,7 +384,7 @@ def _check_export(call: Call, key_type: str, kek_type: str) -> None:
     """payShield's export rules: a TMK carries only terminal keys, a ZMK interchange keys."""
     if call.policy.any_export or key_type.upper() in EXPORTABLE_UNDER[kek_type]:
         return
-    kek_name = "a TMK" if kek_type == "002" else "a ZMK"
+    kek_name = "a ZMK" if kek_type == "000" else "a TMK"
     raise HsmError(f"key type {key_type} may not be exported under {kek_name}",
                    code=KEY_TYPE_NOT_PERMITTED)
 
@@ -410,12 +430,12 @@ def _generate_under(call: Call, f: Fields, parent_type: str, child_type: str) ->
 
 def cmd_hc(call: Call, f: Fields) -> bytes:
     """HC: a new TMK/TPK/PVK, under the current one and under the LMK."""
-    return _generate_under(call, f, "002", "002")
+    return _generate_under(call, f, call.policy.tmk_type, call.policy.tmk_type)
 
 
 def cmd_ha(call: Call, f: Fields) -> bytes:
     """HA: a new TAK, under the TMK and under the LMK."""
-    return _generate_under(call, f, "002", "003")
+    return _generate_under(call, f, call.policy.tmk_type, "003")
 
 
 def cmd_fa(call: Call, f: Fields) -> bytes:
@@ -484,7 +504,7 @@ def _check_translation(call: Call, src_format: str, dst_format: str) -> None:
 
 def cmd_ca(call: Call, f: Fields) -> bytes:
     """CA: translate a PIN block from a TPK to a ZPK."""
-    return _translate(call, f, "002")
+    return _translate(call, f, call.policy.tpk_type)
 
 
 def cmd_cc(call: Call, f: Fields) -> bytes:
@@ -529,7 +549,10 @@ def _verify_pvv(call: Call, f: Fields, pin_key_type: str) -> bytes:
 
 def check_pvv(call: Call, pin_key_type: str, pin_key_field: str, pvk_field: str, block: bytes,
               fmt: str, account: str, pvki: str, pvv: str) -> None:
-    """DC/EC core (text handlers and `HsmEngine.verify_pin_pvv`): error 01 on a mismatch."""
+    """DC/EC core (text handlers and `HsmEngine.verify_pin_pvv`): error 01 on a mismatch.
+    ``pin_key_type`` 002 means the TPK role (70D under key type 002 separation)."""
+    if pin_key_type == "002":
+        pin_key_type = call.policy.tpk_type
     pin_key = call.strong_key(pin_key_type, pin_key_field)
     pvk = call.strong_key("002", pvk_field)
     pin = crypto.decipher_pinblock(pin_key, block, account, fmt)
@@ -539,7 +562,7 @@ def check_pvv(call: Call, pin_key_type: str, pin_key_field: str, pvk_field: str,
 
 def cmd_dc(call: Call, f: Fields) -> bytes:
     """DC: verify a terminal PIN (under a TPK) against a Visa PVV."""
-    return _verify_pvv(call, f, "002")
+    return _verify_pvv(call, f, call.policy.tpk_type)
 
 
 def cmd_ec(call: Call, f: Fields) -> bytes:
@@ -586,7 +609,8 @@ def cmd_da(call: Call, f: Fields) -> bytes:
     if not crypto.MIN_PIN_LENGTH <= check_length <= crypto.MAX_PIN_LENGTH:
         raise HsmError("check length must be 04-12", code="15")
     _check_decimalisation_table(call, dectab)
-    tpk, pvk = call.strong_key("002", tpk_field), call.strong_key("002", pvk_field)
+    tpk = call.strong_key(call.policy.tpk_type, tpk_field)
+    pvk = call.strong_key("002", pvk_field)
     pin = crypto.decipher_pinblock(tpk, block, account, fmt)
     if len(pin) > max_length:
         raise HsmError("PIN longer than the maximum PIN length", code="24")
@@ -886,8 +910,10 @@ class HsmEngine:
         self._authorised_until: float | None = None
         if lmk.is_test:
             log.warning("%s", "test LMK loaded: keys under it are publicly known")
-        if self.policy != DEFAULT_POLICY:
+        if self.policy.names():
             audit_log.warning("legacy security settings on: %s", ",".join(self.policy.names()))
+        if self.policy.separate_002:
+            audit_log.warning("key type 002 separation on: TPK 70D, TMK 80D, PVK 002")
         if authorised:
             self.authorise(None, who="start")
 

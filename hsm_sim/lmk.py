@@ -90,6 +90,7 @@ KEY_TYPE_PAIR: dict[str, int] = {
     "08": 13,  # ZAK, 26-27
     "09": 14,  # BDK, 28-29
     "0A": 15,  # ZEK, 30-31
+    "0D": 18,  # 36-37: TPK 70D and TMK 80D under "key type 002 separation"
 }
 PIN_PAIR_INDEX = 1  # PINs under the LMK: 02-03
 KEY_TYPE_VARIANTS = bytes((0x00, 0xA6, 0x5A, 0x6A, 0xDE, 0x2B, 0x50, 0x74, 0x9C, 0xFA))

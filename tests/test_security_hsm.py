@@ -263,3 +263,32 @@ def test_legacy_settings_by_name() -> None:
     assert SecurityPolicy.from_names(["weak-keys"]).names() == ["weak-keys"]
     with pytest.raises(HsmError):
         SecurityPolicy.from_names(["no-such"])
+
+
+# --------------------------------------------------------------------------- (e) 002 separation
+
+
+def test_key_type_002_separation_keeps_tmk_tpk_and_pvk_apart(live: HsmEngine) -> None:
+    """The attack behind the export one: a PVK or a TPK handed to A0 as the "TMK". Under the
+    variant LMK all three are type 002, so the HSM cannot tell. With key type 002 separation
+    (TPK 70D, TMK 80D, PVK 002) the stand-in decrypts under the wrong LMK variant: 10."""
+    separated = HsmEngine(live.lmk, policy=SecurityPolicy(separate_002=True))
+    tmk_clear, tpk_clear, pvk_clear = (crypto.generate_random_key(16) for _ in range(3))
+    tmk = under_lmk(separated, "80D", tmk_clear)
+    tpk = under_lmk(separated, "70D", tpk_clear)
+    pvk = under_lmk(separated, "002", pvk_clear)
+    assert run(separated, f"A0170DU;1{tmk}X")[0] == "00"  # a TPK under the TMK: fine
+    assert run(separated, f"A01003U;1{tmk}X")[0] == "00"  # a TAK
+    assert run(separated, f"A01002U;1{tmk}X")[0] == "04"  # a PVK never goes to a terminal
+    for stand_in in (pvk, tpk):
+        assert run(separated, f"A0170DU;1{stand_in}X")[0] == "10"
+    # PIN work takes each key only in its own role
+    block = crypto.encrypt_tdes_ecb(tpk_clear, crypto.encode_pinblock("1234", ACCOUNT, "01"))
+    pvv = crypto.generate_visa_pvv(pvk_clear, "1", "1234", PAN)
+    dc = f"{block.hex().upper()}01{ACCOUNT}1{pvv}"
+    assert run(separated, f"DC{tpk}{pvk}{dc}")[0] == "00"
+    assert separated.verify_pin_pvv(tpk, pvk, block, ACCOUNT, "1", pvv)
+    assert run(separated, f"DC{pvk}{pvk}{dc}")[0] == "10"  # the PVK as the TPK
+    assert run(separated, f"DC{tpk}{tpk}{dc}")[0] == "10"  # the TPK as the PVK
+    # without the setting, a PVK under 002 is accepted as the TMK (what the issue found)
+    assert run(live, f"A01002U;1{under_lmk(live, '002', pvk_clear)}X")[0] == "00"
