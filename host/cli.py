@@ -341,12 +341,35 @@ def card_add(pan: str, expiry: str, pin: str, balance: str, limit: str | None, s
 @click.option("--status", type=click.Choice(["active", "lost", "stolen", "blocked"]))
 @click.option("--reset-pin-tries", is_flag=True, help="clear the wrong-PIN counter (ends 75)")
 @db_option
-def card_set(pan: str, status: str | None, reset_pin_tries: bool, db_path: Path) -> None:
+@hsm_options
+def card_set(pan: str, status: str | None, reset_pin_tries: bool, db_path: Path,
+             hsm: str = "embedded", lmk: str = "test") -> None:
+    """Change a card's status or reset its PIN tries (the card is found by the HSM's keyed
+    hash of the PAN: no clear PAN is stored)."""
+    pan_hash = with_hsm(lambda c: provision.card_hash(db_path, c, pan), hsm, lmk)
     try:
-        provision.set_card_status(db_path, pan, status, reset_pin_tries)
+        provision.set_card_status(db_path, pan, status, reset_pin_tries, pan_hash=pan_hash)
     except HostError as exc:
         _fail(str(exc))
     click.echo("card updated")
+
+
+@card.command("show")
+@click.option("--pan", default=None, help="the card's PAN")
+@click.option("--id", "card_id", default=None, help="the card's id (as `card list` shows it)")
+@click.option("--reveal", is_flag=True,
+              help="show the clear PAN, decrypted by the HSM (it must be Authorised: automatic"
+                   " on the test LMK's embedded HSM, else --authorise / hsm-sim --authorised)")
+@db_option
+@hsm_options
+@authorise_option
+def card_show(pan: str | None, card_id: str | None, reveal: bool, db_path: Path, hsm: str,
+              lmk: str, authorise: bool = False) -> None:
+    """One card: masked PAN, expiry, balance, status; --reveal for the clear PAN."""
+    card = with_hsm(lambda c: provision.show_card(db_path, c, pan, card_id, reveal), hsm, lmk,
+                    authorise)
+    for key, value in card.items():
+        click.echo(f"{key:12} {value}")
 
 
 @card.command("list")

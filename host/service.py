@@ -16,8 +16,8 @@ from datetime import datetime
 import trio
 
 from host import rules
-from host.db import Terminal, load_card, load_terminal
-from host.errors import CloseConnection, HostError, ProtocolError
+from host.db import Terminal, get_meta, load_card, load_terminal
+from host.errors import CloseConnection, HostError, ProtocolError, StoreError
 from host.ledger import Request, RrnCounter, field60_of_sign_on
 from host.limits import TERMINAL_CACHE_TTL
 from host.ops import Store
@@ -143,6 +143,7 @@ class HostService:
         self.terminals = TerminalCache(read_conn)
         self.lanes = TerminalLanes()
         self.guard = guard
+        self._pan_hash_key: str | None = None
 
     async def handle(self, payload: bytes, peer: str | None = None) -> bytes:
         """Answer one frame payload; raise CloseConnection when it cannot be answered.
@@ -261,13 +262,16 @@ class HostService:
                 return await self.store.apply("settle", req,
                                               decode_settlement_totals(doc["48"]))
             if kind.name == "batch_upload":
-                return await self.store.apply("upload", req, decode_upload_records(doc["48"]))
+                records = decode_upload_records(doc["48"])
+                hashes = [await self._pan_hash(r.pan) for r in records]
+                return await self.store.apply("upload", req, records, hashes)
             if kind.name == "batch_upload_end":
                 return await self.store.apply("upload_end", req, decode_upload_end(doc["48"]))
         except ValidationError as exc:
             raise ProtocolError(str(exc), exc.response_code) from None
-        pin = await self._verify_pin(terminal, doc)
-        return await self.store.apply("financial", replace(req, pin=pin))
+        pan_hash = "" if kind.name == "reversal" else await self._pan_hash(rules.card_pan(doc))
+        pin = await self._verify_pin(terminal, doc, pan_hash)
+        return await self.store.apply("financial", replace(req, pin=pin, pan_hash=pan_hash))
 
     async def _sign_on(self, ex: Exchange, now: datetime) -> Message:
         terminal, kind = ex.terminal, ex.kind
@@ -282,11 +286,22 @@ class HostService:
         extra = {"60": field60_of_sign_on(batch), "62": f62}
         return respond(kind, ex.request, rules.APPROVED, now, self.rrns.next(), extra)
 
-    async def _verify_pin(self, terminal: Terminal, doc: Mapping[str, str]) -> PinResult:
+    async def _pan_hash(self, pan: str) -> str:
+        """The PAN's keyed hash through the HSM (the key is read once from the store)."""
+        if not pan:
+            return ""
+        if self._pan_hash_key is None:
+            self._pan_hash_key = get_meta(self.read_conn, "pan_hash_key_lmk")
+            if self._pan_hash_key is None:
+                raise StoreError("no PAN hash key in the store (run poshost init)")
+        return await self.hsm.hash_pan(self._pan_hash_key, pan)
+
+    async def _verify_pin(self, terminal: Terminal, doc: Mapping[str, str],
+                          pan_hash: str = "") -> PinResult:
         if "52" not in doc or terminal.pik_lmk is None:
             return PinResult.ABSENT
         pan = rules.card_pan(doc)
-        card = load_card(self.read_conn, pan)
+        card = load_card(self.read_conn, pan_hash) if pan_hash else None
         if card is None:
             return PinResult.ABSENT
         try:

@@ -154,7 +154,7 @@ def serve(host: str, port: int, header_length: int, lmk_spec: str,
     Prints one 'hsm-sim ready on HOST:PORT' line when listening; stops on SIGINT/SIGTERM.
 
     \b
-    Host commands: NC A0 BU HC HA FA CA CC BA DG DC EC DA M6 M8 (hsm-commands.md).
+    Host commands: NC A0 BU HC HA FA CA CC BA DG DC EC DA M6 M8 M0 M2 (hsm-commands.md).
     Extensions:    Y0/Y2 UnionPay ECB MAC generate/verify under a TAK;
                    Y4 import a clear key, Y6 clear components, Y8 generate components
                    (Y4/Y6/Y8 only while the test LMK is loaded, else error 17).

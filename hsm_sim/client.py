@@ -10,6 +10,7 @@ connection guarded by a lock, reconnects once when it breaks, bounds every call 
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -32,6 +33,8 @@ __all__ = [
 ]
 
 HSM_CALL_TIMEOUT = 5.0  # seconds for one command, connecting included
+PAN_HASH_KEY_TYPE = "008"  # a ZAK kept only for hashing PANs
+DATA_KEY_TYPE = "00A"  # a ZEK: card data encrypted at rest
 MAC_ALGORITHMS = ("x919", "cup-ecb")
 X919_MAC_LENGTH = 8
 CUP_MAC_LENGTH = 8
@@ -322,6 +325,33 @@ class HsmClient:
         account = extract_account_number(pan)
         pin_lmk = await self._text("BA", pin.ljust(MAX_PIN_LENGTH + 1, "F") + account)
         return (await self._text("DG", f"{pvk}{pin_lmk}{account}{pvki}"))[:4]
+
+    async def hash_pan(self, key: str, pan: str) -> str:
+        """The PAN's keyed hash, 16H: an X9.19 MAC (M6, padding 2) under a ZAK kept for this
+        only, so the hash key never leaves the HSM."""
+        data = pan.encode("ascii")
+        engine = self._engine
+        if engine is not None:
+            try:
+                return engine.generate_mac(key, data, key_type=PAN_HASH_KEY_TYPE, algorithm="3",
+                                           padding=2, mac_hex_length=16, client=self._client)
+            except HsmError as exc:
+                raise _refused("M6", exc) from None
+        fields = b"00132" + PAN_HASH_KEY_TYPE.encode() + key.encode() + f"{len(data):04X}".encode()
+        return (await self.call("M6", fields + data))[1].decode("ascii")
+
+    async def encrypt_data(self, zek: str, data: bytes) -> str:
+        """M0 (CBC, a fresh random IV): IV 16H + ciphertext as hex. ``data``: whole blocks."""
+        iv = secrets.token_bytes(8).hex().upper()
+        fields = f"0101{DATA_KEY_TYPE}{zek}{iv}{len(data):04X}".encode() + data
+        out = (await self.call("M0", fields))[1].decode("ascii")
+        return out[:16] + out[20:]
+
+    async def decrypt_data(self, zek: str, stored: str) -> bytes:
+        """M2 (the HSM must be Authorised): the data `encrypt_data` protected."""
+        iv, ciphertext = stored[:16], bytes.fromhex(stored[16:])
+        fields = f"0100{DATA_KEY_TYPE}{zek}{iv}{len(ciphertext):04X}".encode() + ciphertext
+        return (await self.call("M2", fields))[1][20:]
 
     async def verify_pin_pvv(
         self,

@@ -111,6 +111,11 @@ EXPORTABLE_UNDER: dict[str, frozenset[str]] = {
     TMK_SEPARATED: frozenset({TPK_SEPARATED, TMK_SEPARATED, "003"}),
 }
 """A0 mode 1: key types each exporting key type (000 ZMK, 002 TMK) may carry."""
+DATA_KEY_TYPES = ("00A",)
+"""Key types M0/M2 encrypt and decrypt data under (ZEK)."""
+DATA_MODES = ("00", "01")
+"""M0/M2 mode flag: 00 ECB, 01 CBC (IV 16H in the request and the response)."""
+MAX_DATA_LENGTH = 4096
 MIN_DECTAB_DISTINCT = 8
 MAX_DECTAB_REPEAT = 4
 
@@ -623,6 +628,68 @@ def cmd_da(call: Call, f: Fields) -> bytes:
     return b""
 
 
+# --------------------------------------------------------------------------- data
+
+
+def _data_request(f: Fields) -> tuple[str, str, str, str, bytes, bytes]:
+    """M0/M2 fields: mode 2N, input format 1N, output format 1N, key type 3H, key,
+    IV 16H (CBC only), length 4H, data -> (mode, out format, key type, key, IV, data)."""
+    mode = f.choice(2, DATA_MODES)
+    in_format, out_format = f.choice(1, "01"), f.choice(1, "01")
+    key_type = f.text(3)
+    if key_type not in DATA_KEY_TYPES:
+        raise HsmError(f"key type {key_type} cannot encrypt data", code="04")
+    key_field = f.key()
+    iv = bytes.fromhex(f.hex(16)) if mode == "01" else bytes(crypto.DES_BLOCK)
+    data = _message(f, in_format)
+    if not data or len(data) % crypto.DES_BLOCK or len(data) > MAX_DATA_LENGTH:
+        raise HsmError("data must be whole 8-byte blocks (1-4096 bytes)", code="80")
+    return mode, out_format, key_type, key_field, iv, data
+
+
+def _cbc(key: bytes, iv: bytes, data: bytes, *, decrypt: bool) -> bytes:
+    """3DES-CBC from ``iv`` (the M0/M2 mode 01 chaining)."""
+    cipher = crypto.get_tdes_cipher(key)
+    out, chain = bytearray(), iv
+    for i in range(0, len(data), crypto.DES_BLOCK):
+        block = data[i : i + crypto.DES_BLOCK]
+        if decrypt:
+            out += crypto.xor_bytes(cipher.decrypt(block), chain)
+            chain = block
+        else:
+            chain = cipher.encrypt(crypto.xor_bytes(block, chain))
+            out += chain
+    return bytes(out)
+
+
+def _data_response(mode: str, out_format: str, iv: bytes, data: bytes) -> bytes:
+    body = data.hex().upper().encode() if out_format == "1" else data
+    head = iv.hex().upper().encode() if mode == "01" else b""
+    return head + f"{len(body):04X}".encode() + body
+
+
+def cmd_m0(call: Call, f: Fields) -> bytes:
+    """M0: encrypt data under a ZEK (ECB or CBC); M1 answers [IV] + length 4H + data."""
+    mode, out_format, key_type, key_field, iv, data = _data_request(f)
+    f.finish()
+    key = call.key(key_type, key_field)
+    if mode == "00":
+        return _data_response(mode, out_format, iv, crypto.get_tdes_cipher(key).encrypt(data))
+    return _data_response(mode, out_format, iv, _cbc(key, iv, data, decrypt=False))
+
+
+def cmd_m2(call: Call, f: Fields) -> bytes:
+    """M2: decrypt data under a ZEK. Clear card data leaves the HSM: Authorised state only
+    (ours, stricter than payShield; DECISIONS.md)."""
+    mode, out_format, key_type, key_field, iv, data = _data_request(f)
+    f.finish()
+    call.require_authorised()
+    key = call.key(key_type, key_field)
+    if mode == "00":
+        return _data_response(mode, out_format, iv, crypto.get_tdes_cipher(key).decrypt(data))
+    return _data_response(mode, out_format, iv, _cbc(key, iv, data, decrypt=True))
+
+
 # --------------------------------------------------------------------------- MACs
 
 
@@ -817,6 +884,8 @@ COMMANDS: dict[bytes, Handler] = {
     b"DA": cmd_da,
     b"M6": cmd_m6,
     b"M8": cmd_m8,
+    b"M0": cmd_m0,
+    b"M2": cmd_m2,
     b"Y0": cmd_y0,
     b"Y2": cmd_y2,
     b"Y4": cmd_y4,

@@ -157,3 +157,99 @@ async def test_alert_learns_the_sign_on_address_when_none_is_declared(
     alerts = [r.getMessage() for r in caplog.records if "ALERT" in r.getMessage()]
     assert any(f"tid={TID} settlement from unexpected peer 127.0.0.4 (last sign-on from"
                " 127.0.0.1)" in a for a in alerts), alerts
+
+
+# --------------------------------------------------------------------------- (f) PAN at rest
+
+
+def _all_bytes(db: Path) -> bytes:
+    return b"".join(Path(f"{db}{s}").read_bytes() for s in ("", "-wal", "-shm")
+                    if Path(f"{db}{s}").exists())
+
+
+async def test_no_clear_pan_at_rest_after_provisioning_and_sales(
+        tmp_path: Path, nursery: trio.Nursery) -> None:
+    """The attack: copy poshost.db and read the card numbers out of it."""
+    host, port = await _host(tmp_path, nursery)
+    db = tmp_path / "host.db"
+    t = TestTerminal(host, port, TID, MID, TMK)
+    async with t:
+        await t.sign_on()
+        from tests.conftest import CARDS
+        from tests.hostkit import TestCard, track2_of
+        pan, expiry, pin = CARDS["good"][:3]
+        card = TestCard(pan, expiry, pin, track2_of(pan, expiry), CARDS["good"][3])
+        sale = await t.sale(card, 1_000)
+        assert sale.code == "00"
+        assert (await t.refund(card, sale, 400)).code == "00"
+    data = _all_bytes(db)
+    for pan, *_ in CARDS.values():
+        assert pan.encode() not in data, "a clear PAN is stored"
+    conn = open_store(db)
+    try:
+        rows = conn.execute("SELECT pan_hash, pan_masked, pan_enc FROM cards").fetchall()
+        assert len(rows) == len(CARDS)
+        assert all(len(r["pan_hash"]) == 16 and "*" in r["pan_masked"] for r in rows)
+        assert conn.execute(
+            "SELECT count(*) FROM txns WHERE pan_hash IN (SELECT pan_hash FROM cards)"
+        ).fetchone()[0] == 2  # the sale and the refund match their card by the HSM's hash
+    finally:
+        conn.close()
+
+
+def test_card_show_reveal_needs_the_authorised_hsm(tmp_path: Path) -> None:
+    db = str(tmp_path / "test.db")
+    assert poshost("init", "--db", db, "--demo")[0] == 0
+    code, out = poshost("card", "show", "--db", db, "--pan", PAN)
+    assert code == 0 and PAN not in out and "622202*" in out, out
+    card_id = next(line.split()[1] for line in out.splitlines() if line.startswith("id "))
+    code, out = poshost("card", "show", "--db", db, "--id", card_id, "--reveal")
+    assert code == 0 and f"pan          {PAN}" in out, out  # test LMK: Authorised
+    # a live LMK: reveal only with the HSM Authorised
+    lmk = tmp_path / "lmk"
+    generate_lmk_file(lmk)
+    live = str(tmp_path / "live.db")
+    common = ("--db", live, "--lmk", str(lmk))
+    assert poshost("init", *common)[0] == 0
+    assert poshost("card", "add", "--pan", PAN, "--expiry", "3012", "--pin", "1234",
+                   "--balance", "1.00", "--authorise", *common)[0] == 0
+    code, out = poshost("card", "show", "--pan", PAN, "--reveal", *common)
+    assert code == 1 and "Authorised state" in out and PAN not in out, out
+    code, out = poshost("card", "show", "--pan", PAN, "--reveal", "--authorise", *common)
+    assert code == 0 and PAN in out, out
+    assert poshost("card", "set", "--pan", PAN, "--status", "blocked", *common)[0] == 0
+    assert "blocked" in poshost("card", "show", "--pan", PAN, *common)[1]
+
+
+async def test_an_old_database_with_clear_pans_is_upgraded(tmp_path: Path) -> None:
+    """Schema upgrade: a database from before (clear `pan`, salted hash) gets the protected
+    card table on the first command with the HSM; its records follow to the HSM's hash."""
+    from host.db import PanProtector, has_clear_pans
+    from host.hsm import check_lmk
+
+    db = tmp_path / "old.db"
+    conn = open_store(db)
+    conn.execute("DROP TABLE cards")
+    conn.execute(
+        "CREATE TABLE cards (pan TEXT PRIMARY KEY, expiry TEXT NOT NULL, pvv TEXT NOT NULL,"
+        " pvki INTEGER NOT NULL, balance INTEGER NOT NULL, limit_minor INTEGER, status TEXT"
+        " NOT NULL, pin_tries INTEGER NOT NULL DEFAULT 0, domestic INTEGER NOT NULL DEFAULT 1,"
+        " created TEXT NOT NULL, pan_hash TEXT)")
+    salted = PanProtector.load(conn).hash(PAN)
+    conn.execute("INSERT INTO cards VALUES (?, '3012', '1234', 1, 500, NULL, 'active', 0, 1,"
+                 " '2026-01-01', ?)", (PAN, salted))
+    conn.execute("INSERT INTO txns (tid, mid, batch, stan, mti, kind, pan_hash, pan_masked,"
+                 " amount, rc, rrn, created, settlement_date) VALUES ('T', 'M', 1, '000001',"
+                 " '0200', 'sale', ?, 'x', 100, '00', '1', 'now', 'today')", (salted,))
+    conn.close()
+    conn = open_store(db)  # opening alone (no HSM) keeps it readable as it was
+    assert has_clear_pans(conn)
+    hsm = HsmClient.in_process(HsmEngine.test())
+    await check_lmk(conn, hsm)
+    assert not has_clear_pans(conn)
+    row = conn.execute("SELECT * FROM cards").fetchone()
+    keys = conn.execute("SELECT value FROM meta WHERE key='pan_hash_key_lmk'").fetchone()[0]
+    assert row["pan_hash"] == await hsm.hash_pan(keys, PAN) and row["balance"] == 500
+    assert conn.execute("SELECT pan_hash FROM txns").fetchone()[0] == row["pan_hash"]
+    conn.close()
+    assert PAN.encode() not in _all_bytes(db)

@@ -292,3 +292,23 @@ def test_key_type_002_separation_keeps_tmk_tpk_and_pvk_apart(live: HsmEngine) ->
     assert run(separated, f"DC{tpk}{tpk}{dc}")[0] == "10"  # the TPK as the PVK
     # without the setting, a PVK under 002 is accepted as the TMK (what the issue found)
     assert run(live, f"A01002U;1{under_lmk(live, '002', pvk_clear)}X")[0] == "00"
+
+
+# --------------------------------------------------------------------------- (f) data keys
+
+
+def test_m0_m2_data_under_a_zek_and_m2_needs_the_authorised_state(live: HsmEngine) -> None:
+    zek_clear = crypto.generate_random_key(16)
+    zek = under_lmk(live, "00A", zek_clear)
+    data = PAN.ljust(24, "F").encode()
+    ecb = ok(live, f"M00001{'00A'}{zek}{len(data):04X}".encode() + data)
+    assert ecb == f"{48:04X}" + crypto.encrypt_tdes_ecb(zek_clear, data).hex().upper()
+    iv = "0123456789ABCDEF"
+    cbc = ok(live, f"M00101{'00A'}{zek}{iv}{len(data):04X}".encode() + data)
+    assert cbc[:16] == iv
+    request = f"M20110{'00A'}{zek}{iv}".encode() + cbc[16:].encode()
+    assert run(live, request) == ("17", b"")  # clear card data out: Authorised only
+    live.authorise(60)
+    assert run(live, request) == ("00", iv.encode() + f"{len(data):04X}".encode() + data)
+    assert run(live, f"M00001003{zek}0008ABCDEFGH")[0] == "04"  # a TAK cannot encrypt data
+    assert run(live, f"M00001{'00A'}{zek}0005ABCDE")[0] == "80"  # not whole blocks

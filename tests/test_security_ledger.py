@@ -9,6 +9,7 @@ import sqlite3
 
 from host.provision import add_card
 from specs.composite import Field61, decode_field60, encode_field61
+from specs.pretty import mask_pan
 from tests.conftest import FAR_EXPIRY, RunningHost
 from tests.hostkit import TestCard, TestTerminal, track2_of
 
@@ -31,7 +32,8 @@ def card_state(db: object, pan: str) -> tuple[int, int]:
     conn = sqlite3.connect(str(db))
     conn.row_factory = sqlite3.Row
     try:
-        row = conn.execute("SELECT balance, pan_hash FROM cards WHERE pan=?", (pan,)).fetchone()
+        row = conn.execute("SELECT balance, pan_hash FROM cards WHERE pan_masked=?",
+                           (mask_pan(pan),)).fetchone()
         settled = 0
         for t in conn.execute("SELECT * FROM txns WHERE pan_hash=?", (row["pan_hash"],)):
             approved = t["rc"] == "00" and not t["reversed"]
