@@ -1007,13 +1007,13 @@ class HsmEngine:
         self._authorised_until = (float("inf") if seconds is None
                                   else time.monotonic() + seconds)
         limit = "no time limit" if seconds is None else f"for {seconds:g} s"
-        audit_log.warning("authorised state entered by %s, %s", who, limit)
+        audit_log.info("authorised state entered by %s, %s", who, limit)
 
     def cancel_authorisation(self, *, who: str = "console") -> None:
         """Leave the Authorised state (payShield's `C` console command); logged."""
         if self._authorised_until is not None:
             self._authorised_until = None
-            audit_log.warning("authorised state cancelled by %s", who)
+            audit_log.info("authorised state cancelled by %s", who)
 
     @property
     def authorised(self) -> bool:
@@ -1022,7 +1022,7 @@ class HsmEngine:
             return False
         if time.monotonic() >= until:
             self._authorised_until = None
-            audit_log.warning("authorised state expired (time limit reached)")
+            audit_log.info("authorised state expired (time limit reached)")
             return False
         return True
 
