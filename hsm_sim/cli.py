@@ -33,6 +33,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 LAB_ONLY = "LAB HELPER: works on CLEAR keys - published test vectors only, never live keys."
 DEFAULT_PORT = 1500
 AUDIT_LOG_MODE = 0o600
+DEFAULT_AUTHORISE_WINDOW = 300.0
+"""Seconds of Authorised state a SIGUSR1 to a running `hsm-sim serve` gives."""
 
 
 def _hsm_errors(func: F) -> F:
@@ -67,10 +69,12 @@ def main() -> None:
 # --------------------------------------------------------------------------- serve
 
 
-async def _run_server(engine: HsmEngine, host: str, port: int, header_length: int) -> None:
+async def _run_server(engine: HsmEngine, host: str, port: int, header_length: int,
+                      authorise_window: float = DEFAULT_AUTHORISE_WINDOW) -> None:
     from hsm_sim.server import serve_hsm
 
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGUSR1,
+                                   signal.SIGUSR2) as signals:
         async with trio.open_nursery() as nursery:
             listeners = await nursery.start(serve_hsm, engine, host, port, header_length)
             address = listeners[0].socket.getsockname()
@@ -81,6 +85,14 @@ async def _run_server(engine: HsmEngine, host: str, port: int, header_length: in
             )
             sys.stdout.flush()
             async for signum in signals:
+                if signum == signal.SIGUSR1:  # the operator's console: authorise, time-limited
+                    engine.authorise(authorise_window, who="operator (SIGUSR1)")
+                    click.echo(f"hsm-sim: Authorised for {authorise_window:g} s", err=True)
+                    continue
+                if signum == signal.SIGUSR2:
+                    engine.cancel_authorisation(who="operator (SIGUSR2)")
+                    click.echo("hsm-sim: Authorised state cancelled", err=True)
+                    continue
                 click.echo(f"hsm-sim stopping on {signal.Signals(signum).name}", err=True)
                 nursery.cancel_scope.cancel()
                 break
@@ -140,6 +152,12 @@ def _load_engine(lmk_spec: str, header_length: int, *, authorised: bool | None =
     help="Re-open a legacy behaviour PCI settings forbid (repeatable; README 'HSM settings').",
 )
 @click.option(
+    "--authorise-window", type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_AUTHORISE_WINDOW, show_default=True, metavar="SECONDS",
+    help="Authorised time a SIGUSR1 gives the running HSM (kill -USR1 PID: the operator's"
+    " authorise command; SIGUSR2 cancels). Logged on the audit log.",
+)
+@click.option(
     "--separate-002", is_flag=True,
     help="payShield's 'Enforce key type 002 separation': TPK 70D and TMK 80D (LMK 36-37) "
     "apart from PVK 002. Hosts must then use those key types (poshost does not yet).",
@@ -148,7 +166,8 @@ def _load_engine(lmk_spec: str, header_length: int, *, authorised: bool | None =
 def serve(host: str, port: int, header_length: int, lmk_spec: str,
           audit_log: str | None, authorised: bool | None = None,
           authorised_for: float | None = None,
-          legacy: tuple[str, ...] = (), separate_002: bool = False) -> None:
+          legacy: tuple[str, ...] = (), separate_002: bool = False,
+          authorise_window: float = DEFAULT_AUTHORISE_WINDOW) -> None:
     """Run the HSM on TCP (2-byte length framing, payShield host commands).
 
     Prints one 'hsm-sim ready on HOST:PORT' line when listening; stops on SIGINT/SIGTERM.
@@ -164,7 +183,7 @@ def serve(host: str, port: int, header_length: int, lmk_spec: str,
     engine = _load_engine(lmk_spec, header_length, authorised=authorised,
                           authorised_for=authorised_for, legacy=legacy,
                           separate_002=separate_002)
-    trio.run(_run_server, engine, host, port, header_length)
+    trio.run(_run_server, engine, host, port, header_length, authorise_window)
 
 
 def _start_audit_log(path: str | None) -> None:

@@ -976,7 +976,7 @@ class HsmEngine:
         self.lmk = lmk
         self.header_length = header_length
         self.policy = policy or DEFAULT_POLICY
-        self._authorised_until: float | None = None
+        self._authorised_until: list[float | None] = [None]  # shared with header copies
         if lmk.is_test:
             log.warning("%s", "test LMK loaded: keys under it are publicly known")
         if self.policy.names():
@@ -1004,24 +1004,24 @@ class HsmEngine:
     def authorise(self, seconds: float | None = None, *, who: str = "console") -> None:
         """Enter the Authorised state (payShield's `A` console command): for ``seconds``, or
         until cancelled when None. Logged on the audit log."""
-        self._authorised_until = (float("inf") if seconds is None
-                                  else time.monotonic() + seconds)
+        self._authorised_until[0] = (float("inf") if seconds is None
+                                     else time.monotonic() + seconds)
         limit = "no time limit" if seconds is None else f"for {seconds:g} s"
         audit_log.info("authorised state entered by %s, %s", who, limit)
 
     def cancel_authorisation(self, *, who: str = "console") -> None:
         """Leave the Authorised state (payShield's `C` console command); logged."""
-        if self._authorised_until is not None:
-            self._authorised_until = None
+        if self._authorised_until[0] is not None:
+            self._authorised_until[0] = None
             audit_log.info("authorised state cancelled by %s", who)
 
     @property
     def authorised(self) -> bool:
-        until = self._authorised_until
+        until = self._authorised_until[0]
         if until is None:
             return False
         if time.monotonic() >= until:
-            self._authorised_until = None
+            self._authorised_until[0] = None
             audit_log.info("authorised state expired (time limit reached)")
             return False
         return True

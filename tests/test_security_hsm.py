@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import select
+import signal
 import socket
 import stat
 import subprocess
@@ -127,6 +128,39 @@ def test_hsm_sim_serve_authorised_state_per_lmk(tmp_path: Path) -> None:
         finally:
             proc.terminate()
             proc.wait(timeout=READY_TIMEOUT)
+
+
+def _wait_for(proc: subprocess.Popen[str], text: str) -> None:
+    assert proc.stderr is not None
+    while True:
+        ready, _, _ = select.select([proc.stderr], [], [], READY_TIMEOUT)
+        assert ready, f"no {text!r} line"
+        if text in proc.stderr.readline():
+            return
+
+
+def test_a_running_hsm_is_authorised_by_the_operator_for_a_time(tmp_path: Path) -> None:
+    """The operator's authorise command on a running HSM: SIGUSR1 (time-limited), SIGUSR2
+    cancels; both audit-logged."""
+    lmk, audit = tmp_path / "lmk", tmp_path / "audit.log"
+    generate_lmk_file(lmk)
+    ba = f"0000BA1234F{ACCOUNT}".encode()
+    proc, port = _serve("--lmk", str(lmk), "--audit-log", str(audit),
+                        "--authorise-window", "120")
+    try:
+        assert _exchange(port, ba)[:8] == b"0000BB17"
+        proc.send_signal(signal.SIGUSR1)
+        _wait_for(proc, "Authorised for 120 s")
+        assert _exchange(port, ba)[:8] == b"0000BB00"
+        proc.send_signal(signal.SIGUSR2)
+        _wait_for(proc, "Authorised state cancelled")
+        assert _exchange(port, ba)[:8] == b"0000BB17"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=READY_TIMEOUT)
+    text = audit.read_text()
+    assert "authorised state entered by operator (SIGUSR1), for 120 s" in text
+    assert "authorised state cancelled by operator (SIGUSR2)" in text
 
 
 # --------------------------------------------------------------------------- (c) export
