@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -35,6 +36,7 @@ DEFAULT_LISTEN = "127.0.0.1:5000"
 MAX_WORKERS = 64
 """Most worker processes ``poshost serve --workers`` starts."""
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+LOG_FILE_MODE = 0o600
 
 
 def _fail(message: str) -> None:
@@ -153,14 +155,20 @@ def _print_demo(rows: list[tuple[str, ...]], listen: str) -> None:
 @click.option("--terminal-peer", "terminal_peers", multiple=True, metavar="TID=CIDR",
               help="where TID's terminal connects from (repeatable): an ALERT line when its"
                    " sign-on, sign-off, settlement or upload comes from elsewhere")
+@click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="append the host's log to this file (created 0600) instead of stderr")
 def serve(listen: str, db_path: Path, hsm: str, lmk: str, demo: bool | None,
           serial_lines: tuple[str, ...], workers: int, allow_peers: tuple[str, ...] = (),
-          terminal_peers: tuple[str, ...] = ()) -> None:
+          terminal_peers: tuple[str, ...] = (), log_file: Path | None = None) -> None:
     """Run the acquiring host until SIGINT/SIGTERM."""
     host, _, port = listen.rpartition(":")
     if not port.isdigit():
         _fail(f"--listen must be HOST:PORT, not {listen!r}")
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    if log_file is not None:  # private: it names terminals, peers and masked PANs
+        os.close(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, LOG_FILE_MODE))
+        os.chmod(log_file, LOG_FILE_MODE)
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT,
+                        filename=None if log_file is None else str(log_file))
     logging.getLogger("hsm_sim.audit").setLevel(logging.WARNING)
     config = HostConfig(host or "127.0.0.1", int(port), db_path, hsm, lmk, serial_lines,
                         workers, allow_peers, terminal_peers)
