@@ -40,10 +40,13 @@ class HostConfig:
     """Terminal source addresses/networks allowed to connect (empty: any; host/peers.py)."""
     terminal_peers: tuple[str, ...] = ()
     """``TID=CIDR`` declarations: management traffic for TID from elsewhere is alerted."""
+    enforce_terminal_peers: bool = False
+    """... and, when set, not answered (the connection is closed)."""
 
     def peer_guard(self) -> PeerGuard | None:
         """The peer guard for these settings, or None when the operator set none."""
-        return guard_for(self.allow_peers, self.terminal_peers, self.serial_lines)
+        return guard_for(self.allow_peers, self.terminal_peers, self.serial_lines,
+                         self.enforce_terminal_peers)
 
 
 async def run_host(config: HostConfig, *,
@@ -107,6 +110,7 @@ async def _serve_pool(config: HostConfig, conn: sqlite3.Connection, bound: tuple
         bound,
         {"db_path": str(config.db_path), "hsm": config.hsm, "lmk": config.lmk,
          "allow_peers": config.allow_peers, "terminal_peers": config.terminal_peers,
+         "enforce_terminal_peers": config.enforce_terminal_peers,
          "serial_lines": config.serial_lines,
          "log_level": logging.getLogger().getEffectiveLevel()},
         RrnCounter.restart_base(conn), high_water)

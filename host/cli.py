@@ -155,11 +155,15 @@ def _print_demo(rows: list[tuple[str, ...]], listen: str) -> None:
 @click.option("--terminal-peer", "terminal_peers", multiple=True, metavar="TID=CIDR",
               help="where TID's terminal connects from (repeatable): an ALERT line when its"
                    " sign-on, sign-off, settlement or upload comes from elsewhere")
+@click.option("--enforce-terminal-peers", is_flag=True,
+              help="with --terminal-peer: such traffic from elsewhere is not answered (the"
+                   " connection is closed) instead of only alerted")
 @click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="append the host's log to this file (created 0600) instead of stderr")
 def serve(listen: str, db_path: Path, hsm: str, lmk: str, demo: bool | None,
           serial_lines: tuple[str, ...], workers: int, allow_peers: tuple[str, ...] = (),
-          terminal_peers: tuple[str, ...] = (), log_file: Path | None = None) -> None:
+          terminal_peers: tuple[str, ...] = (), enforce_terminal_peers: bool = False,
+          log_file: Path | None = None) -> None:
     """Run the acquiring host until SIGINT/SIGTERM."""
     host, _, port = listen.rpartition(":")
     if not port.isdigit():
@@ -171,7 +175,7 @@ def serve(listen: str, db_path: Path, hsm: str, lmk: str, demo: bool | None,
                         filename=None if log_file is None else str(log_file))
     logging.getLogger("hsm_sim.audit").setLevel(logging.WARNING)
     config = HostConfig(host or "127.0.0.1", int(port), db_path, hsm, lmk, serial_lines,
-                        workers, allow_peers, terminal_peers)
+                        workers, allow_peers, terminal_peers, enforce_terminal_peers)
     new_db = not db_path.exists()
 
     async def main() -> None:

@@ -39,7 +39,7 @@ LOOPBACK = ("127.0.0.1/32", "::1/128")
 
 
 def guard_for(allow: Iterable[str], terminal_peers: Iterable[str],
-              serial_lines: Iterable[str] = ()) -> PeerGuard | None:
+              serial_lines: Iterable[str] = (), enforce: bool = False) -> PeerGuard | None:
     """The guard for the operator's settings, or None when there are none. Serving serial
     lines adds the loopback to a non-empty allow-list (the bridges connect over it)."""
     allow, terminal_peers = tuple(allow), tuple(terminal_peers)
@@ -47,7 +47,9 @@ def guard_for(allow: Iterable[str], terminal_peers: Iterable[str],
         return None
     if allow and tuple(serial_lines):
         allow = (*allow, *LOOPBACK)
-    return PeerGuard.from_options(allow, terminal_peers)
+    guard = PeerGuard.from_options(allow, terminal_peers)
+    guard.enforce = enforce
+    return guard
 
 
 def _network(text: str) -> IpNetwork:
@@ -73,6 +75,9 @@ class PeerGuard:
 
     allowed: tuple[IpNetwork, ...] = ()
     expected: dict[str, tuple[IpNetwork, ...]] = field(default_factory=dict)
+    enforce: bool = False
+    """Management traffic for a TID with declared peers, from elsewhere, is not answered
+    (the connection is closed) rather than only alerted."""
     _last_sign_on: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -113,6 +118,11 @@ class PeerGuard:
             return None
         return (f"ALERT tid={tid} {kind} from unexpected peer {address} (last sign-on from"
                 f" {last})")
+
+    def refuses(self, tid: str) -> bool:
+        """Whether an alert for ``tid`` (from `check`) also closes the connection: enforcing,
+        and the TID's peers were declared (a learned address only alerts)."""
+        return self.enforce and tid in self.expected
 
     def _remember(self, tid: str, address: str) -> None:
         if tid not in self._last_sign_on and len(self._last_sign_on) >= MAX_LEARNED:

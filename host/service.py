@@ -186,6 +186,8 @@ class HostService:
             return await self._dispatch(ex, now)
         except ProtocolError as exc:
             return self._reject(ex, exc.response_code, now)
+        except CloseConnection:
+            raise
         except (HsmError, HostError) as exc:
             log.error("tid=%s internal failure: %s", doc.get("41"), exc)
             return self._reject(ex, rules.SYSTEM_MALFUNCTION, now)
@@ -249,6 +251,8 @@ class HostService:
             alert = self.guard.check(terminal.tid, kind.name, ex.peer)
             if alert is not None:
                 log.warning("%s", alert)
+                if self.guard.refuses(terminal.tid):
+                    raise CloseConnection(f"{alert}: refused (--enforce-terminal-peers)")
         if kind.name == "sign_on":
             return await self._sign_on(ex, now)
         if kind.name in ("sign_off", "echo_test"):

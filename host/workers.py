@@ -359,7 +359,8 @@ async def serve_worker(config: dict[str, Any]) -> None:
             rrns = RrnCounter(config["rrn_base"], step=config["count"], offset=config["index"])
             store = RemoteStore(channel, rrns)
             guard = guard_for(config.get("allow_peers", ()), config.get("terminal_peers", ()),
-                              config.get("serial_lines", ()))
+                              config.get("serial_lines", ()),
+                              config.get("enforce_terminal_peers", False))
             service = HostService(hsm, store, rrns, conn, pvk, guard)
             stop = trio.Event()
             async with trio.open_nursery() as nursery:

@@ -80,7 +80,7 @@ async def test_database_and_its_wal_and_shm_are_private(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- (g)
 
 
-async def _host(tmp_path: Path, nursery: trio.Nursery, **settings: tuple[str, ...]
+async def _host(tmp_path: Path, nursery: trio.Nursery, **settings: object
                 ) -> tuple[str, int]:
     db = tmp_path / "host.db"
     await provision(db, HsmClient.in_process(HsmEngine.test()))
@@ -134,6 +134,33 @@ async def test_alert_on_management_traffic_from_an_unexpected_peer(
     alerts = [r.getMessage() for r in caplog.records if "ALERT" in r.getMessage()]
     assert any(f"tid={TID} sign_on from unexpected peer 127.0.0.3" in a for a in alerts)
     assert any(f"tid={TID} settlement from unexpected peer 127.0.0.3" in a for a in alerts)
+
+
+async def test_enforced_terminal_peers_leave_a_rogue_sign_on_unanswered(
+        tmp_path: Path, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture) -> None:
+    """The attack: from inside the network, sign on as another terminal (its keys change, its
+    real terminal gets A0) or settle its batch. Declared and enforced: closed unanswered."""
+    caplog.set_level(logging.WARNING, logger="poshost")
+    host, port = await _host(tmp_path, nursery, terminal_peers=(f"{TID}=127.0.0.1",),
+                             enforce_terminal_peers=True)
+    good = await _terminal_from(host, port, "127.0.0.1")
+    try:
+        assert (await good.sign_on()).code == "00"
+        keys = good.mak
+        rogue = await _terminal_from(host, port, "127.0.0.5")
+        with pytest.raises((AssertionError, trio.BrokenResourceError)):
+            await rogue.sign_on()
+        await rogue.__aexit__()
+        await good.reconnect()
+        assert good.mak == keys
+        from tests.conftest import CARDS
+        from tests.hostkit import TestCard, track2_of
+        pan, expiry, pin, balance = CARDS["good"][:4]
+        card = TestCard(pan, expiry, pin, track2_of(pan, expiry), balance)
+        assert (await good.sale(card, 100)).code == "00"  # its keys were not changed
+    finally:
+        await good.__aexit__()
+    assert any("refused (--enforce-terminal-peers)" in r.getMessage() for r in caplog.records)
 
 
 async def test_alert_learns_the_sign_on_address_when_none_is_declared(
