@@ -225,12 +225,23 @@ async def _stop_on_signal(stop: trio.Event) -> None:
 @hsm_options
 @click.option("--demo", is_flag=True, help="add the demo merchant, terminal and cards")
 @authorise_option
-def init(db_path: Path, hsm: str, lmk: str, demo: bool, authorise: bool = False) -> None:
+@click.option("--separate-002", is_flag=True,
+              help="the HSM enforces key type 002 separation (payShield PCI setting): keep"
+                   " TPKs as 70D and TMKs as 80D (a TCP hsm-sim needs --separate-002 too)")
+def init(db_path: Path, hsm: str, lmk: str, demo: bool, authorise: bool = False,
+         separate_002: bool = False) -> None:
     """Create the database (bound to the HSM's LMK), optionally with demo data."""
     async def go(client: HsmClient) -> None:
-        from host.hsm import check_lmk, ensure_pvk
+        from host.db import get_meta, set_meta
+        from host.errors import ConfigError
+        from host.hsm import SEPARATION_META, check_lmk, ensure_pvk
         conn = open_store(db_path)
         try:
+            if separate_002 and get_meta(conn, SEPARATION_META) != "1":
+                if conn.execute("SELECT 1 FROM terminals").fetchone():
+                    raise ConfigError("--separate-002 is chosen when the database is created:"
+                                      " this one already has terminals under 002")
+                set_meta(conn, SEPARATION_META, "1")
             await check_lmk(conn, client)
             await ensure_pvk(conn, client)
         finally:

@@ -95,8 +95,18 @@ async def check_lmk(conn: sqlite3.Connection, client: HsmClient) -> str:
             f"this database's keys are under the LMK with check value {stored}, but the HSM"
             f" has {kcv}: use the same --lmk / --hsm as when it was provisioned"
         )
+    apply_key_type_setting(conn, client)
     await ensure_pan_keys(conn, client)
     return kcv
+
+
+SEPARATION_META = "key_type_002_separation"
+
+
+def apply_key_type_setting(conn: sqlite3.Connection, client: HsmClient) -> None:
+    """Use the key types this database was provisioned with (`poshost init --separate-002`:
+    TPK 70D, TMK 80D; else 002)."""
+    client.use_002_separation(get_meta(conn, SEPARATION_META) == "1")
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ from host.db import PanProtector, has_clear_pans, open_store
 from host.errors import ConfigError
 from host.hsm import (
     NOT_AUTHORISED,
-    TMK_TYPE,
     check_lmk,
     encrypt_pan,
     ensure_pan_keys,
@@ -81,9 +80,9 @@ async def add_terminal(db_path: Path | str, hsm: HsmClient, tid: str, mid: str,
             if tmk_hex is not None:
                 if len(tmk_hex) != 32 or any(c not in "0123456789abcdefABCDEF" for c in tmk_hex):
                     raise ConfigError("--tmk must be 32 hex digits (a double-length key)")
-                tmk = await hsm.import_clear_key(TMK_TYPE, tmk_hex)
+                tmk = await hsm.import_clear_key(hsm.tmk_type, tmk_hex)
             else:
-                tmk, components = await hsm.generate_key_components(TMK_TYPE)
+                tmk, components = await hsm.generate_key_components(hsm.tmk_type)
                 result["components"] = components
         except HsmError as exc:
             if exc.code == NOT_AUTHORISED:

@@ -38,7 +38,7 @@ import trio
 
 from host.db import connect
 from host.errors import ConfigError, StoreError
-from host.hsm import ensure_pvk, open_hsm
+from host.hsm import apply_key_type_setting, ensure_pvk, open_hsm
 from host.ipc import IPC_RECEIVE_CHUNK, IpcDecoder, IpcError, encode_ipc
 from host.ledger import RrnCounter, persist_rrn_high_water
 from host.ops import KEY_CHANGES, LocalStore
@@ -355,6 +355,7 @@ async def serve_worker(config: dict[str, Any]) -> None:
     conn = connect(Path(config["db_path"]))
     try:
         async with open_hsm(config["hsm"], config["lmk"]) as (hsm, _):
+            apply_key_type_setting(conn, hsm)
             pvk = await ensure_pvk(conn, hsm)  # the parent made it: this only reads
             rrns = RrnCounter(config["rrn_base"], step=config["count"], offset=config["index"])
             store = RemoteStore(channel, rrns)

@@ -11,7 +11,7 @@ connection guarded by a lock, reconnects once when it breaks, bounds every call 
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import trio
@@ -182,8 +182,26 @@ class HsmClient:
         self.header = header
         self._engine: HsmEngine | None = None
         self._client = ""
+        self.separate_002 = False
+        """Key type 002 separation (the HSM's setting): TPK 70D, TMK 80D, PVK 002."""
         if isinstance(transport, InProcessTransport):
             self._engine, self._client = transport.engine, transport.client
+
+    def use_002_separation(self, on: bool) -> None:
+        """Use TPK 70D / TMK 80D (payShield's "key type 002 separation") or 002 for all
+        three. An in-process HSM is switched with the client; a TCP HSM must have the same
+        setting (`hsm-sim serve --separate-002`)."""
+        self.separate_002 = on
+        if self._engine is not None and self._engine.policy.separate_002 != on:
+            self._engine.policy = replace(self._engine.policy, separate_002=on)
+
+    @property
+    def tmk_type(self) -> str:
+        return "80D" if self.separate_002 else "002"
+
+    @property
+    def tpk_type(self) -> str:
+        return "70D" if self.separate_002 else "002"
 
     @classmethod
     def in_process(cls, engine: HsmEngine) -> HsmClient:
@@ -261,13 +279,16 @@ class HsmClient:
 
     async def generate_terminal_keys(self, tmk: str) -> TerminalKeys:
         """A0 mode 1 under a TMK (scheme X, plain 3DES-ECB) for a TPK and a TAK, + BU."""
-        pik = await self._terminal_key(tmk, "002", "02")
+        pik = await self._terminal_key(tmk, self.tpk_type, "02")
         mak = await self._terminal_key(tmk, "003", "03")
         return TerminalKeys(*pik, *mak)
 
     async def key_check_value(self, key_type_code: str, key: str) -> str:
-        """BU: the 16H check value of a key under the LMK."""
+        """BU: the 16H check value of a key under the LMK (code 02 follows the TPK type:
+        `FF;70D` under key type 002 separation)."""
         flag = {8: "0", 16: "1", 24: "2"}.get(len(parse_key_field(key)[1]), "0")
+        if key_type_code == "02" and self.separate_002:
+            return (await self._text("BU", f"FF{flag}{key};{self.tpk_type}"))[:16]
         return (await self._text("BU", f"{key_type_code}{flag}{key}"))[:16]
 
     @staticmethod

@@ -18,7 +18,8 @@ from host.app import HostConfig, run_host
 from host.cli import main
 from host.db import open_store
 from hsm_sim.client import HsmClient
-from hsm_sim.commands import HsmEngine
+from hsm_sim.commands import HsmEngine, SecurityPolicy
+from hsm_sim.errors import HsmError
 from hsm_sim.lmk import generate_lmk_file
 from specs.composite import SettlementTotals, Totals
 from tests.conftest import MID, TID, TMK, provision
@@ -302,3 +303,50 @@ def test_host_log_file_is_private(tmp_path: Path) -> None:
     finally:
         proc.kill()
     assert mode_of(log) == 0o600 and "listening on" in log.read_text()
+
+
+async def test_the_host_runs_on_an_hsm_with_key_type_002_separation(
+        tmp_path: Path, nursery: trio.Nursery) -> None:
+    """`poshost init --separate-002`: TMKs are 80D and TPKs 70D end to end (sign-on, PIN
+    verification, MAC), so the host works with a payShield in that PCI mode."""
+    from host.db import set_meta
+    from host.hsm import SEPARATION_META
+    from tests.conftest import CARDS
+    from tests.hostkit import TestCard, track2_of
+
+    db = tmp_path / "host.db"
+    conn = open_store(db)
+    set_meta(conn, SEPARATION_META, "1")
+    conn.close()
+    hsm = HsmClient.in_process(HsmEngine.test())
+    await provision(db, hsm)
+    separated = HsmEngine.test(policy=SecurityPolicy(separate_002=True))
+    conn = open_store(db)
+    tmk_lmk = conn.execute("SELECT tmk_lmk FROM terminals").fetchone()[0]
+    conn.close()
+    assert separated.lmk.decrypt_key("80D", tmk_lmk)  # odd parity under the TMK variant
+    config = HostConfig(listen_host="127.0.0.1", listen_port=0, db_path=db)
+    host, port = await nursery.start(run_host, config)
+    pan, expiry, pin, balance = CARDS["good"][:4]
+    card = TestCard(pan, expiry, pin, track2_of(pan, expiry), balance)
+    async with TestTerminal(host, port, TID, MID, TMK) as t:
+        assert (await t.sign_on()).code == "00"
+        assert (await t.sale(card, 100)).code == "00"
+        assert (await t.sale(card, 100, pin="9999")).code == "55"
+    conn = open_store(db)
+    pik_lmk = conn.execute("SELECT pik_lmk FROM terminals").fetchone()[0]
+    conn.close()
+    assert separated.lmk.decrypt_key("70D", pik_lmk)
+    with pytest.raises(HsmError):  # the TPK is no 002 key any more
+        separated.lmk.decrypt_key("002", pik_lmk)
+
+
+def test_init_separate_002_only_on_a_new_database(tmp_path: Path) -> None:
+    db = str(tmp_path / "sep.db")
+    code, out = poshost("init", "--db", db, "--demo", "--separate-002")
+    assert code == 0, out
+    assert poshost("init", "--db", db, "--separate-002")[0] == 0  # same setting: fine
+    plain = str(tmp_path / "plain.db")
+    assert poshost("init", "--db", plain, "--demo")[0] == 0
+    code, out = poshost("init", "--db", plain, "--separate-002")
+    assert code == 1 and "already has terminals" in out, out
