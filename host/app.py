@@ -20,6 +20,7 @@ from host.hsm import check_lmk, ensure_pvk, open_hsm
 from host.ledger import Ledger, RrnCounter
 from host.ops import LocalStore
 from host.pcap import open_tap
+from host.peers import PeerGuard, guard_for
 from host.server import Server
 from host.service import HostService
 from host.workers import RrnHighWater, WorkerPool, reserve_port
@@ -64,6 +65,17 @@ class HostConfig:
     """A TLS listener beside the plain one (served by every worker with --workers N)."""
     pcap: Path | None = None
     """Write every frame of every terminal connection to this pcap file (serve --pcap)."""
+    allow_peers: tuple[str, ...] = ()
+    """Terminal source addresses/networks allowed to connect (empty: any; host/peers.py)."""
+    terminal_peers: tuple[str, ...] = ()
+    """``TID=CIDR`` declarations: management traffic for TID from elsewhere is alerted."""
+    enforce_terminal_peers: bool = False
+    """... and, when set, not answered (the connection is closed)."""
+
+    def peer_guard(self) -> PeerGuard | None:
+        """The peer guard for these settings, or None when the operator set none."""
+        return guard_for(self.allow_peers, self.terminal_peers, self.serial_lines,
+                         self.enforce_terminal_peers)
 
 
 async def run_host(config: HostConfig, *,
@@ -95,7 +107,8 @@ async def run_host(config: HostConfig, *,
             rrns = RrnCounter.load(conn)
             writer = Writer(Path(config.db_path), before_commit=rrns.persist)
             store = LocalStore(writer, Ledger(PanProtector.load(conn)))
-            service = HostService(hsm, store, rrns, conn, pvk)
+            guard = config.peer_guard()
+            service = HostService(hsm, store, rrns, conn, pvk, guard)
             async with trio.open_nursery() as nursery:
                 await nursery.start(writer.run)
                 await nursery.start(serve_serial_lines, config.serial_lines, host, port)
@@ -105,9 +118,8 @@ async def run_host(config: HostConfig, *,
                              " (mutual TLS)" if config.tls.client_ca else "")
                 task_status.started((host, port))
                 with open_tap(config.pcap) as tap:
-                    await Server(service, tap=tap).serve(listeners, stop,
-                                                         tls_listeners=tls_listeners,
-                                                         tls_context=tls_context)
+                    await Server(service, tap=tap, guard=guard).serve(
+                        listeners, stop, tls_listeners=tls_listeners, tls_context=tls_context)
                 nursery.cancel_scope.cancel()  # connections drained: stop the writer
     finally:
         conn.close()
@@ -144,6 +156,9 @@ async def _serve_pool(config: HostConfig, conn: sqlite3.Connection, bound: tuple
         config.workers, LocalStore(writer, Ledger(PanProtector.load(conn))),
         bound,
         {"db_path": str(config.db_path), "hsm": config.hsm, "lmk": config.lmk,
+         "allow_peers": config.allow_peers, "terminal_peers": config.terminal_peers,
+         "enforce_terminal_peers": config.enforce_terminal_peers,
+         "serial_lines": config.serial_lines,
          "log_level": logging.getLogger().getEffectiveLevel(), "tls": _tls_settings(config)},
         RrnCounter.restart_base(conn), high_water)
     async with trio.open_nursery() as nursery:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -35,6 +36,7 @@ DEFAULT_LISTEN = "127.0.0.1:5000"
 MAX_WORKERS = 64
 """Most worker processes ``poshost serve --workers`` starts."""
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+LOG_FILE_MODE = 0o600
 
 
 def _fail(message: str) -> None:
@@ -74,9 +76,16 @@ def hsm_options(f: Callable[..., Any]) -> Callable[..., Any]:
                              " tls://HOST:PORT[?ca=FILE][&cert=FILE&key=FILE]")(f)
 
 
-def with_hsm(fn: Callable[..., Awaitable[T]], hsm: str, lmk: str) -> T:
+authorise_option = click.option(
+    "--authorise", is_flag=True,
+    help="embedded HSM on a live LMK: enter the Authorised state for this command (logged);"
+         " needed for clear PINs/keys (card add, terminal add --tmk); automatic on the test LMK")
+
+
+def with_hsm(fn: Callable[..., Awaitable[T]], hsm: str, lmk: str,
+             authorise: bool = False) -> T:
     async def main() -> T:
-        async with open_hsm(hsm, lmk) as (client, info):
+        async with open_hsm(hsm, lmk, True if authorise else None) as (client, info):
             if info.test_lmk:
                 click.echo(TEST_LMK_WARNING_TEXT, err=True)
             return await fn(client)
@@ -173,25 +182,45 @@ def _tls_listen(listen_tls: str | None, cert: Path | None, key: Path | None,
 @click.option("--workers", type=click.IntRange(0, MAX_WORKERS), default=0, show_default=True,
               help="processes for the message path in front of the one writer"
                    " (0: one process; about the number of cores for throughput)")
+@click.option("--allow-peer", "allow_peers", multiple=True, metavar="CIDR",
+              help="terminal source address or network allowed to connect (repeatable);"
+                   " connections from elsewhere are closed at accept. Default: any")
+@click.option("--terminal-peer", "terminal_peers", multiple=True, metavar="TID=CIDR",
+              help="where TID's terminal connects from (repeatable): an ALERT line when its"
+                   " sign-on, sign-off, settlement or upload comes from elsewhere")
+@click.option("--enforce-terminal-peers", is_flag=True,
+              help="with --terminal-peer: such traffic from elsewhere is not answered (the"
+                   " connection is closed) instead of only alerted")
+@click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="append the host's log to this file (created 0600) instead of stderr")
 @tls_serve_options
 def serve(listen: str, db_path: Path, hsm: str, lmk: str, demo: bool | None,
-          serial_lines: tuple[str, ...], workers: int, listen_tls: str | None,
-          tls_cert: Path | None, tls_key: Path | None, tls_client_ca: Path | None,
-          pcap: Path | None) -> None:
+          serial_lines: tuple[str, ...], workers: int, listen_tls: str | None = None,
+          tls_cert: Path | None = None, tls_key: Path | None = None,
+          tls_client_ca: Path | None = None, pcap: Path | None = None,
+          allow_peers: tuple[str, ...] = (),
+          terminal_peers: tuple[str, ...] = (), enforce_terminal_peers: bool = False,
+          log_file: Path | None = None) -> None:
     """Run the acquiring host until SIGINT/SIGTERM."""
     host, _, port = listen.rpartition(":")
     if not port.isdigit():
         _fail(f"--listen must be HOST:PORT, not {listen!r}")
     tls = _tls_listen(listen_tls, tls_cert, tls_key, tls_client_ca)
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    if log_file is not None:  # private: it names terminals, peers and masked PANs
+        os.close(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, LOG_FILE_MODE))
+        os.chmod(log_file, LOG_FILE_MODE)
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT,
+                        filename=None if log_file is None else str(log_file))
     logging.getLogger("hsm_sim.audit").setLevel(logging.WARNING)
     config = HostConfig(host or "127.0.0.1", int(port), db_path, hsm, lmk, serial_lines,
-                        workers, tls=tls, pcap=pcap)
+                        workers, tls=tls, pcap=pcap, allow_peers=allow_peers,
+                        terminal_peers=terminal_peers,
+                        enforce_terminal_peers=enforce_terminal_peers)
     new_db = not db_path.exists()
 
     async def main() -> None:
         if new_db and (demo or (demo is None and lmk == "test" and hsm == "embedded")):
-            async with open_hsm(hsm, lmk) as (client, _):
+            async with open_hsm(hsm, lmk, None) as (client, _):
                 _print_demo(await init_demo(db_path, client), listen)
         stop = trio.Event()
         async with trio.open_nursery() as nursery:
@@ -238,12 +267,24 @@ async def _stop_on_signal(stop: trio.Event) -> None:
 @db_option
 @hsm_options
 @click.option("--demo", is_flag=True, help="add the demo merchant, terminal and cards")
-def init(db_path: Path, hsm: str, lmk: str, demo: bool) -> None:
+@authorise_option
+@click.option("--separate-002", is_flag=True,
+              help="the HSM enforces key type 002 separation (payShield PCI setting): keep"
+                   " TPKs as 70D and TMKs as 80D (a TCP hsm-sim needs --separate-002 too)")
+def init(db_path: Path, hsm: str, lmk: str, demo: bool, authorise: bool = False,
+         separate_002: bool = False) -> None:
     """Create the database (bound to the HSM's LMK), optionally with demo data."""
     async def go(client: HsmClient) -> None:
-        from host.hsm import check_lmk, ensure_pvk
+        from host.db import get_meta, set_meta
+        from host.errors import ConfigError
+        from host.hsm import SEPARATION_META, check_lmk, ensure_pvk
         conn = open_store(db_path)
         try:
+            if separate_002 and get_meta(conn, SEPARATION_META) != "1":
+                if conn.execute("SELECT 1 FROM terminals").fetchone():
+                    raise ConfigError("--separate-002 is chosen when the database is created:"
+                                      " this one already has terminals under 002")
+                set_meta(conn, SEPARATION_META, "1")
             await check_lmk(conn, client)
             await ensure_pvk(conn, client)
         finally:
@@ -251,7 +292,7 @@ def init(db_path: Path, hsm: str, lmk: str, demo: bool) -> None:
         if demo:
             _print_demo(await init_demo(db_path, client), DEFAULT_LISTEN)
         click.echo(f"database ready: {db_path}")
-    with_hsm(go, hsm, lmk)
+    with_hsm(go, hsm, lmk, authorise)
 
 
 # --------------------------------------------------------------------------- provisioning
@@ -325,9 +366,11 @@ def terminal() -> None:
               show_default=True)
 @db_option
 @hsm_options
+@authorise_option
 def terminal_add(tid: str, mid: str, tmk: str | None, mac: str, db_path: Path, hsm: str,
-                 lmk: str) -> None:
-    result = with_hsm(lambda c: provision.add_terminal(db_path, c, tid, mid, tmk, mac), hsm, lmk)
+                 lmk: str, authorise: bool = False) -> None:
+    result = with_hsm(lambda c: provision.add_terminal(db_path, c, tid, mid, tmk, mac), hsm, lmk,
+                      authorise)
     click.echo(f"terminal {tid} added (merchant {mid}, MAC {mac}), TMK check value"
                f" {result['tmk_kcv']}")
     components = result.get("components")
@@ -346,8 +389,9 @@ def terminal_add(tid: str, mid: str, tmk: str | None, mac: str, db_path: Path, h
               show_default=True)
 @db_option
 @hsm_options
+@authorise_option
 def terminal_add_range(prefix: str, count: int, mid: str, tmk: str, mac: str, db_path: Path,
-                       hsm: str, lmk: str) -> None:
+                       hsm: str, lmk: str, authorise: bool = False) -> None:
     """COUNT terminals named as `posterm load --tid-prefix PREFIX` expects, for load tests."""
     try:
         tids = terminal_ids(prefix, count)
@@ -358,7 +402,7 @@ def terminal_add_range(prefix: str, count: int, mid: str, tmk: str, mac: str, db
         for tid in tids:
             await provision.add_terminal(db_path, client, tid, mid, tmk, mac)
 
-    with_hsm(go, hsm, lmk)
+    with_hsm(go, hsm, lmk, authorise)
     click.echo(f"terminals {tids[0]}..{tids[-1]} added (merchant {mid}, MAC {mac})")
 
 
@@ -385,12 +429,15 @@ def card() -> None:
 @click.option("--psn", default="01", show_default=True, help="PAN sequence number (chip)")
 @db_option
 @hsm_options
+@authorise_option
 def card_add(pan: str, expiry: str, pin: str, balance: str, limit: str | None, status: str,
-             chip: bool, psn: str, db_path: Path, hsm: str, lmk: str) -> None:
+             chip: bool, psn: str, db_path: Path, hsm: str, lmk: str,
+             authorise: bool = False) -> None:
     """An issuer-simulator card. Domestic (CUP, BIN 62) or foreign follows the BIN."""
     amount, cap = parse_amount(balance), None if limit is None else parse_amount(limit)
     with_hsm(lambda c: provision.add_card(db_path, c, pan, expiry, pin, amount, cap, status,
-                                          chip_psn=psn if chip else None), hsm, lmk)
+                                          chip_psn=psn if chip else None),
+             hsm, lmk, authorise)
     click.echo(f"card {reports.mask_pan(pan)} added" + (f" (chip, PSN {psn})" if chip else ""))
 
 
@@ -432,12 +479,35 @@ def issuer_key_list(db_path: Path) -> None:
 @click.option("--status", type=click.Choice(["active", "lost", "stolen", "blocked"]))
 @click.option("--reset-pin-tries", is_flag=True, help="clear the wrong-PIN counter (ends 75)")
 @db_option
-def card_set(pan: str, status: str | None, reset_pin_tries: bool, db_path: Path) -> None:
+@hsm_options
+def card_set(pan: str, status: str | None, reset_pin_tries: bool, db_path: Path,
+             hsm: str = "embedded", lmk: str = "test") -> None:
+    """Change a card's status or reset its PIN tries (the card is found by the HSM's keyed
+    hash of the PAN: no clear PAN is stored)."""
+    pan_hash = with_hsm(lambda c: provision.card_hash(db_path, c, pan), hsm, lmk)
     try:
-        provision.set_card_status(db_path, pan, status, reset_pin_tries)
+        provision.set_card_status(db_path, pan, status, reset_pin_tries, pan_hash=pan_hash)
     except HostError as exc:
         _fail(str(exc))
     click.echo("card updated")
+
+
+@card.command("show")
+@click.option("--pan", default=None, help="the card's PAN")
+@click.option("--id", "card_id", default=None, help="the card's id (as `card list` shows it)")
+@click.option("--reveal", is_flag=True,
+              help="show the clear PAN, decrypted by the HSM (it must be Authorised: automatic"
+                   " on the test LMK's embedded HSM, else --authorise / hsm-sim --authorised)")
+@db_option
+@hsm_options
+@authorise_option
+def card_show(pan: str | None, card_id: str | None, reveal: bool, db_path: Path, hsm: str,
+              lmk: str, authorise: bool = False) -> None:
+    """One card: masked PAN, expiry, balance, status; --reveal for the clear PAN."""
+    card = with_hsm(lambda c: provision.show_card(db_path, c, pan, card_id, reveal), hsm, lmk,
+                    authorise)
+    for key, value in card.items():
+        click.echo(f"{key:12} {value}")
 
 
 @card.command("list")

@@ -1,14 +1,19 @@
 """The SQLite store: schema, connections (WAL, synchronous=FULL) and small typed readers.
 
 Only the writer task (host/writer.py) and the provisioning commands write; everything else
-reads. Full PANs live only in the issuer simulator's card table; acquirer records keep a keyed
-hash (to match card against card) and the masked PAN.
+reads. No clear PAN at rest: every table keys cards by the PAN's keyed hash, computed by the
+HSM under a key that never leaves it (host/hsm.py), and shows the masked PAN; the issuer
+simulator's card table also holds the PAN encrypted under a data key (ZEK) through the HSM,
+for `poshost card show --reveal`. Databases made before keep a clear `pan` column until the
+first command that reaches the HSM upgrades them (`host.hsm.ensure_pan_keys`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
+import os
 import secrets
 import sqlite3
 from dataclasses import dataclass
@@ -17,6 +22,9 @@ from pathlib import Path
 from specs.pretty import mask_pan
 
 BUSY_TIMEOUT_MS = 10_000
+DB_FILE_MODE = 0o600
+"""The database, its -wal and -shm hold keys under the LMK, PVVs and card data: owner only."""
+SIDE_FILES = ("-wal", "-shm", "-journal")
 SCHEMA_VERSION = "1"
 
 SCHEMA = """
@@ -29,10 +37,11 @@ CREATE TABLE IF NOT EXISTS terminals (
     pik_lmk TEXT, pik_kcv TEXT, mak_lmk TEXT, mak_kcv TEXT, keys_at TEXT,
     batch INTEGER, created TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS cards (
-    pan TEXT PRIMARY KEY, expiry TEXT NOT NULL, pvv TEXT NOT NULL, pvki INTEGER NOT NULL,
+    pan_hash TEXT PRIMARY KEY, pan_masked TEXT NOT NULL, pan_enc TEXT NOT NULL,
+    expiry TEXT NOT NULL, pvv TEXT NOT NULL, pvki INTEGER NOT NULL,
     balance INTEGER NOT NULL, limit_minor INTEGER, status TEXT NOT NULL,
     pin_tries INTEGER NOT NULL DEFAULT 0, domestic INTEGER NOT NULL DEFAULT 1,
-    created TEXT NOT NULL, pan_hash TEXT);
+    created TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS batches (
     tid TEXT NOT NULL, batch INTEGER NOT NULL, state TEXT NOT NULL,
     opened_at TEXT NOT NULL, closed_at TEXT, host_totals TEXT, terminal_totals TEXT,
@@ -70,7 +79,11 @@ CREATE TABLE IF NOT EXISTS exceptions (
 
 
 def connect(db_path: Path | str, *, check_same_thread: bool = True) -> sqlite3.Connection:
-    """A connection in WAL mode with synchronous=FULL, autocommit (explicit BEGIN)."""
+    """A connection in WAL mode with synchronous=FULL, autocommit (explicit BEGIN).
+
+    The file is created 0600 (SQLite gives -wal and -shm the database file's mode); an older
+    database open to group or others is narrowed to 0600, side files included."""
+    make_private(db_path)
     conn = sqlite3.connect(
         str(db_path), isolation_level=None, check_same_thread=check_same_thread,
         timeout=BUSY_TIMEOUT_MS / 1000,
@@ -80,7 +93,26 @@ def connect(db_path: Path | str, *, check_same_thread: bool = True) -> sqlite3.C
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA foreign_keys=ON")
+    make_private(db_path, side_files=True)
     return conn
+
+
+def make_private(db_path: Path | str, *, side_files: bool = False) -> None:
+    """Create the database file 0600 when missing; narrow it (and its -wal/-shm/-journal
+    when ``side_files``) to 0600 when open to group or others."""
+    if str(db_path) == ":memory:" or str(db_path).startswith("file:"):
+        return
+    path = Path(db_path)
+    if not path.exists():
+        with contextlib.suppress(OSError):  # a missing directory: sqlite3 says so
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, DB_FILE_MODE))
+    paths = [path] + ([path.with_name(path.name + s) for s in SIDE_FILES] if side_files else [])
+    for p in paths:
+        try:
+            if os.stat(p).st_mode & 0o077:
+                os.chmod(p, DB_FILE_MODE)
+        except OSError:
+            continue
 
 
 def initialise(conn: sqlite3.Connection) -> None:
@@ -94,9 +126,22 @@ def initialise(conn: sqlite3.Connection) -> None:
     ensure_chip_schema(conn)
 
 
+CARDS_COLUMNS = ("pan_hash", "pan_masked", "pan_enc", "expiry", "pvv", "pvki", "balance",
+                 "limit_minor", "status", "pin_tries", "domestic", "created")
+"""The card table's columns (after the clear-PAN upgrade)."""
+
+
+def has_clear_pans(conn: sqlite3.Connection) -> bool:
+    """Whether the card table is still the old one with a clear `pan` column."""
+    return "pan" in {row[1] for row in conn.execute("PRAGMA table_info(cards)")}
+
+
 def _hash_card_pans(conn: sqlite3.Connection) -> None:
-    """Give every card its keyed PAN hash (databases made before cards carried it)."""
+    """Old card tables (clear `pan`): give every card its salted PAN hash until the HSM
+    upgrade replaces both (host.hsm.ensure_pan_keys)."""
     columns = {row[1] for row in conn.execute("PRAGMA table_info(cards)")}
+    if "pan" not in columns:
+        return
     if "pan_hash" not in columns:
         conn.execute("ALTER TABLE cards ADD COLUMN pan_hash TEXT")
     conn.execute("CREATE INDEX IF NOT EXISTS cards_pan_hash ON cards (pan_hash)")
@@ -166,7 +211,7 @@ def load_terminal(conn: sqlite3.Connection, tid: str) -> Terminal | None:
 
 @dataclass(frozen=True)
 class Card:
-    """The issuer simulator's card (PIN only as a PVV)."""
+    """The issuer simulator's card (PIN only as a PVV; `pan` is the masked PAN)."""
 
     pan: str
     expiry: str
@@ -179,10 +224,11 @@ class Card:
     domestic: bool
 
 
-def load_card(conn: sqlite3.Connection, pan: str) -> Card | None:
+def load_card(conn: sqlite3.Connection, pan_hash: str) -> Card | None:
+    """The card whose PAN has this keyed hash (`HsmClient.hash_pan`); its `pan` is masked."""
     row = conn.execute(
-        "SELECT pan, expiry, pvv, pvki, balance, limit_minor, status, pin_tries, domestic"
-        " FROM cards WHERE pan = ?", (pan,),
+        "SELECT pan_masked, expiry, pvv, pvki, balance, limit_minor, status, pin_tries,"
+        " domestic FROM cards WHERE pan_hash = ?", (pan_hash,),
     ).fetchone()
     if row is None:
         return None

@@ -96,13 +96,16 @@ class Request:
     """The RRN of the answer (numbered by the message path; a reversal answers with its
     original's)."""
     pin: PinResult = PinResult.ABSENT
+    pan_hash: str = ""
+    """The card's keyed hash, computed by the HSM on the message path (the ledger cannot
+    await it); empty when the request carries no PAN."""
     chip: chip.ChipFacts | None = None
     """What the message path learned from a chip request's ARQC (KW), None otherwise."""
 
     def __reduce__(self) -> tuple[object, tuple[object, ...]]:
         """Pickled by kind name (what crosses from a worker process to the writer)."""
         return (_request, (self.kind.name, self.doc, self.digest, self.now, self.rrn,
-                           self.pin, self.chip))
+                           self.pin, self.pan_hash, self.chip))
 
     @cached_property
     def tid(self) -> str:
@@ -118,8 +121,9 @@ class Request:
 
 
 def _request(kind: str, doc: Message, digest: str, now: datetime, rrn: str,
-             pin: PinResult, chip_facts: chip.ChipFacts | None = None) -> Request:
-    return Request(KINDS[kind], doc, digest, now, rrn, pin, chip_facts)
+             pin: PinResult, pan_hash: str = "",
+             chip_facts: chip.ChipFacts | None = None) -> Request:
+    return Request(KINDS[kind], doc, digest, now, rrn, pin, pan_hash, chip_facts)
 
 
 def _txn(row: sqlite3.Row | None) -> Txn | None:
@@ -169,13 +173,13 @@ class Ledger:
     def _terminal_mid(self, conn: sqlite3.Connection, tid: str) -> str:
         return conn.execute("SELECT mid FROM terminals WHERE tid = ?", (tid,)).fetchone()[0]
 
-    def _move(self, conn: sqlite3.Connection, pan: str, decision: rules.Decision) -> None:
+    def _move(self, conn: sqlite3.Connection, pan_hash: str, decision: rules.Decision) -> None:
         if decision.card_delta:
-            conn.execute("UPDATE cards SET balance = balance + ? WHERE pan = ?",
-                         (decision.card_delta, pan))
+            conn.execute("UPDATE cards SET balance = balance + ? WHERE pan_hash = ?",
+                         (decision.card_delta, pan_hash))
         if decision.pin_tries is not None:
-            conn.execute("UPDATE cards SET pin_tries = ? WHERE pan = ?",
-                         (decision.pin_tries, pan))
+            conn.execute("UPDATE cards SET pin_tries = ? WHERE pan_hash = ?",
+                         (decision.pin_tries, pan_hash))
 
     # ------------------------------------------------------------------ sign-on / off
 
@@ -266,8 +270,8 @@ class Ledger:
     def _authorise(self, conn: sqlite3.Connection, req: Request) -> Message:
         doc = req.doc
         pan = rules.card_pan(doc)
-        pan_hash = self.pans.hash(pan)
-        card = load_card(conn, pan)
+        pan_hash = req.pan_hash
+        card = load_card(conn, pan_hash) if pan_hash else None
         orphan = conn.execute(
             "SELECT rowid FROM reversals WHERE tid=? AND batch=? AND stan=? AND txn_id IS NULL"
             " AND processing_code=?", (req.tid, req.batch, doc["11"], doc["3"]),
@@ -281,7 +285,7 @@ class Ledger:
         else:
             decision, original = self._decide(conn, req, pan, pan_hash, card)
         if card is not None:
-            self._move(conn, pan, decision)
+            self._move(conn, pan_hash, decision)
         extra = dict(decision.extra)
         extra["63"] = card_organisation(pan) if pan else DOMESTIC_ORGANISATION
         if decision.approved and req.kind.name in ("sale", "void", "balance"):
@@ -380,7 +384,8 @@ class Ledger:
         return response
 
     def upload(self, conn: sqlite3.Connection, req: Request,
-               records: list[UploadRecord]) -> Message:
+               records: list[UploadRecord], hashes: list[str] | None = None) -> Message:
+        """Store a 0320's records; ``hashes`` are their PANs' keyed hashes (HSM), in order."""
         repeat = self._repeat(conn, req)
         if repeat is not None:
             return repeat
@@ -388,8 +393,10 @@ class Ledger:
             return self.reply(req, BATCH_MISMATCH)
         conn.executemany(
             "INSERT INTO uploads VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [(req.tid, req.batch, r.trace, self.pans.hash(r.pan), self.pans.mask(r.pan),
-              r.amount, r.organisation, req.doc["11"]) for r in records],
+            [(req.tid, req.batch, r.trace, h, self.pans.mask(r.pan), r.amount, r.organisation,
+              req.doc["11"])
+             for r, h in zip(records, hashes or [self.pans.hash(r.pan) for r in records],
+                             strict=True)],
         )
         response = self.reply(req, APPROVED)
         self._remember(conn, req, response)

@@ -12,9 +12,17 @@ from datetime import datetime
 from pathlib import Path
 
 from host import chip
-from host.db import PanProtector, open_store
+from host.db import PanProtector, has_clear_pans, open_store
 from host.errors import ConfigError
-from host.hsm import TMK_TYPE, check_lmk, ensure_pvk
+from host.hsm import (
+    NOT_AUTHORISED,
+    check_lmk,
+    encrypt_pan,
+    ensure_pan_keys,
+    ensure_pvk,
+    not_authorised_hint,
+    reveal_pan,
+)
 from host.rules import CARD_STATUSES
 from hsm_sim.client import HsmClient
 from hsm_sim.errors import HsmError
@@ -75,11 +83,15 @@ async def add_terminal(db_path: Path | str, hsm: HsmClient, tid: str, mid: str,
             if tmk_hex is not None:
                 if len(tmk_hex) != 32 or any(c not in "0123456789abcdefABCDEF" for c in tmk_hex):
                     raise ConfigError("--tmk must be 32 hex digits (a double-length key)")
-                tmk = await hsm.import_clear_key(TMK_TYPE, tmk_hex)
+                tmk = await hsm.import_clear_key(hsm.tmk_type, tmk_hex)
             else:
-                tmk, components = await hsm.generate_key_components(TMK_TYPE)
+                tmk, components = await hsm.generate_key_components(hsm.tmk_type)
                 result["components"] = components
         except HsmError as exc:
+            if exc.code == NOT_AUTHORISED:
+                raise ConfigError(not_authorised_hint("terminal add (TMK import)") + "; the"
+                                  " clear-key extensions Y4/Y8 also need the test LMK"
+                                  ) from None
             raise ConfigError(f"the HSM refused the TMK: {exc}") from None
         result["tmk_kcv"] = tmk.kcv
         conn.execute(
@@ -117,21 +129,29 @@ async def add_card(db_path: Path | str, hsm: HsmClient, pan: str, expiry: str, p
     with _store(db_path) as conn:
         await check_lmk(conn, hsm)
         pvk = await ensure_pvk(conn, hsm)
+        keys = await ensure_pan_keys(conn, hsm)
+        pan_hash = await hsm.hash_pan(keys.hash_key, pan)
+        if conn.execute("SELECT 1 FROM cards WHERE pan_hash=?", (pan_hash,)).fetchone():
+            raise ConfigError("a card with this PAN already exists")
         try:
             pvv = await hsm.generate_pvv(pvk, pan, pin, PVKI)
         except HsmError as exc:
+            if exc.code == NOT_AUTHORISED:
+                raise ConfigError(not_authorised_hint("card add (PIN to PVV)")) from None
             raise ConfigError(f"the HSM could not compute the PVV: {exc}") from None
+        encrypted = await encrypt_pan(hsm, keys, pan)
         try:
             conn.execute(
-                "INSERT INTO cards (pan, expiry, pvv, pvki, balance, limit_minor, status,"
-                " domestic, created, pan_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (pan, expiry, pvv, PVKI, balance_minor, limit_minor, status, int(by_bin),
-                 _now(), PanProtector.load(conn).hash(pan)),
+                "INSERT INTO cards (pan_hash, pan_masked, pan_enc, expiry, pvv, pvki, balance,"
+                " limit_minor, status, domestic, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
+                " ?)",
+                (pan_hash, PanProtector.mask(pan), encrypted, expiry, pvv, PVKI, balance_minor,
+                 limit_minor, status, int(by_bin), _now()),
             )
         except sqlite3.IntegrityError:
             raise ConfigError("a card with this PAN already exists") from None
         if chip_psn is not None:
-            chip.add_chip_card(conn, PanProtector.load(conn).hash(pan), chip_psn, _now())
+            chip.add_chip_card(conn, pan_hash, chip_psn, _now())
 
 
 async def add_issuer_key(db_path: Path | str, hsm: HsmClient, bin_prefix: str,
@@ -163,16 +183,54 @@ async def add_issuer_key(db_path: Path | str, hsm: HsmClient, bin_prefix: str,
     return result
 
 
-def set_card_status(db_path: Path | str, pan: str, status: str | None = None,
-                    reset_pin_tries: bool = False) -> None:
-    """Change a card's status and/or reset its wrong-PIN counter (unblocks 75)."""
+async def card_hash(db_path: Path | str, hsm: HsmClient, pan: str) -> str:
+    """The keyed hash of a card's PAN (the card's `id` in `card list`), computed by the HSM."""
     with _store(db_path) as conn:
+        await check_lmk(conn, hsm)
+        keys = await ensure_pan_keys(conn, hsm)
+    return await hsm.hash_pan(keys.hash_key, pan)
+
+
+async def show_card(db_path: Path | str, hsm: HsmClient, pan: str | None = None,
+                    card_id: str | None = None, reveal: bool = False) -> dict[str, object]:
+    """One card by PAN or by id (masked PAN); with ``reveal`` the clear PAN, decrypted by the
+    HSM (M2, which needs the Authorised state)."""
+    if (pan is None) == (card_id is None):
+        raise ConfigError("give the card's --pan or its --id")
+    pan_hash = card_id.upper() if card_id else await card_hash(db_path, hsm, pan or "")
+    with _store(db_path) as conn:
+        row = conn.execute("SELECT * FROM cards WHERE pan_hash=?", (pan_hash,)).fetchone()
+        if row is None:
+            raise ConfigError("no such card")
+        card = {k: row[k] for k in ("pan_masked", "expiry", "balance", "limit_minor", "status",
+                                    "pin_tries", "domestic")}
+        card["id"] = pan_hash
+        if reveal:
+            keys = await ensure_pan_keys(conn, hsm)
+            try:
+                card["pan"] = await reveal_pan(hsm, keys, row["pan_enc"])
+            except HsmError as exc:
+                if exc.code == NOT_AUTHORISED:
+                    raise ConfigError(not_authorised_hint("card show --reveal")) from None
+                raise ConfigError(f"the HSM could not decrypt the PAN: {exc}") from None
+    return card
+
+
+def set_card_status(db_path: Path | str, pan: str, status: str | None = None,
+                    reset_pin_tries: bool = False, *, pan_hash: str | None = None) -> None:
+    """Change a card's status and/or reset its wrong-PIN counter (unblocks 75). The card is
+    found by ``pan_hash`` (`card_hash`: the HSM keys it); ``pan`` is only for old databases
+    that still hold clear PANs."""
+    with _store(db_path) as conn:
+        column, key = ("pan", pan) if pan_hash is None else ("pan_hash", pan_hash)
+        if pan_hash is None and not has_clear_pans(conn):
+            raise ConfigError("cards are found by the HSM's PAN hash: pass pan_hash")
         if status is not None:
             if status not in CARD_STATUSES:
                 raise ConfigError(f"status must be one of {', '.join(CARD_STATUSES)}")
-            cur = conn.execute("UPDATE cards SET status=? WHERE pan=?", (status, pan))
+            cur = conn.execute(f"UPDATE cards SET status=? WHERE {column}=?", (status, key))
         if reset_pin_tries:
-            cur = conn.execute("UPDATE cards SET pin_tries=0 WHERE pan=?", (pan,))
+            cur = conn.execute(f"UPDATE cards SET pin_tries=0 WHERE {column}=?", (key,))
         if status is None and not reset_pin_tries:
             return
         if cur.rowcount == 0:

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
+from host.db import has_clear_pans
 from host.errors import ConfigError
 from specs.pretty import mask_pan
 
@@ -29,11 +30,16 @@ def list_terminals(conn: sqlite3.Connection) -> list[dict]:
 
 
 def list_cards(conn: sqlite3.Connection) -> list[dict]:
-    rows = _rows(conn, "SELECT pan, expiry, balance, limit_minor AS 'limit', status, pin_tries,"
-                       " domestic FROM cards ORDER BY pan")
-    for r in rows:
-        r["pan"] = mask_pan(r["pan"])
-    return rows
+    """Cards with masked PANs; ``id`` is the keyed hash (`poshost card show --id`)."""
+    if has_clear_pans(conn):  # an old database not yet upgraded by a command with the HSM
+        rows = _rows(conn, "SELECT pan, expiry, balance, limit_minor AS 'limit', status,"
+                           " pin_tries, domestic FROM cards ORDER BY pan")
+        for r in rows:
+            r["pan"] = mask_pan(r["pan"])
+        return rows
+    return _rows(conn, "SELECT pan_masked AS pan, pan_hash AS id, expiry, balance,"
+                       " limit_minor AS 'limit', status, pin_tries, domestic FROM cards"
+                       " ORDER BY pan_masked")
 
 
 def txn_status(row: sqlite3.Row | dict) -> str:

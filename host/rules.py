@@ -42,6 +42,9 @@ from specs.pretty import pan_of
 ALREADY_REVERSED = INVALID_TRANSACTION
 """Code for an original that arrives after its reversal (declined, never charged)."""
 
+REVERSAL_AFTER_REFUND = INVALID_TRANSACTION
+"""Code for a reversal of a sale that already has refunds (nothing undone, DECISIONS.md)."""
+
 STATUS_CODES = {"lost": LOST, "stolen": STOLEN}
 CARD_STATUSES = ("active", "lost", "stolen", "blocked")
 
@@ -233,6 +236,7 @@ def decide_reversal(amount: int, original: Txn | None, sale: Txn | None) -> Reve
     """Reverse an original 0200 (sale or void). ``sale`` is the voided sale for a void.
 
     Unknown original: 00 (the caller remembers it). Amount differs: 64, nothing undone.
+    A sale with approved refunds: 12, nothing undone (the refund already credited the card).
     """
     if original is None:
         return ReversalDecision(APPROVED)
@@ -240,6 +244,10 @@ def decide_reversal(amount: int, original: Txn | None, sale: Txn | None) -> Reve
         return ReversalDecision(AMOUNT_MISMATCH)
     if original.reversed:
         return ReversalDecision(APPROVED)
+    if original.kind == "sale" and original.refunded:
+        # the card already got (part of) the sale back by refund: undoing the sale too would
+        # pay twice (money from nothing); the refund stands, the reversal is refused
+        return ReversalDecision(REVERSAL_AFTER_REFUND)
     if not original.approved:
         return ReversalDecision(APPROVED, mark_reversed=True)
     if original.kind == "sale":

@@ -28,6 +28,7 @@ from host.limits import (
     UNPROVEN_PER_SECOND,
 )
 from host.pcap import Tap, TappedStream
+from host.peers import PeerGuard
 from host.service import HostService
 from host.throttle import LogBudget, TokenBucket
 from specs.errors import FramingError
@@ -57,12 +58,14 @@ class Server:
     those left out."""
 
     def __init__(self, service: HostService, admission_share: float = 1.0,
-                 tap: Tap | None = None) -> None:
+                 tap: Tap | None = None, guard: PeerGuard | None = None) -> None:
         """``admission_share``: this server's part of the host's admission rate and burst
         (1/N in each of N worker processes). ``tap``: records every connection's bytes
-        (serve --pcap)."""
+        (serve --pcap). ``guard``: the operator's allow-list of terminal source addresses
+        (host/peers.py); connections from elsewhere are closed."""
         self.service = service
         self.tap = tap
+        self.guard = guard
         self.connections = 0
         self._stopping = False
         self._idle: set[trio.CancelScope] = set()
@@ -109,6 +112,14 @@ class Server:
                     await trio.sleep(ACCEPT_BACKOFF)
                     continue
                 raise
+            if self.guard is not None and not self.guard.admits(_peer_address(stream)):
+                left_out = self._peer_log.admit(trio.current_time())
+                if left_out is not None:
+                    log.warning("peer=%s refused: not in the --allow-peer list",
+                                _peer(stream))
+                self._admission.give(trio.current_time())
+                stream.socket.close()
+                continue
             if self.connections >= MAX_CONNECTIONS:
                 log.warning("connection limit %d reached: closing a new one", MAX_CONNECTIONS)
                 await stream.aclose()
@@ -153,6 +164,7 @@ class Server:
         receive = stream.receive_some
         scope = trio.CancelScope()
         phase = _IDLE
+        peer = _peer_address(stream) if self.guard is not None else None
         with scope:
             while not self._stopping:
                 payload = _next_payload(decoder)
@@ -181,7 +193,7 @@ class Server:
                             payload = _next_payload(decoder)
                 phase = _HANDLER
                 scope.deadline = now() + HANDLER_TIMEOUT
-                answer = await self.service.handle(payload)
+                answer = await self.service.handle(payload, peer)
                 phase = _SEND
                 scope.deadline = now() + SEND_TIMEOUT
                 await stream.send_all(answer)
@@ -218,6 +230,13 @@ def _next_payload(decoder: TcpFrameDecoder) -> bytes | None:
         return decoder.next_payload()
     except FramingError as exc:
         raise CloseConnection(str(exc)) from None
+
+
+def _peer_address(stream: trio.SocketStream) -> str:
+    try:
+        return str(stream.socket.getpeername()[0])
+    except OSError:
+        return "?"
 
 
 def _peer(stream: trio.SocketStream) -> str:

@@ -16,11 +16,12 @@ from datetime import datetime
 import trio
 
 from host import chip, rules
-from host.db import Terminal, load_card, load_terminal
-from host.errors import CloseConnection, HostError, ProtocolError
+from host.db import Terminal, get_meta, load_card, load_terminal
+from host.errors import CloseConnection, HostError, ProtocolError, StoreError
 from host.ledger import Request, RrnCounter, field60_of_sign_on
 from host.limits import TERMINAL_CACHE_TTL
 from host.ops import Store
+from host.peers import PeerGuard
 from host.responses import minimal_response, request_digest, respond
 from host.rules import PinResult
 from hsm_sim.client import HsmClient
@@ -100,6 +101,8 @@ class Exchange:
     kind: MessageKind | None = None
     terminal: Terminal | None = None
     undecodable: bool = False
+    peer: str | None = None
+    """The source address, when the operator guards peers (host/peers.py)."""
 
 
 class TerminalLanes:
@@ -135,7 +138,8 @@ class HostService:
     """Handles frames for every connection (one instance per host)."""
 
     def __init__(self, hsm: HsmClient, store: Store, rrns: RrnCounter,
-                 read_conn: sqlite3.Connection, pvk_lmk: str) -> None:
+                 read_conn: sqlite3.Connection, pvk_lmk: str,
+                 guard: PeerGuard | None = None) -> None:
         self.hsm = hsm
         self.store = store
         self.rrns = rrns
@@ -143,15 +147,19 @@ class HostService:
         self.pvk_lmk = pvk_lmk
         self.terminals = TerminalCache(read_conn)
         self.lanes = TerminalLanes()
+        self.guard = guard
+        self._pan_hash_key: str | None = None
 
-    async def handle(self, payload: bytes) -> bytes:
-        """Answer one frame payload; raise CloseConnection when it cannot be answered."""
+    async def handle(self, payload: bytes, peer: str | None = None) -> bytes:
+        """Answer one frame payload; raise CloseConnection when it cannot be answered.
+        ``peer``: the source address, for the unexpected-peer alert (host/peers.py)."""
         started = time.perf_counter()
         try:
             frame = Frame.parse(payload)
         except FramingError as exc:
             raise CloseConnection(str(exc)) from None
         ex = self._decode(frame)
+        ex.peer = peer
         async with self.lanes.hold(ex.request.get("41", "")):
             response = await self._answer(ex)
             out = await self._encode(ex, response)
@@ -183,6 +191,8 @@ class HostService:
             return await self._dispatch(ex, now)
         except ProtocolError as exc:
             return self._reject(ex, exc.response_code, now)
+        except CloseConnection:
+            raise
         except (HsmError, HostError) as exc:
             log.error("tid=%s internal failure: %s", doc.get("41"), exc)
             return self._reject(ex, SYSTEM_MALFUNCTION, now)
@@ -242,6 +252,12 @@ class HostService:
     async def _dispatch(self, ex: Exchange, now: datetime) -> Message:
         kind, doc, terminal = ex.kind, ex.request, ex.terminal
         assert kind is not None and terminal is not None
+        if self.guard is not None and ex.peer is not None:
+            alert = self.guard.check(terminal.tid, kind.name, ex.peer)
+            if alert is not None:
+                log.warning("%s", alert)
+                if self.guard.refuses(terminal.tid):
+                    raise CloseConnection(f"{alert}: refused (--enforce-terminal-peers)")
         if kind.name == "sign_on":
             return await self._sign_on(ex, now)
         if kind.name in ("sign_off", "echo_test"):
@@ -255,14 +271,18 @@ class HostService:
                 return await self.store.apply("settle", req,
                                               decode_settlement_totals(doc["48"]))
             if kind.name == "batch_upload":
-                return await self.store.apply("upload", req, decode_upload_records(doc["48"]))
+                records = decode_upload_records(doc["48"])
+                hashes = [await self._pan_hash(r.pan) for r in records]
+                return await self.store.apply("upload", req, records, hashes)
             if kind.name == "batch_upload_end":
                 return await self.store.apply("upload_end", req, decode_upload_end(doc["48"]))
         except ValidationError as exc:
             raise ProtocolError(str(exc), exc.response_code) from None
+        pan_hash = "" if kind.name == "reversal" else await self._pan_hash(rules.card_pan(doc))
         facts = await chip.verify_chip_request(self.hsm, self.read_conn, kind, doc)
-        pin = await self._verify_pin(terminal, doc)
-        response = await self.store.apply("financial", replace(req, pin=pin, chip=facts))
+        pin = await self._verify_pin(terminal, doc, pan_hash)
+        response = await self.store.apply("financial", replace(req, pin=pin, pan_hash=pan_hash,
+                                                               chip=facts))
         return await chip.with_issuer_auth(self.hsm, facts, response)
 
     async def _sign_on(self, ex: Exchange, now: datetime) -> Message:
@@ -278,11 +298,22 @@ class HostService:
         extra = {"60": field60_of_sign_on(batch), "62": f62}
         return respond(kind, ex.request, APPROVED, now, self.rrns.next(), extra)
 
-    async def _verify_pin(self, terminal: Terminal, doc: Mapping[str, str]) -> PinResult:
+    async def _pan_hash(self, pan: str) -> str:
+        """The PAN's keyed hash through the HSM (the key is read once from the store)."""
+        if not pan:
+            return ""
+        if self._pan_hash_key is None:
+            self._pan_hash_key = get_meta(self.read_conn, "pan_hash_key_lmk")
+            if self._pan_hash_key is None:
+                raise StoreError("no PAN hash key in the store (run poshost init)")
+        return await self.hsm.hash_pan(self._pan_hash_key, pan)
+
+    async def _verify_pin(self, terminal: Terminal, doc: Mapping[str, str],
+                          pan_hash: str = "") -> PinResult:
         if "52" not in doc or terminal.pik_lmk is None:
             return PinResult.ABSENT
         pan = rules.card_pan(doc)
-        card = load_card(self.read_conn, pan)
+        card = load_card(self.read_conn, pan_hash) if pan_hash else None
         if card is None:
             return PinResult.ABSENT
         try:

@@ -38,10 +38,11 @@ import trio
 
 from host.db import connect
 from host.errors import ConfigError, StoreError
-from host.hsm import ensure_pvk, open_hsm
+from host.hsm import apply_key_type_setting, ensure_pvk, open_hsm
 from host.ipc import IPC_RECEIVE_CHUNK, IpcDecoder, IpcError, encode_ipc
 from host.ledger import RrnCounter, persist_rrn_high_water
 from host.ops import KEY_CHANGES, LocalStore
+from host.peers import guard_for
 from host.server import Server
 from host.service import HostService, TerminalCache
 from specs.tls import server_context
@@ -139,6 +140,8 @@ class WorkerPool:
     _stopping: bool = False
     _all_ready: trio.Event = field(default_factory=trio.Event)
     _ready: set[int] = field(default_factory=set)
+    _all_listening: trio.Event = field(default_factory=trio.Event)
+    _listening: set[int] = field(default_factory=set)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
                   ) -> None:
@@ -148,6 +151,8 @@ class WorkerPool:
             for index in range(self.count):
                 await nursery.start(self._keep_running, index)
             self._all_ready.set()
+            with trio.fail_after(WORKER_START_TIMEOUT):
+                await self._all_listening.wait()  # "ready" means terminals can connect
             task_status.started()
 
     async def stop(self) -> None:
@@ -241,6 +246,10 @@ class WorkerPool:
                 for message in decoder:
                     if message[0] == "job":
                         jobs.start_soon(self._job, index, message)
+                    elif message[0] == "listening":
+                        self._listening.add(index)
+                        if len(self._listening) == self.count:
+                            self._all_listening.set()
                     elif message[0] == "ready" and not started:
                         started = True
                         self._ready.add(index)
@@ -313,6 +322,9 @@ class RemoteStore:
     def say_ready(self, index: int) -> None:
         self.outbox.put(("ready", index))
 
+    def say_listening(self, index: int) -> None:
+        self.outbox.put(("listening", index))
+
     async def receive(self, terminals: TerminalCache) -> None:
         """Deliver answers and invalidations until the writer goes away, then exit the
         process at once: what this worker holds must not be answered."""
@@ -355,10 +367,14 @@ async def serve_worker(config: dict[str, Any]) -> None:
     conn = connect(Path(config["db_path"]))
     try:
         async with open_hsm(config["hsm"], config["lmk"]) as (hsm, _):
+            apply_key_type_setting(conn, hsm)
             pvk = await ensure_pvk(conn, hsm)  # the parent made it: this only reads
             rrns = RrnCounter(config["rrn_base"], step=config["count"], offset=config["index"])
             store = RemoteStore(channel, rrns)
-            service = HostService(hsm, store, rrns, conn, pvk)
+            guard = guard_for(config.get("allow_peers", ()), config.get("terminal_peers", ()),
+                              config.get("serial_lines", ()),
+                              config.get("enforce_terminal_peers", False))
+            service = HostService(hsm, store, rrns, conn, pvk, guard)
             stop = trio.Event()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(store.receive, service.terminals)
@@ -371,7 +387,8 @@ async def serve_worker(config: dict[str, Any]) -> None:
                 tls_listeners = [await open_shared_listener(*tls["listen"])] if tls else []
                 context = server_context(tls["cert"], tls["key"], tls["client_ca"]) if tls \
                     else None
-                server = Server(service, admission_share=1 / config["count"])
+                server = Server(service, admission_share=1 / config["count"], guard=guard)
+                store.say_listening(config["index"])
                 await server.serve([listener], stop, tls_listeners=tls_listeners,
                                    tls_context=context)  # returns once drained
                 nursery.cancel_scope.cancel()

@@ -7,7 +7,9 @@ helpers that compute published vectors on the operator's screen (never for live 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import signal
 import ssl
 import sys
@@ -19,7 +21,12 @@ import click
 import trio
 
 from hsm_sim import crypto
-from hsm_sim.commands import DEFAULT_HEADER_LENGTH, HsmEngine
+from hsm_sim.commands import (
+    DEFAULT_HEADER_LENGTH,
+    LEGACY_SETTINGS,
+    HsmEngine,
+    SecurityPolicy,
+)
 from hsm_sim.crypto import CryptoError
 from hsm_sim.errors import HsmError
 from hsm_sim.lmk import TEST_LMK_WARNING, generate_lmk_file, load_lmk
@@ -28,6 +35,9 @@ from specs.tls import TlsError, client_context, server_context
 F = TypeVar("F", bound=Callable[..., Any])
 LAB_ONLY = "LAB HELPER: works on CLEAR keys - published test vectors only, never live keys."
 DEFAULT_PORT = 1500
+AUDIT_LOG_MODE = 0o600
+DEFAULT_AUTHORISE_WINDOW = 300.0
+"""Seconds of Authorised state a SIGUSR1 to a running `hsm-sim serve` gives."""
 
 
 def _hsm_errors(func: F) -> F:
@@ -63,10 +73,12 @@ def main() -> None:
 
 
 async def _run_server(engine: HsmEngine, host: str, port: int, header_length: int,
-                      ssl_context: ssl.SSLContext | None = None) -> None:
+                      ssl_context: ssl.SSLContext | None = None,
+                      authorise_window: float = DEFAULT_AUTHORISE_WINDOW) -> None:
     from hsm_sim.server import serve_hsm
 
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGUSR1,
+                                   signal.SIGUSR2) as signals:
         async with trio.open_nursery() as nursery:
             listeners = await nursery.start(
                 partial(serve_hsm, engine, host, port, header_length, ssl_context=ssl_context))
@@ -79,17 +91,38 @@ async def _run_server(engine: HsmEngine, host: str, port: int, header_length: in
             )
             sys.stdout.flush()
             async for signum in signals:
+                if signum == signal.SIGUSR1:  # the operator's console: authorise, time-limited
+                    engine.authorise(authorise_window, who="operator (SIGUSR1)")
+                    click.echo(f"hsm-sim: Authorised for {authorise_window:g} s", err=True)
+                    continue
+                if signum == signal.SIGUSR2:
+                    engine.cancel_authorisation(who="operator (SIGUSR2)")
+                    click.echo("hsm-sim: Authorised state cancelled", err=True)
+                    continue
                 click.echo(f"hsm-sim stopping on {signal.Signals(signum).name}", err=True)
                 nursery.cancel_scope.cancel()
                 break
 
 
-def _load_engine(lmk_spec: str, header_length: int) -> HsmEngine:
+def _load_engine(lmk_spec: str, header_length: int, *, authorised: bool | None = False,
+                 authorised_for: float | None = None,
+                 legacy: tuple[str, ...] = (), separate_002: bool = False) -> HsmEngine:
     lmk = load_lmk(lmk_spec)
     if lmk.is_test:
         banner = "!" * 78
         click.echo(f"{banner}\n{TEST_LMK_WARNING}\n{banner}", err=True)
-    return HsmEngine(lmk, header_length)
+    policy = dataclasses.replace(SecurityPolicy.from_names(legacy), separate_002=separate_002)
+    if legacy:
+        click.echo(f"WARNING: legacy security settings on: {', '.join(policy.names())}",
+                   err=True)
+    engine = HsmEngine(lmk, header_length, policy=policy)
+    if authorised is None:  # the default: Authorised on the published test LMK only
+        authorised = lmk.is_test
+    if authorised or authorised_for is not None:
+        engine.authorise(authorised_for, who="hsm-sim serve")
+        limit = "" if authorised_for is None else f" for {authorised_for:g} s"
+        click.echo(f"hsm-sim: Authorised state{limit} (BA, Y4, Y6, Y8 accepted)", err=True)
+    return engine
 
 
 @main.command()
@@ -116,25 +149,56 @@ def _load_engine(lmk_spec: str, header_length: int) -> HsmEngine:
               help="Private key of --tls-cert (PEM).")
 @click.option("--tls-client-ca", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Clients must present a certificate this CA issued (mutual TLS).")
+@click.option(
+    "--authorised/--not-authorised", default=None,
+    help="Start in the Authorised state (payShield console 'A'): commands that take clear "
+    "PINs or clear keys (BA, Y4, Y6, Y8) are accepted; logged on the audit log. Default: "
+    "authorised on the published test LMK (its keys are public anyway), not on a live LMK.",
+)
+@click.option(
+    "--authorised-for", type=click.FloatRange(min=0, min_open=True), default=None,
+    metavar="SECONDS", help="As --authorised, for this many seconds only (then error 17).",
+)
+@click.option(
+    "--legacy", type=click.Choice([*LEGACY_SETTINGS, "all"]), multiple=True,
+    help="Re-open a legacy behaviour PCI settings forbid (repeatable; README 'HSM settings').",
+)
+@click.option(
+    "--authorise-window", type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_AUTHORISE_WINDOW, show_default=True, metavar="SECONDS",
+    help="Authorised time a SIGUSR1 gives the running HSM (kill -USR1 PID: the operator's"
+    " authorise command; SIGUSR2 cancels). Logged on the audit log.",
+)
+@click.option(
+    "--separate-002", is_flag=True,
+    help="payShield's 'Enforce key type 002 separation': TPK 70D and TMK 80D (LMK 36-37) "
+    "apart from PVK 002. Hosts must then use those key types (poshost does not yet).",
+)
 @_hsm_errors
 def serve(host: str, port: int, header_length: int, lmk_spec: str,
-          audit_log: str | None, tls_cert: str | None, tls_key: str | None,
-          tls_client_ca: str | None) -> None:
+          audit_log: str | None, authorised: bool | None = None,
+          authorised_for: float | None = None,
+          legacy: tuple[str, ...] = (), separate_002: bool = False,
+          authorise_window: float = DEFAULT_AUTHORISE_WINDOW, tls_cert: str | None = None,
+          tls_key: str | None = None, tls_client_ca: str | None = None) -> None:
     """Run the HSM on TCP (2-byte length framing, payShield host commands).
 
     Prints one 'hsm-sim ready on HOST:PORT' line when listening; stops on SIGINT/SIGTERM.
 
     \b
-    Host commands: NC A0 BU HC HA FA CA CC BA DG DC EC DA M6 M8 KW (hsm-commands.md).
+    Host commands: NC A0 BU HC HA FA CA CC BA DG DC EC DA M6 M8 M0 M2 KW (hsm-commands.md).
     Extensions:    Y0/Y2 UnionPay ECB MAC generate/verify under a TAK;
                    Y4 import a clear key, Y6 clear components, Y8 generate components
                    (Y4/Y6/Y8 only while the test LMK is loaded, else error 17).
+    BA, Y4, Y6, Y8 also need the Authorised state (--authorised / --authorised-for).
     """
     context = _tls_context(tls_cert, tls_key, tls_client_ca)
     _start_audit_log(audit_log)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
-    engine = _load_engine(lmk_spec, header_length)
-    trio.run(_run_server, engine, host, port, header_length, context)
+    engine = _load_engine(lmk_spec, header_length, authorised=authorised,
+                          authorised_for=authorised_for, legacy=legacy,
+                          separate_002=separate_002)
+    trio.run(_run_server, engine, host, port, header_length, context, authorise_window)
 
 
 def _tls_context(cert: str | None, key: str | None,
@@ -154,6 +218,9 @@ def _tls_context(cert: str | None, key: str | None,
 def _start_audit_log(path: str | None) -> None:
     """The audit lines of hsm_sim.audit, with a timestamp, to ``path`` or stderr. They never
     carry a key, PIN or PIN block (see hsm_sim.commands)."""
+    if path:  # created 0600: the audit log names clients and key check values
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, AUDIT_LOG_MODE))
+        os.chmod(path, AUDIT_LOG_MODE)
     handler = logging.FileHandler(path) if path else logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s audit %(message)s"))
     audit = logging.getLogger("hsm_sim.audit")

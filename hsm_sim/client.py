@@ -10,8 +10,9 @@ connection guarded by a lock, reconnects once when it breaks, bounds every call 
 
 from __future__ import annotations
 
+import secrets
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import trio
@@ -35,6 +36,8 @@ __all__ = [
 ]
 
 HSM_CALL_TIMEOUT = 5.0  # seconds for one command, connecting included
+PAN_HASH_KEY_TYPE = "008"  # a ZAK kept only for hashing PANs
+DATA_KEY_TYPE = "00A"  # a ZEK: card data encrypted at rest
 MAC_ALGORITHMS = ("x919", "cup-ecb")
 X919_MAC_LENGTH = 8
 CUP_MAC_LENGTH = 8
@@ -218,8 +221,26 @@ class HsmClient:
         self.header = header
         self._engine: HsmEngine | None = None
         self._client = ""
+        self.separate_002 = False
+        """Key type 002 separation (the HSM's setting): TPK 70D, TMK 80D, PVK 002."""
         if isinstance(transport, InProcessTransport):
             self._engine, self._client = transport.engine, transport.client
+
+    def use_002_separation(self, on: bool) -> None:
+        """Use TPK 70D / TMK 80D (payShield's "key type 002 separation") or 002 for all
+        three. An in-process HSM is switched with the client; a TCP HSM must have the same
+        setting (`hsm-sim serve --separate-002`)."""
+        self.separate_002 = on
+        if self._engine is not None and self._engine.policy.separate_002 != on:
+            self._engine.policy = replace(self._engine.policy, separate_002=on)
+
+    @property
+    def tmk_type(self) -> str:
+        return "80D" if self.separate_002 else "002"
+
+    @property
+    def tpk_type(self) -> str:
+        return "70D" if self.separate_002 else "002"
 
     @classmethod
     def in_process(cls, engine: HsmEngine) -> HsmClient:
@@ -300,13 +321,16 @@ class HsmClient:
 
     async def generate_terminal_keys(self, tmk: str) -> TerminalKeys:
         """A0 mode 1 under a TMK (scheme X, plain 3DES-ECB) for a TPK and a TAK, + BU."""
-        pik = await self._terminal_key(tmk, "002", "02")
+        pik = await self._terminal_key(tmk, self.tpk_type, "02")
         mak = await self._terminal_key(tmk, "003", "03")
         return TerminalKeys(*pik, *mak)
 
     async def key_check_value(self, key_type_code: str, key: str) -> str:
-        """BU: the 16H check value of a key under the LMK."""
+        """BU: the 16H check value of a key under the LMK (code 02 follows the TPK type:
+        `FF;70D` under key type 002 separation)."""
         flag = {8: "0", 16: "1", 24: "2"}.get(len(parse_key_field(key)[1]), "0")
+        if key_type_code == "02" and self.separate_002:
+            return (await self._text("BU", f"FF{flag}{key};{self.tpk_type}"))[:16]
         return (await self._text("BU", f"{key_type_code}{flag}{key}"))[:16]
 
     @staticmethod
@@ -364,6 +388,33 @@ class HsmClient:
         account = _account(pan)
         pin_lmk = await self._text("BA", pin.ljust(MAX_PIN_LENGTH + 1, "F") + account)
         return (await self._text("DG", f"{pvk}{pin_lmk}{account}{pvki}"))[:4]
+
+    async def hash_pan(self, key: str, pan: str) -> str:
+        """The PAN's keyed hash, 16H: an X9.19 MAC (M6, padding 2) under a ZAK kept for this
+        only, so the hash key never leaves the HSM."""
+        data = pan.encode("ascii")
+        engine = self._engine
+        if engine is not None:
+            try:
+                return engine.generate_mac(key, data, key_type=PAN_HASH_KEY_TYPE, algorithm="3",
+                                           padding=2, mac_hex_length=16, client=self._client)
+            except HsmError as exc:
+                raise _refused("M6", exc) from None
+        fields = b"00132" + PAN_HASH_KEY_TYPE.encode() + key.encode() + f"{len(data):04X}".encode()
+        return (await self.call("M6", fields + data))[1].decode("ascii")
+
+    async def encrypt_data(self, zek: str, data: bytes) -> str:
+        """M0 (CBC, a fresh random IV): IV 16H + ciphertext as hex. ``data``: whole blocks."""
+        iv = secrets.token_bytes(8).hex().upper()
+        fields = f"0101{DATA_KEY_TYPE}{zek}{iv}{len(data):04X}".encode() + data
+        out = (await self.call("M0", fields))[1].decode("ascii")
+        return out[:16] + out[20:]
+
+    async def decrypt_data(self, zek: str, stored: str) -> bytes:
+        """M2 (the HSM must be Authorised): the data `encrypt_data` protected."""
+        iv, ciphertext = stored[:16], bytes.fromhex(stored[16:])
+        fields = f"0100{DATA_KEY_TYPE}{zek}{iv}{len(ciphertext):04X}".encode() + ciphertext
+        return (await self.call("M2", fields))[1][20:]
 
     async def verify_pin_pvv(
         self,

@@ -18,6 +18,15 @@ Our extensions (documented, not payShield):
 - `Y8` generate components (test LMK only): key type 3H . LMK scheme 1A . count 1N (2-9)
   -> key under LMK . KCV 6H . the clear components (the lab's "printed" components).
 
+Security policy (payShield's security settings, `SecurityPolicy`; README "HSM settings"): the
+command layer owns key-type policy and the Thales codes. By default, as a PCI-configured
+payShield: commands that take a clear PIN or clear key (BA, Y4, Y6, Y8) need the Authorised
+state (error 17); A0 exports only the key types an exporting key may carry (error 04); CA/CC
+never translate an account-bound block (01, 47) to an unbound format (03, 05) (error 69); DA
+refuses a weak clear decimalisation table (error 15); PIN and MAC keys (types x01, x02, x03,
+x08) under X/Y schemes or single DES are refused (error 26). `SecurityPolicy.legacy()`
+re-opens all of them for estates that still need the old behaviour.
+
 >>> engine = HsmEngine.test()
 >>> engine.handle(b"0000BU0200406FBB23A5214DF")
 b'0000BV000035BBE340A4B763'
@@ -25,8 +34,10 @@ b'0000BV000035BBE340A4B763'
 
 from __future__ import annotations
 
+import copy
 import hmac
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -58,8 +69,10 @@ from hsm_sim.lmk import (
 __all__ = [
     "COMMANDS",
     "DEFAULT_HEADER_LENGTH",
+    "LEGACY_SETTINGS",
     "MAX_FRAME_LENGTH",
     "HsmEngine",
+    "SecurityPolicy",
     "decode_frame_length",
     "encode_frame",
     "response_code",
@@ -76,6 +89,96 @@ KEY_SCHEME_LETTERS = b"UXTYZ"
 MIN_COMPONENTS, MAX_COMPONENTS = 2, 9
 MAC_KEY_TYPES = ("003", "008")
 IMPORT_TO_LMK_SCHEME = {"Z": "Z", "U": "U", "X": "U", "T": "T", "Y": "T"}
+
+NOT_AUTHORISED = "17"
+"""payShield: the command needs the Authorised state (or, for Y4/Y6/Y8, the test LMK)."""
+KEY_TYPE_NOT_PERMITTED = "04"
+"""A key type the command (here: the exporting key) may not take; payShield's 04."""
+WEAK_KEY_SCHEME = "26"
+"""An X/Y (no scheme variant) or single-DES PIN/MAC key under the variant LMK."""
+PIN_FORMAT_DISABLED = "69"
+"""payShield's 'PIN block format has been disabled': a PCI-forbidden translation."""
+WEAK_DECIMALISATION_TABLE = "15"
+
+STRONG_SCHEMES = ("U", "T")
+TPK_SEPARATED, TMK_SEPARATED = "70D", "80D"
+"""payShield's key type codes for TPK and TMK under "key type 002 separation" (LMK 36-37,
+variants 7 and 8); PVKs stay 002 (LMK 14-15)."""
+PIN_MAC_KEY_TYPES = frozenset({"01", "02", "03", "08", "0D"})
+"""Last two digits of the key types held to the strong-key rule: ZPK, TMK/TPK/PVK, TAK, ZAK
+(and TPK 70D / TMK 80D under key type 002 separation)."""
+ACCOUNT_BOUND_FORMATS = frozenset({"01", "47"})
+"""ISO 9564 formats 0 and 3 carry the account; 03 (IBM 3624) and 05 (ISO 1) do not."""
+EXPORTABLE_UNDER: dict[str, frozenset[str]] = {
+    # ZMK: interchange keys, key-encrypting keys, PVKs and issuer keys for another zone
+    "000": frozenset({"000", "001", "002", "003", "008", "009", "00A", "109", TPK_SEPARATED,
+                      TMK_SEPARATED}),
+    # TMK: only what a terminal uses (TMK/TPK under a TMK, TAK)
+    "002": frozenset({"002", "003"}),
+    # TMK under key type 002 separation: TPK, TMK and TAK; never a PVK
+    TMK_SEPARATED: frozenset({TPK_SEPARATED, TMK_SEPARATED, "003"}),
+}
+"""A0 mode 1: key types each exporting key type (000 ZMK, 002 TMK) may carry."""
+DATA_KEY_TYPES = ("00A",)
+"""Key types M0/M2 encrypt and decrypt data under (ZEK)."""
+DATA_MODES = ("00", "01")
+"""M0/M2 mode flag: 00 ECB, 01 CBC (IV 16H in the request and the response)."""
+MAX_DATA_LENGTH = 4096
+MIN_DECTAB_DISTINCT = 8
+MAX_DECTAB_REPEAT = 4
+
+
+@dataclass(frozen=True)
+class SecurityPolicy:
+    """payShield-style security settings. Defaults are the PCI ones; each flag re-opens one
+    legacy behaviour, `legacy()` all of them."""
+
+    weak_keys: bool = False
+    """Allow X/Y schemes and single-DES for PIN and MAC keys under the variant LMK."""
+    any_export: bool = False
+    """A0 mode 1 exports any key type under any ZMK/TMK."""
+    pin_downgrade: bool = False
+    """CA/CC may translate ISO 0/3 blocks to IBM 3624 or ISO 1 (drops the account binding)."""
+    clear_dectab: bool = False
+    """DA accepts any clear decimalisation table (even all zeros)."""
+    separate_002: bool = False
+    """payShield's "Enforce key type 002 separation": TPK 70D and TMK 80D (LMK 36-37)
+    apart from PVK 002, so none can stand in for another. Stricter, not a legacy switch."""
+    @classmethod
+    def legacy(cls) -> SecurityPolicy:
+        return cls(weak_keys=True, any_export=True, pin_downgrade=True, clear_dectab=True)
+
+    @property
+    def tmk_type(self) -> str:
+        """The key type of a TMK (the `;1` exporting key of A0, the parent of HC/HA)."""
+        return TMK_SEPARATED if self.separate_002 else "002"
+
+    @property
+    def tpk_type(self) -> str:
+        """The key type of a TPK (CA source, DC/DA PIN key)."""
+        return TPK_SEPARATED if self.separate_002 else "002"
+
+    @classmethod
+    def from_names(cls, names: list[str] | tuple[str, ...]) -> SecurityPolicy:
+        """From setting names (``weak-keys``, ``any-export``, ``pin-downgrade``,
+        ``clear-dectab``, ``all``); error 15 on an unknown name."""
+        flags = {}
+        for name in names:
+            if name == "all":
+                return cls.legacy()
+            attr = name.replace("-", "_")
+            if name not in LEGACY_SETTINGS:
+                raise HsmError(f"unknown legacy setting {name!r}", code="15")
+            flags[attr] = True
+        return cls(**flags)
+
+    def names(self) -> list[str]:
+        """The legacy settings that are on."""
+        return [n for n in LEGACY_SETTINGS if getattr(self, n.replace("-", "_"))]
+
+
+LEGACY_SETTINGS = ("weak-keys", "any-export", "pin-downgrade", "clear-dectab")
+DEFAULT_POLICY = SecurityPolicy()
 
 
 # --------------------------------------------------------------------------- field cursor
@@ -169,11 +272,30 @@ class Call:
 
     lmk: LmkSet
     kcvs: list[str] = field(default_factory=list)
+    policy: SecurityPolicy = DEFAULT_POLICY
+    authorised: bool = False
 
     def key(self, key_type: str, key_field: str, parity_code: str = "10") -> bytes:
         clear = self.lmk.decrypt_key(key_type, key_field, parity_code)
         self.kcvs.append(kcv6(clear))
         return clear
+
+    def strong_key(self, key_type: str, key_field: str, parity_code: str = "10") -> bytes:
+        """A PIN/MAC/terminal key for use: its scheme must be U or T (unless weak_keys)."""
+        self.check_scheme(key_type, _key_scheme_of(key_field))
+        return self.key(key_type, key_field, parity_code)
+
+    def check_scheme(self, key_type: str, scheme: str) -> None:
+        """Error 26 for an X/Y or single-DES PIN/MAC key under the LMK (unless weak_keys)."""
+        if (self.policy.weak_keys or key_type[1:].upper() not in PIN_MAC_KEY_TYPES
+                or scheme in STRONG_SCHEMES):
+            return
+        raise HsmError(f"key scheme {scheme} is not allowed for key type {key_type} "
+                       "(double/triple length with scheme U/T only)", code=WEAK_KEY_SCHEME)
+
+    def require_authorised(self) -> None:
+        if not self.authorised:
+            raise HsmError("the HSM is not in the Authorised state", code=NOT_AUTHORISED)
 
     def new_key(self, length: int) -> bytes:
         clear = crypto.generate_random_key(length)
@@ -183,6 +305,7 @@ class Call:
     def require_test_lmk(self) -> None:
         if not self.lmk.is_test:
             raise HsmError("clear-key extensions need the test LMK", code="17")
+        self.require_authorised()
 
 
 Handler = Callable[[Call, Fields], bytes]
@@ -227,21 +350,33 @@ def cmd_a0(call: Call, f: Fields) -> bytes:
     check_key_type(key_type)
     scheme = f.text(1)
     length = _scheme_length(scheme)
+    call.check_scheme(key_type, scheme)
     kek_field = export_scheme = None
     kek_type = "000"
     if mode == "1":
         if f.optional(b";"):
-            kek_type = {"0": "000", "1": "002"}[f.choice(1, "01")]
+            kek_type = {"0": "000", "1": call.policy.tmk_type}[f.choice(1, "01")]
         kek_field, export_scheme = f.key(), f.text(1)
         if _scheme_length(export_scheme) != length:
             raise HsmError("export scheme does not fit the key length", code="27")
     f.finish()
-    kek = call.key(kek_type, kek_field) if kek_field else b""
+    if kek_field:
+        _check_export(call, key_type, kek_type)
+    kek = call.strong_key(kek_type, kek_field) if kek_field else b""
     clear = call.new_key(length)
     out = call.lmk.encrypt_key(key_type, scheme, clear)
     if export_scheme:
         out += _export(kek, export_scheme, clear)
     return (out + kcv6(clear)).encode()
+
+
+def _check_export(call: Call, key_type: str, kek_type: str) -> None:
+    """payShield's export rules: a TMK carries only terminal keys, a ZMK interchange keys."""
+    if call.policy.any_export or key_type.upper() in EXPORTABLE_UNDER[kek_type]:
+        return
+    kek_name = "a ZMK" if kek_type == "000" else "a TMK"
+    raise HsmError(f"key type {key_type} may not be exported under {kek_name}",
+                   code=KEY_TYPE_NOT_PERMITTED)
 
 
 def _check_length_flag(flag: str, clear: bytes) -> None:
@@ -273,8 +408,9 @@ def _generate_under(call: Call, f: Fields, parent_type: str, child_type: str) ->
     parent_field = f.key()
     under_parent, under_lmk = _optional_schemes(f, _key_scheme_of(parent_field))
     f.finish()
-    parent = call.key(parent_type, parent_field)
+    parent = call.strong_key(parent_type, parent_field)
     length = _scheme_length(under_lmk)
+    call.check_scheme(child_type, under_lmk)
     if _scheme_length(under_parent) != length:
         raise HsmError("key schemes of different lengths", code="27")
     clear = call.new_key(length)
@@ -284,12 +420,12 @@ def _generate_under(call: Call, f: Fields, parent_type: str, child_type: str) ->
 
 def cmd_hc(call: Call, f: Fields) -> bytes:
     """HC: a new TMK/TPK/PVK, under the current one and under the LMK."""
-    return _generate_under(call, f, "002", "002")
+    return _generate_under(call, f, call.policy.tmk_type, call.policy.tmk_type)
 
 
 def cmd_ha(call: Call, f: Fields) -> bytes:
     """HA: a new TAK, under the TMK and under the LMK."""
-    return _generate_under(call, f, "002", "003")
+    return _generate_under(call, f, call.policy.tmk_type, "003")
 
 
 def cmd_fa(call: Call, f: Fields) -> bytes:
@@ -308,6 +444,7 @@ def cmd_fa(call: Call, f: Fields) -> bytes:
     call.kcvs.append(kcv6(zpk))
     if _scheme_length(lmk_scheme) != len(zpk):
         raise HsmError("LMK scheme does not fit the ZPK", code="27")
+    call.check_scheme("001", lmk_scheme)
     kcv = crypto.generate_kcv(zpk, 3 if kcv_type == "1" else 8).hex().upper()
     return (call.lmk.encrypt_key("001", lmk_scheme, zpk) + kcv).encode()
 
@@ -336,8 +473,9 @@ def _translate(call: Call, f: Fields, src_type: str) -> bytes:
     src_format, dst_format = _pin_format(f), _pin_format(f)
     account = f.digits(12)
     f.finish()
-    src = call.key(src_type, src_field, "10")
-    dst = call.key("001", dst_field, "11")
+    _check_translation(call, src_format, dst_format)
+    src = call.strong_key(src_type, src_field, "10")
+    dst = call.strong_key("001", dst_field, "11")
     pin = crypto.decipher_pinblock(src, block, account, src_format)
     if len(pin) > max_length:
         raise HsmError("PIN longer than the maximum PIN length", code="24")
@@ -345,9 +483,18 @@ def _translate(call: Call, f: Fields, src_type: str) -> bytes:
     return f"{len(pin):02d}{out.hex().upper()}{dst_format}".encode()
 
 
+def _check_translation(call: Call, src_format: str, dst_format: str) -> None:
+    """PCI PIN: a block bound to the account (ISO 0, 3) never leaves as an unbound format
+    (IBM 3624, ISO 1): that would let it be re-bound to any account later."""
+    if (src_format in ACCOUNT_BOUND_FORMATS and dst_format not in ACCOUNT_BOUND_FORMATS
+            and not call.policy.pin_downgrade):
+        raise HsmError(f"translation from PIN block format {src_format} to {dst_format} is "
+                       "disabled (PCI PIN)", code=PIN_FORMAT_DISABLED)
+
+
 def cmd_ca(call: Call, f: Fields) -> bytes:
     """CA: translate a PIN block from a TPK to a ZPK."""
-    return _translate(call, f, "002")
+    return _translate(call, f, call.policy.tpk_type)
 
 
 def cmd_cc(call: Call, f: Fields) -> bytes:
@@ -363,6 +510,7 @@ def cmd_ba(call: Call, f: Fields) -> bytes:
     pin_field = f.text(len(rest) - 12)
     account = f.digits(12)
     f.finish()
+    call.require_authorised()
     pin = pin_field.rstrip("F")
     if not pin.isdigit():
         raise HsmError("PIN must be digits padded with F", code="15")
@@ -374,7 +522,7 @@ def cmd_dg(call: Call, f: Fields) -> bytes:
     pvk_field, pin_field = f.key_pair(), f.hex(16)
     account, pvki = f.digits(12), f.digits(1)
     f.finish()
-    pvk = call.key("002", pvk_field)
+    pvk = call.strong_key("002", pvk_field)
     pin = call.lmk.decrypt_pin(pin_field, account)
     return crypto.generate_visa_pvv_account(pvk, pvki, pin, account).encode()
 
@@ -391,9 +539,12 @@ def _verify_pvv(call: Call, f: Fields, pin_key_type: str) -> bytes:
 
 def check_pvv(call: Call, pin_key_type: str, pin_key_field: str, pvk_field: str, block: bytes,
               fmt: str, account: str, pvki: str, pvv: str) -> None:
-    """DC/EC core (text handlers and `HsmEngine.verify_pin_pvv`): error 01 on a mismatch."""
-    pin_key = call.key(pin_key_type, pin_key_field)
-    pvk = call.key("002", pvk_field)
+    """DC/EC core (text handlers and `HsmEngine.verify_pin_pvv`): error 01 on a mismatch.
+    ``pin_key_type`` 002 means the TPK role (70D under key type 002 separation)."""
+    if pin_key_type == "002":
+        pin_key_type = call.policy.tpk_type
+    pin_key = call.strong_key(pin_key_type, pin_key_field)
+    pvk = call.strong_key("002", pvk_field)
     pin = crypto.decipher_pinblock(pin_key, block, account, fmt)
     if not hmac.compare_digest(crypto.generate_visa_pvv_account(pvk, pvki, pin, account), pvv):
         raise HsmError("PIN verification failure", code="01")
@@ -401,7 +552,7 @@ def check_pvv(call: Call, pin_key_type: str, pin_key_field: str, pvk_field: str,
 
 def cmd_dc(call: Call, f: Fields) -> bytes:
     """DC: verify a terminal PIN (under a TPK) against a Visa PVV."""
-    return _verify_pvv(call, f, "002")
+    return _verify_pvv(call, f, call.policy.tpk_type)
 
 
 def cmd_ec(call: Call, f: Fields) -> bytes:
@@ -421,6 +572,20 @@ def ibm_validation_data(template: str, account: str) -> str:
     return data
 
 
+def _check_decimalisation_table(call: Call, dectab: str) -> None:
+    """payShield's decimalisation table checks: at least 8 different digits, none more than
+    4 times (an all-zeros table turns DA into a PIN-digit oracle).
+
+    >>> _check_decimalisation_table(Call(load_lmk("test")), "0123456789012345")
+    """
+    if call.policy.clear_dectab:
+        return
+    counts = [dectab.count(d) for d in set(dectab)]
+    if len(counts) < MIN_DECTAB_DISTINCT or max(counts) > MAX_DECTAB_REPEAT:
+        raise HsmError("weak decimalisation table (needs 8 different digits, none more than"
+                       " 4 times)", code=WEAK_DECIMALISATION_TABLE)
+
+
 def cmd_da(call: Call, f: Fields) -> bytes:
     """DA: verify a terminal PIN against an IBM 3624 offset."""
     tpk_field, pvk_field = f.key(), f.key()
@@ -433,7 +598,9 @@ def cmd_da(call: Call, f: Fields) -> bytes:
     f.finish()
     if not crypto.MIN_PIN_LENGTH <= check_length <= crypto.MAX_PIN_LENGTH:
         raise HsmError("check length must be 04-12", code="15")
-    tpk, pvk = call.key("002", tpk_field), call.key("002", pvk_field)
+    _check_decimalisation_table(call, dectab)
+    tpk = call.strong_key(call.policy.tpk_type, tpk_field)
+    pvk = call.strong_key("002", pvk_field)
     pin = crypto.decipher_pinblock(tpk, block, account, fmt)
     if len(pin) > max_length:
         raise HsmError("PIN longer than the maximum PIN length", code="24")
@@ -444,6 +611,68 @@ def cmd_da(call: Call, f: Fields) -> bytes:
     if not hmac.compare_digest(computed[:check_length], offset[:check_length]):
         raise HsmError("PIN verification failure", code="01")
     return b""
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _data_request(f: Fields) -> tuple[str, str, str, str, bytes, bytes]:
+    """M0/M2 fields: mode 2N, input format 1N, output format 1N, key type 3H, key,
+    IV 16H (CBC only), length 4H, data -> (mode, out format, key type, key, IV, data)."""
+    mode = f.choice(2, DATA_MODES)
+    in_format, out_format = f.choice(1, "01"), f.choice(1, "01")
+    key_type = f.text(3)
+    if key_type not in DATA_KEY_TYPES:
+        raise HsmError(f"key type {key_type} cannot encrypt data", code="04")
+    key_field = f.key()
+    iv = bytes.fromhex(f.hex(16)) if mode == "01" else bytes(crypto.DES_BLOCK)
+    data = _message(f, in_format)
+    if not data or len(data) % crypto.DES_BLOCK or len(data) > MAX_DATA_LENGTH:
+        raise HsmError("data must be whole 8-byte blocks (1-4096 bytes)", code="80")
+    return mode, out_format, key_type, key_field, iv, data
+
+
+def _cbc(key: bytes, iv: bytes, data: bytes, *, decrypt: bool) -> bytes:
+    """3DES-CBC from ``iv`` (the M0/M2 mode 01 chaining)."""
+    cipher = crypto.get_tdes_cipher(key)
+    out, chain = bytearray(), iv
+    for i in range(0, len(data), crypto.DES_BLOCK):
+        block = data[i : i + crypto.DES_BLOCK]
+        if decrypt:
+            out += crypto.xor_bytes(cipher.decrypt(block), chain)
+            chain = block
+        else:
+            chain = cipher.encrypt(crypto.xor_bytes(block, chain))
+            out += chain
+    return bytes(out)
+
+
+def _data_response(mode: str, out_format: str, iv: bytes, data: bytes) -> bytes:
+    body = data.hex().upper().encode() if out_format == "1" else data
+    head = iv.hex().upper().encode() if mode == "01" else b""
+    return head + f"{len(body):04X}".encode() + body
+
+
+def cmd_m0(call: Call, f: Fields) -> bytes:
+    """M0: encrypt data under a ZEK (ECB or CBC); M1 answers [IV] + length 4H + data."""
+    mode, out_format, key_type, key_field, iv, data = _data_request(f)
+    f.finish()
+    key = call.key(key_type, key_field)
+    if mode == "00":
+        return _data_response(mode, out_format, iv, crypto.get_tdes_cipher(key).encrypt(data))
+    return _data_response(mode, out_format, iv, _cbc(key, iv, data, decrypt=False))
+
+
+def cmd_m2(call: Call, f: Fields) -> bytes:
+    """M2: decrypt data under a ZEK. Clear card data leaves the HSM: Authorised state only
+    (ours, stricter than payShield; DECISIONS.md)."""
+    mode, out_format, key_type, key_field, iv, data = _data_request(f)
+    f.finish()
+    call.require_authorised()
+    key = call.key(key_type, key_field)
+    if mode == "00":
+        return _data_response(mode, out_format, iv, crypto.get_tdes_cipher(key).decrypt(data))
+    return _data_response(mode, out_format, iv, _cbc(key, iv, data, decrypt=True))
 
 
 # --------------------------------------------------------------------------- MACs
@@ -511,7 +740,7 @@ def _mac_head(f: Fields) -> tuple[str, str, str, int]:
 
 def _compute_mac(call: Call, req: MacRequest) -> str:
     """M6 core (text handler and `HsmEngine.generate_mac`); M8 compares with it."""
-    key = call.key(req.key_type, req.key_field)
+    key = call.strong_key(req.key_type, req.key_field)
     if req.algorithm == "3":
         mac = crypto.generate_mac_iso9797_alg3(key, req.message, req.padding)
     else:
@@ -555,7 +784,7 @@ def cmd_y0(call: Call, f: Fields) -> bytes:
 
 def cup_mac(call: Call, key_type: str, key_field: str, message: bytes) -> bytes:
     """Y0 core (text handler and `HsmEngine.generate_mac_cup`)."""
-    return crypto.generate_mac_cup_ecb(call.key(key_type, key_field), message)
+    return crypto.generate_mac_cup_ecb(call.strong_key(key_type, key_field), message)
 
 
 def check_cup_mac(call: Call, key_type: str, key_field: str, message: bytes, mac: bytes) -> None:
@@ -581,7 +810,9 @@ def _lab_key_header(call: Call, f: Fields) -> tuple[str, str, int]:
     key_type = f.text(3)
     check_key_type(key_type)
     scheme = f.text(1)
-    return key_type, scheme, _scheme_length(scheme)
+    length = _scheme_length(scheme)
+    call.check_scheme(key_type, scheme)
+    return key_type, scheme, length
 
 
 def _store(call: Call, key_type: str, scheme: str, clear: bytes) -> str:
@@ -672,6 +903,8 @@ COMMANDS: dict[bytes, Handler] = {
     b"DA": cmd_da,
     b"M6": cmd_m6,
     b"M8": cmd_m8,
+    b"M0": cmd_m0,
+    b"M2": cmd_m2,
     b"Y0": cmd_y0,
     b"Y2": cmd_y2,
     b"Y4": cmd_y4,
@@ -758,16 +991,63 @@ def _direct_pvv(call: Call, pin_key_type: str, pin_key_field: str, pvk_field: st
 class HsmEngine:
     """An LMK set plus the dispatch table: the whole HSM, without any I/O."""
 
-    def __init__(self, lmk: LmkSet, header_length: int = DEFAULT_HEADER_LENGTH) -> None:
+    def __init__(self, lmk: LmkSet, header_length: int = DEFAULT_HEADER_LENGTH, *,
+                 policy: SecurityPolicy | None = None, authorised: bool = False) -> None:
         self.lmk = lmk
         self.header_length = header_length
+        self.policy = policy or DEFAULT_POLICY
+        self._authorised_until: list[float | None] = [None]  # shared with header copies
         if lmk.is_test:
             log.warning("%s", "test LMK loaded: keys under it are publicly known")
+        if self.policy.names():
+            audit_log.warning("legacy security settings on: %s", ",".join(self.policy.names()))
+        if self.policy.separate_002:
+            audit_log.warning("key type 002 separation on: TPK 70D, TMK 80D, PVK 002")
+        if authorised:
+            self.authorise(None, who="start")
 
     @classmethod
-    def test(cls, header_length: int = DEFAULT_HEADER_LENGTH) -> HsmEngine:
-        """An engine on the published test LMK."""
-        return cls(load_lmk("test"), header_length)
+    def test(cls, header_length: int = DEFAULT_HEADER_LENGTH, *, authorised: bool = True,
+             policy: SecurityPolicy | None = None) -> HsmEngine:
+        """An engine on the published test LMK, Authorised by default (a lab's embedded HSM:
+        under a published LMK the Authorised state protects nothing)."""
+        return cls(load_lmk("test"), header_length, policy=policy, authorised=authorised)
+
+    def with_header_length(self, header_length: int) -> HsmEngine:
+        """The same HSM (LMK, policy, Authorised state) with another header length."""
+        other = copy.copy(self)
+        other.header_length = header_length
+        return other
+
+    # ------------------------------------------------------------------ Authorised state
+
+    def authorise(self, seconds: float | None = None, *, who: str = "console") -> None:
+        """Enter the Authorised state (payShield's `A` console command): for ``seconds``, or
+        until cancelled when None. Logged on the audit log."""
+        self._authorised_until[0] = (float("inf") if seconds is None
+                                     else time.monotonic() + seconds)
+        limit = "no time limit" if seconds is None else f"for {seconds:g} s"
+        audit_log.info("authorised state entered by %s, %s", who, limit)
+
+    def cancel_authorisation(self, *, who: str = "console") -> None:
+        """Leave the Authorised state (payShield's `C` console command); logged."""
+        if self._authorised_until[0] is not None:
+            self._authorised_until[0] = None
+            audit_log.info("authorised state cancelled by %s", who)
+
+    @property
+    def authorised(self) -> bool:
+        until = self._authorised_until[0]
+        if until is None:
+            return False
+        if time.monotonic() >= until:
+            self._authorised_until[0] = None
+            audit_log.info("authorised state expired (time limit reached)")
+            return False
+        return True
+
+    def _call(self) -> Call:
+        return Call(self.lmk, policy=self.policy, authorised=self.authorised)
 
     def handle(self, request: bytes, client: str = "-") -> bytes:
         """HEADER + CMD + fields -> HEADER + RESP + ERR + data. Never raises."""
@@ -778,7 +1058,7 @@ class HsmEngine:
             code = "40" if len(command) == 2 else "15"
             self._audit(client, command, code, [])
             return header + UNKNOWN_COMMAND_RESPONSE + code.encode()
-        call = Call(self.lmk)
+        call = self._call()
         try:
             data, code = handler(call, Fields(request[split + 2 :])), "00"
         except (HsmError, CryptoError) as exc:
@@ -829,7 +1109,7 @@ class HsmEngine:
 
     def _direct(self, command: bytes, client: str, core: Callable[..., _T], *args: object) -> _T:
         """Run a core as `handle` runs a handler: audit line, HsmError on a non-00 code."""
-        call = Call(self.lmk)
+        call = self._call()
         try:
             result = core(call, *args)
         except HsmError as exc:

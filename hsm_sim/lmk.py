@@ -48,6 +48,8 @@ __all__ = [
 
 LMK_PAIR_COUNT = 20
 LMK_FILE_MODE = 0o600
+LMK_FILE_FORBIDDEN_BITS = 0o077
+"""A live LMK file with any group/other permission bit is refused (error 13)."""
 KEY_CACHE_SIZE = 65536
 LMK_FILE_HEADER = "# hsm-sim variant LMK: 20 double-length pairs. KEEP SECRET."
 
@@ -88,6 +90,7 @@ KEY_TYPE_PAIR: dict[str, int] = {
     "08": 13,  # ZAK, 26-27
     "09": 14,  # BDK, 28-29
     "0A": 15,  # ZEK, 30-31
+    "0D": 18,  # 36-37: TPK 70D and TMK 80D under "key type 002 separation"
 }
 PIN_PAIR_INDEX = 1  # PINs under the LMK: 02-03
 KEY_TYPE_VARIANTS = bytes((0x00, 0xA6, 0x5A, 0x6A, 0xDE, 0x2B, 0x50, 0x74, 0x9C, 0xFA))
@@ -276,9 +279,14 @@ def load_lmk(spec: str) -> LmkSet:
     if spec == "test":
         return published_test_lmk()
     try:
+        mode = os.stat(spec).st_mode
         text = Path(spec).read_text()
     except OSError as exc:
         raise HsmError(f"cannot read LMK file {spec}: {exc.strerror}", code="13") from None
+    if mode & LMK_FILE_FORBIDDEN_BITS:
+        raise HsmError(
+            f"LMK file {spec} is open to group or others (mode {mode & 0o777:04o}): refusing a"
+            f" live LMK others can read; chmod 600 {spec}", code="13")
     return LmkSet(parse_lmk_file(text), is_test=False, source=spec)
 
 

@@ -106,7 +106,7 @@ async def serve_hsm(
     """Listen on host:port; `nursery.start(serve_hsm, ...)` returns the listeners. With
     `ssl_context` every connection is TLS (specs.tls.server_context)."""
     if header_length != engine.header_length:
-        engine = HsmEngine(engine.lmk, header_length)
+        engine = engine.with_header_length(header_length)
     listeners = await trio.open_tcp_listeners(port, host=host)
     task_status.started(listeners)
 

@@ -84,10 +84,13 @@ class TcpTransport:
     """
 
     def __init__(self, host: str, port: int, *, connect_timeout: float = 10.0,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None,
+                 local_address: str | None = None) -> None:
         self.host, self.port = host, port
         self.connect_timeout = connect_timeout
         self.ssl_context = ssl_context
+        self.local_address = local_address
+        """Source address to connect from (None: the system's choice)."""
         self._stream: trio.SocketStream | trio.SSLStream[trio.SocketStream] | None = None
         self._decoder = TcpFrameDecoder()
         self._fresh = False
@@ -103,7 +106,8 @@ class TcpTransport:
             return
         try:
             with trio.fail_after(self.connect_timeout):
-                stream = await trio.open_tcp_stream(self.host, self.port)
+                stream = await trio.open_tcp_stream(self.host, self.port,
+                                                    local_address=self.local_address)
                 if self.ssl_context is not None:
                     stream = await self._handshake(stream, self.ssl_context)
                 self._stream = stream

@@ -94,9 +94,13 @@ class TestTerminal:
         return getattr(self.transport, "stream", None)
 
     async def __aenter__(self) -> TestTerminal:
-        self.transport = TcpTransport(self.host, self.port)
-        await self.transport.connect()
+        await self.connect()
         return self
+
+    async def connect(self, local_address: str | None = None) -> None:
+        """Open the line, from ``local_address`` when given (tests of peer allow-lists)."""
+        self.transport = TcpTransport(self.host, self.port, local_address=local_address)
+        await self.transport.connect()
 
     async def __aexit__(self, *exc: object) -> None:
         if self.transport is not None:

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from host.cli import main as poshost
 from host.provision import add_card, add_issuer_key
+from specs.pretty import mask_pan
 from tests.test_term_cli import arun, init_args
 
 IMK = "9E15204313F7318ACB79B90BD986AD29"
@@ -90,7 +91,8 @@ async def test_posterm_chip_session(running_host: Any, tmp_path: Path) -> None:
     r = await arun(state, "balance", "--card", "demo", "--no-pin", "--json")
     assert json.loads(r.output)["response_code"] == "05"  # ATC 3 after 1001: a replay
     with sqlite3.connect(host.db_path) as conn:  # the void and the reversal restored it all
-        assert conn.execute("SELECT balance FROM cards WHERE pan=?", (PAN,)).fetchone()[0] \
+        assert conn.execute("SELECT balance FROM cards WHERE pan_masked=?",
+                            (mask_pan(PAN),)).fetchone()[0] \
             == 500_00
 
     r = host_cli("txn", "list", "--db", str(host.db_path), "--json")

@@ -17,6 +17,7 @@ from hsm_sim.emv import derive_icc_mk_option_a
 from specs.emv import decode_f55
 from specs.framing import BODY_OFFSET, Frame
 from specs.messages import decode_message, encode_for_mac
+from specs.pretty import mask_pan
 from specs.tlv import encode_tlv
 from terminal import chip, chipstore, core
 from terminal.errors import NoResponse
@@ -45,7 +46,8 @@ def _card(name: str = "chip", imk: str = IMK) -> chip.ChipCard:
 
 def _balance(host: Any) -> int:
     with sqlite3.connect(host.db_path) as conn:
-        return conn.execute("SELECT balance FROM cards WHERE pan=?", (PAN,)).fetchone()[0]
+        return conn.execute("SELECT balance FROM cards WHERE pan_masked=?",
+                            (mask_pan(PAN),)).fetchone()[0]
 
 
 def _atc_high(host: Any) -> int:

@@ -8,6 +8,7 @@ import trio
 
 from host.app import HostConfig, run_host
 from specs.composite import decode_balance
+from specs.pretty import mask_pan
 from tests.conftest import RunningHost
 
 
@@ -15,7 +16,8 @@ def balance_of(running_host: RunningHost, name: str) -> int:
     conn = sqlite3.connect(running_host.db_path)
     try:
         pan = running_host.cards[name].pan
-        return conn.execute("SELECT balance FROM cards WHERE pan=?", (pan,)).fetchone()[0]
+        return conn.execute("SELECT balance FROM cards WHERE pan_masked=?",
+                            (mask_pan(pan),)).fetchone()[0]
     finally:
         conn.close()
 

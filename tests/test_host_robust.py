@@ -16,6 +16,7 @@ import trio
 import host.server
 from specs.framing import Frame, Header, Tpdu, encode_frame_tcp
 from specs.messages import encode_message
+from specs.pretty import mask_pan
 from tests.conftest import MID, TID, TMK, RunningHost, provision
 from tests.hostkit import TestTerminal, read_frame
 
@@ -161,7 +162,8 @@ async def test_kill_9_loses_no_approval_and_applies_nothing_twice(tmp_path: Path
         proc.wait()
     conn = sqlite3.connect(db)
     rrns = {r[0] for r in conn.execute("SELECT rrn FROM txns WHERE rc='00' AND kind='sale'")}
-    balance = conn.execute("SELECT balance FROM cards WHERE pan=?", (card.pan,)).fetchone()[0]
+    balance = conn.execute("SELECT balance FROM cards WHERE pan_masked=?",
+                           (mask_pan(card.pan),)).fetchone()[0]
     conn.close()
     assert set(approved) <= rrns
     assert len(rrns) == 31

@@ -25,6 +25,7 @@ from hsm_sim.commands import HsmEngine
 from specs import codes
 from specs.framing import Frame, Header, TcpFrameDecoder, Tpdu
 from specs.messages import decode_message, encode_message
+from specs.pretty import mask_pan
 from tests.conftest import CARDS, MID, TID, TMK, provision
 from tests.hostkit import TestCard, TestTerminal
 
@@ -86,7 +87,8 @@ async def paired(tmp_path: Path) -> AsyncIterator[tuple[PairedTerminal, dict[str
 
 def balance_of(db_path: Path, pan: str) -> int:
     with sqlite3.connect(db_path) as conn:
-        return conn.execute("SELECT balance FROM cards WHERE pan = ?", (pan,)).fetchone()[0]
+        return conn.execute("SELECT balance FROM cards WHERE pan_masked=?",
+                            (mask_pan(pan),)).fetchone()[0]
 
 
 async def test_sign_on_sale_void_and_replay(paired: Any) -> None:

@@ -18,6 +18,7 @@ from host.ipc import IpcDecoder, IpcError, encode_ipc
 from host.workers import RrnHighWater, WorkerPool
 from hsm_sim.client import HsmClient
 from hsm_sim.commands import HsmEngine
+from specs.pretty import mask_pan
 from tests.conftest import MID, TID, TMK, provision
 from tests.hostkit import TestCard, TestTerminal
 
@@ -88,8 +89,8 @@ async def test_workers_serve_sign_on_and_sales_with_unique_rrns(tmp_path: Path) 
     with sqlite3.connect(db_path) as conn:
         sold = conn.execute("SELECT COUNT(*), COUNT(DISTINCT rrn) FROM txns WHERE kind='sale'"
                             " AND rc='00'").fetchone()
-        balance = conn.execute("SELECT balance FROM cards WHERE pan=?",
-                               (cards["good"].pan,)).fetchone()[0]
+        balance = conn.execute("SELECT balance FROM cards WHERE pan_masked=?",
+                               (mask_pan(cards["good"].pan),)).fetchone()[0]
         high_water = int(conn.execute("SELECT value FROM meta WHERE key='rrn'").fetchone()[0])
     assert sold == (3 * CONNECTIONS, 3 * CONNECTIONS)
     assert balance == cards["good"].balance_minor - 3 * CONNECTIONS * 100

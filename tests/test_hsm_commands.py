@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hsm_sim import crypto
-from hsm_sim.commands import COMMANDS, HsmEngine, ibm_validation_data
+from hsm_sim.commands import COMMANDS, HsmEngine, SecurityPolicy, ibm_validation_data
 from hsm_sim.errors import HsmError
 from hsm_sim.lmk import (
     LmkSet,
@@ -26,6 +26,8 @@ X919_KEY = "0123456789ABCDEFFEDCBA9876543210"
 PAN = "6222021234567890128"
 ACCOUNT = crypto.extract_account_number(PAN)
 ENGINE = HsmEngine.test()
+LEGACY = HsmEngine.test(policy=SecurityPolicy.legacy())
+"""The same test LMK with every legacy setting on (single-DES and X/Y keys, downgrades)."""
 
 
 def run(request: str | bytes, engine: HsmEngine = ENGINE) -> tuple[str, str, bytes]:
@@ -36,15 +38,15 @@ def run(request: str | bytes, engine: HsmEngine = ENGINE) -> tuple[str, str, byt
     return response[4:6].decode(), response[6:8].decode(), response[8:]
 
 
-def ok(request: str | bytes) -> str:
-    resp, err, data = run(request)
+def ok(request: str | bytes, engine: HsmEngine = ENGINE) -> str:
+    resp, err, data = run(request, engine)
     assert err == "00", (resp, err)
     return data.decode()
 
 
-def imported(key_type: str, clear: str) -> str:
+def imported(key_type: str, clear: str, engine: HsmEngine = ENGINE) -> str:
     scheme = {16: "Z", 32: "U", 48: "T"}[len(clear)]
-    data = ok(f"Y4{key_type}{scheme}{clear}")
+    data = ok(f"Y4{key_type}{scheme}{clear}", engine)
     return data[: len(data) - 6]
 
 
@@ -124,7 +126,9 @@ def test_ca_translates_the_worked_sale_pin_block() -> None:
     # CC: ZPK -> ZPK
     zpk2_clear = crypto.generate_random_key(16)
     zpk2 = imported("001", zpk2_clear.hex().upper())
-    cc = ok(f"CC{zpk}{zpk2}12{data[2:18]}4703{ACCOUNT}")
+    cc = ok(f"CC{zpk}{zpk2}12{data[2:18]}4701{ACCOUNT}")
+    assert crypto.decipher_pinblock(zpk2_clear, h(cc[2:18]), ACCOUNT, "01") == "1234"
+    cc = ok(f"CC{zpk}{zpk2}12{data[2:18]}4703{ACCOUNT}", LEGACY)  # a downgrade: legacy only
     assert crypto.decipher_pinblock(zpk2_clear, h(cc[2:18]), ACCOUNT, "03") == "1234"
 
 
@@ -145,9 +149,10 @@ def test_ba_dg_dc_ec_pvv() -> None:
     assert run(f"DC{tpk}{pvk}1B96E39DDF2F514001{ACCOUNT}1{wrong}") == ("DD", "01", b"")
     zpk = imported("001", PIK)
     assert run(f"EC{zpk}{pvk}1B96E39DDF2F514001{ACCOUNT}1{pvv}") == ("ED", "00", b"")
-    # a PVK pair as two concatenated single keys under LMK 14-15
+    # a PVK pair as two concatenated single keys under LMK 14-15: legacy settings only
     pair = ENGINE.lmk.encrypt_key("002", "X", pvk_clear)[1:]
-    assert ok(f"DG{pair}{pin_lmk}{ACCOUNT}1") == pvv
+    assert error_of(f"DG{pair}{pin_lmk}{ACCOUNT}1") == "26"
+    assert ok(f"DG{pair}{pin_lmk}{ACCOUNT}1", LEGACY) == pvv
 
 
 def test_da_ibm_offset() -> None:
@@ -182,7 +187,8 @@ def test_m6_m8_x919_vector() -> None:
 
 
 def test_cup_ecb_extension_vector() -> None:
-    tak = imported("003", "2222222222222222")  # parity forced to 2323..: same DES key
+    # parity forced to 2323..; K1 = K2: the single-DES MAC of the published vector
+    tak = imported("003", "2222222222222222" * 2)
     data = h("1234567890ABCDEFABCDEF1234567890")
     fields = f"003{tak}{len(data):04X}".encode() + data
     assert run(b"Y0" + fields) == ("Y1", "00", b"E267B6E2")
@@ -270,8 +276,9 @@ def test_mac_errors() -> None:
     assert error_of(f"M60013{0}003{tak}0003abc") == "80"  # padding 0 needs whole blocks
     assert error_of(f"M60013{1}003{tak}0010abc") == "15"  # declared length beyond the data
     assert error_of(f"M61013{1}003{tak}0003abc") == "15"  # mode flag 1 not supported
-    single = imported("003", "0123456789ABCDEF")
-    assert error_of(f"M600131003{single}0003abc") == "27"  # alg 3 needs a double key
+    assert error_of("Y4003Z0123456789ABCDEF") == "26"  # no single-DES TAK by default
+    single = imported("003", "0123456789ABCDEF", LEGACY)
+    assert run(f"M600131003{single}0003abc", LEGACY)[1] == "27"  # alg 3 needs a double key
     assert error_of(f"M601131003{tak}0003abc") == "15"  # hex input that is not hex
 
 
@@ -329,7 +336,8 @@ def test_audit_log_has_one_line_per_command_and_no_secrets(
     engine = HsmEngine.test()
     for request in requests:
         engine.handle(b"0000" + request.encode(), client="lab-1")
-    lines = [r.getMessage() for r in caplog.records if r.name == "hsm_sim.audit"]
+    lines = [r.getMessage() for r in caplog.records
+             if r.name == "hsm_sim.audit" and r.getMessage().startswith("client=")]
     assert len(lines) == len(requests)
     assert all(line.startswith("client=lab-1 cmd=") for line in lines)
     assert "kcv=" + crypto.generate_kcv(h(PIK)).hex().upper() in lines[1]
@@ -383,7 +391,7 @@ def _direct_vs_text(caplog: pytest.LogCaptureFixture, direct: object, request: b
 def test_direct_api_matches_the_text_commands(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="hsm_sim.audit")
     tak = imported("003", X919_KEY)
-    cup = imported("003", "2222222222222222")
+    cup = imported("003", "2222222222222222" * 2)
     for message in (b"Now is the time for all ", bytes(range(200)), b""):
         fields = f"00131003{tak}{len(message):04X}".encode() + message
         mac, err, data = _direct_vs_text(caplog, lambda m=message: ENGINE.generate_mac(tak, m),

@@ -17,6 +17,7 @@ import pytest
 import trio
 
 from specs.framing import TcpFrameDecoder, encode_frame_tcp
+from specs.pretty import mask_pan
 from terminal.cards import Card
 from terminal.errors import ConnectFailed, NoResponse, NotReady, ResponseRejected
 from terminal.session import Terminal
@@ -116,8 +117,8 @@ def reopen(store: Store) -> Terminal:
 def card_balance(host: Any, name: str) -> int:
     conn = sqlite3.connect(host.db_path)
     try:
-        return conn.execute("SELECT balance FROM cards WHERE pan = ?",
-                            (host.cards[name].pan,)).fetchone()[0]
+        return conn.execute("SELECT balance FROM cards WHERE pan_masked = ?",
+                            (mask_pan(host.cards[name].pan),)).fetchone()[0]
     finally:
         conn.close()
 

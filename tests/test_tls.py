@@ -63,7 +63,7 @@ async def start_host(nursery: trio.Nursery, db_path: Path, lab: Path, *, mutual:
 
 async def provisioned(db_path: Path, hsm: str = "embedded", lmk: str = "test") -> Card:
     from host.provision import add_terminal
-    async with open_hsm(hsm, lmk) as (client, _):
+    async with open_hsm(hsm, lmk, authorise=None) as (client, _):
         cards = await provision(db_path, client)
         await add_terminal(db_path, client, TLS_TID, MID, tmk_hex=TMK)
     return Card.from_track2(cards["good"].track2)

@@ -57,7 +57,7 @@ async def capture(tmp_path: Path, nursery: trio.Nursery) -> tuple[Path, int]:
     """A sign-on, a swiped sale with PIN, a keyed sale and a settlement, captured."""
     db = tmp_path / "host.db"
     from host.hsm import open_hsm
-    async with open_hsm("embedded", "test") as (client, _):
+    async with open_hsm("embedded", "test", authorise=None) as (client, _):
         cards = await provision(db, client)
     pcap = tmp_path / "cap.pcap"
     stop = trio.Event()

@@ -60,9 +60,9 @@ def copy_db(template: Path, target: Path) -> None:
 
 
 def balances(db_path: Path) -> dict[str, int]:
-    """PAN -> balance of every card (read-only)."""
+    """Masked PAN -> balance of every card (read-only; no clear PAN is stored)."""
     conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
     try:
-        return {pan: bal for pan, bal in conn.execute("SELECT pan, balance FROM cards")}
+        return {pan: bal for pan, bal in conn.execute("SELECT pan_masked, balance FROM cards")}
     finally:
         conn.close()

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchlib.term import BenchTerminal
+from specs.pretty import mask_pan
 
 
 @dataclass
@@ -56,7 +57,7 @@ def check(db_path: Path, terminals: Iterable[BenchTerminal], opening: dict[str, 
         report.rows = conn.execute("SELECT COUNT(*) FROM txns").fetchone()[0]
         for t in terminals:
             report.checked_terminals += 1
-            _check_terminal(conn, t, opening[t.pan], report)
+            _check_terminal(conn, t, opening[mask_pan(t.pan)], report)
     finally:
         conn.close()
     return report
@@ -87,7 +88,8 @@ def _check_terminal(conn: sqlite3.Connection, t: BenchTerminal, start: int,
         row = rows.get((int(batch), stan, "0220"))
         if row is None or row["rc"] != "00" or row["amount"] != amount:
             report.problem(f"{t.tid} refund {stan}: not accepted on the host")
-    balance = conn.execute("SELECT balance FROM cards WHERE pan=?", (t.pan,)).fetchone()[0]
+    balance = conn.execute("SELECT balance FROM cards WHERE pan_masked=?",
+                           (mask_pan(t.pan),)).fetchone()[0]
     effect = 0
     for row in rows.values():
         if row["rc"] != "00":
