@@ -13,6 +13,7 @@ import trio
 from host.bridge import serve_serial_lines
 from host.db import PanProtector, open_store
 from host.errors import ConfigError
+from host.exclusive import claim_address, probe_free
 from host.hsm import check_lmk, ensure_pvk, open_hsm
 from host.ledger import Ledger, RrnCounter
 from host.ops import LocalStore
@@ -45,6 +46,12 @@ async def run_host(config: HostConfig, *,
     ``task_status.started((host, port))`` once listening; port 0 picks a free port.
     """
     stop = stop if stop is not None else trio.Event()
+    with claim_address(config.listen_host, config.listen_port):
+        await _run_host(config, task_status, stop)
+
+
+async def _run_host(config: HostConfig, task_status: trio.TaskStatus[tuple[str, int]],
+                    stop: trio.Event) -> None:
     conn = open_store(config.db_path)
     try:
         async with open_hsm(config.hsm, config.lmk) as (hsm, info):
@@ -78,6 +85,7 @@ async def _run_pool(config: HostConfig, conn: sqlite3.Connection, stop: trio.Eve
                     task_status: trio.TaskStatus[tuple[str, int]]) -> None:
     """The writer here; the message path in ``config.workers`` processes listening on the
     same port (host/workers.py)."""
+    probe_free(config.listen_host, config.listen_port)  # SO_REUSEPORT would join another host
     try:
         held = reserve_port(config.listen_host, config.listen_port)
     except OSError as exc:
