@@ -1,16 +1,21 @@
-"""Command-line edge of `poshost`: the only place errors become messages and exit codes."""
+"""Command-line edge of `poshost`: the only place errors become messages and exit codes.
+
+Exit codes: 0 done, 1 failed (refused by the database or the HSM, HSM unreachable, port in
+use, database damaged or unreadable, a directory missing or not writable), 2 usage or bad input
+(a value that cannot be used; nothing was changed), 130 interrupted (Ctrl-C).
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import signal
+import sqlite3
 import sys
 from collections.abc import Awaitable, Callable
-from decimal import Decimal, InvalidOperation
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 import trio
@@ -24,6 +29,9 @@ from host.errors import HostError
 from host.hsm import TEST_LMK_WARNING_TEXT, open_hsm
 from hsm_sim.client import HsmClient
 from hsm_sim.errors import HsmError
+from specs import params
+from specs.params import lab_banner
+from specs.values import InputError, format_amount
 from specs.view import render_contract
 from terminal.errors import TerminalError
 from terminal.load import terminal_ids
@@ -32,14 +40,17 @@ T = TypeVar("T")
 DEFAULT_DB = Path("poshost.db")
 LINE_SPEC = "PORT[,baud=9600][,parity=N][,rtscts=0][,framing=stx|length]"
 DEFAULT_LISTEN = "127.0.0.1:5000"
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 MAX_WORKERS = 64
 """Most worker processes ``poshost serve --workers`` starts."""
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
     click.echo(f"poshost: {message}", err=True)
-    sys.exit(1)
+    sys.exit(code)
 
 
 def _run(fn: Callable[[], Awaitable[T]]) -> T:
@@ -48,11 +59,12 @@ def _run(fn: Callable[[], Awaitable[T]]) -> T:
     except (HostError, HsmError) as exc:
         _fail(str(exc))
     except BaseExceptionGroup as group:
+        if all(isinstance(e, KeyboardInterrupt) for e in _leaves(group)):
+            raise KeyboardInterrupt from None
         match, rest = group.split((HostError, HsmError))
         if match is None or rest is not None:
             raise
         _fail("; ".join(str(e) for e in _leaves(match)))
-    raise AssertionError("unreachable")
 
 
 def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
@@ -62,15 +74,30 @@ def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
     return out
 
 
+def _check_db_path(ctx: click.Context, param: click.Parameter, value: Path) -> Path:
+    """The database's directory must exist and, for a new database, be writable."""
+    if value.is_dir():
+        raise click.BadParameter(f"{value} is a directory, not a database file")
+    parent = value.parent if str(value.parent) else Path(".")
+    if not parent.is_dir():
+        raise click.BadParameter(f"directory {parent} does not exist")
+    import os
+    if not value.exists() and not os.access(parent, os.W_OK | os.X_OK):
+        raise click.BadParameter(f"directory {parent} is not writable")
+    return value
+
+
 db_option = click.option("--db", "db_path", type=click.Path(path_type=Path), default=DEFAULT_DB,
-                         show_default=True, help="SQLite database")
+                         show_default=True, callback=_check_db_path, help="SQLite database.")
 
 
 def hsm_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option("--lmk", default="test", show_default=True,
-                     help="'test' (the published test LMK) or an LMK file")(f)
+                     help="LMK of the embedded HSM: 'test' (the published test LMK) or an LMK"
+                          " file (a TCP HSM uses its own).")(f)
     return click.option("--hsm", default="embedded", show_default=True,
-                        help="'embedded' or tcp://HOST:PORT")(f)
+                        help="'embedded' (in-process) or tcp://HOST:PORT of an hsm-sim or"
+                             " payShield-style HSM.")(f)
 
 
 def with_hsm(fn: Callable[..., Awaitable[T]], hsm: str, lmk: str) -> T:
@@ -83,15 +110,13 @@ def with_hsm(fn: Callable[..., Awaitable[T]], hsm: str, lmk: str) -> T:
 
 
 def parse_amount(text: str) -> int:
-    """'1000.00' -> 100000 minor units."""
+    """'1000.00' -> 100000 minor units (one parser for every CLI: specs.values)."""
+    from specs.values import parse_amount as parse
+
     try:
-        value = Decimal(text)
-    except InvalidOperation:
-        raise click.BadParameter(f"not an amount: {text!r}") from None
-    minor = value * 100
-    if minor != minor.to_integral_value():
-        raise click.BadParameter("at most 2 decimals")
-    return int(minor)
+        return parse(text, minimum=0)
+    except InputError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def _table(rows: list[dict], columns: list[str] | None = None) -> None:
@@ -112,7 +137,43 @@ def _read(db_path: Path) -> Any:
     return open_store(db_path)
 
 
-@click.group()
+def _emit_rows(rows: list[dict], as_json: bool, columns: list[str] | None = None) -> None:
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        _table(rows, columns)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+
+class _Cli(click.Group):
+    """The group whose commands never end in a traceback: a damaged database, a missing
+    directory or Ctrl-C become one line and a documented exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except sqlite3.DatabaseError as exc:
+            _fail(f"the database cannot be used (damaged, truncated or not a poshost"
+                  f" database?): {exc}")
+        except InputError as exc:
+            _fail(str(exc), EXIT_USAGE)
+        except PermissionError as exc:
+            _fail(f"permission denied: {exc.filename or exc}")
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
+            _fail(f"{exc.strerror}: {exc.filename or exc}")
+        except KeyboardInterrupt:
+            click.echo("poshost: interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except OSError as exc:
+            _fail(f"{exc.strerror or exc}")
+
+
+@click.group(cls=_Cli, epilog="Exit codes: 0 done, 1 failed (refused, HSM unreachable, port"
+             " in use, database damaged, directory missing), 2 usage or bad input (nothing"
+             " changed), 130 interrupted.")
+@click.version_option(package_name="poshost", prog_name="poshost")
 def main() -> None:
     """poshost: ISO 8583 POS acquiring host (cup-pos dialect) for card-acquiring labs."""
 
@@ -121,46 +182,85 @@ def main() -> None:
 
 
 def _print_demo(rows: list[tuple[str, ...]], listen: str) -> None:
-    click.echo("Demo data:")
+    """``init --demo``'s one-time output: the lab values, marked as such (never logged)."""
+    click.echo(lab_banner("the demo data set, shown once"))
     for row in rows:
         click.echo("  " + "  ".join(str(c).ljust(w) for c, w in zip(row, (9, 20, 40, 16),
                                                                    strict=False)))
     click.echo(f"Next: start the host (poshost serve), then point a terminal at {listen}"
-               " with TID 12345678, MID 123456789012345 and the lab TMK above.")
+               " with TID 12345678, MID 123456789012345 and the TMK above.")
+
+
+def _demo_summary(db_path: Path) -> str:
+    """What ``serve`` says about the demo data it created: no PAN, PIN or key (its output is
+    the host's log)."""
+    from host.demo import DEMO_CARDS, DEMO_MID, DEMO_TID
+    return (f"demo data loaded into {db_path}: merchant {DEMO_MID}, terminal {DEMO_TID},"
+            f" {len(DEMO_CARDS)} test cards (their lab values: README, 'A first approved"
+            f" sale', or poshost init --demo --db OTHER.db)")
+
+
+async def _create_db(db_path: Path, build: Callable[[Path], Awaitable[T]]) -> T:
+    """Build a new database beside ``db_path`` and move it into place only once ``build``
+    has succeeded: a setup command that fails leaves no half-built database."""
+    import os
+    tmp = db_path.with_name(f".{db_path.name}.{os.getpid()}.tmp")
+    try:
+        result = await build(tmp)
+        os.replace(tmp, db_path)
+        return result
+    finally:
+        for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm"), Path(f"{tmp}-journal")):
+            leftover.unlink(missing_ok=True)
+
+
+async def _provision_new(db_path: Path, client: HsmClient, demo: bool
+                         ) -> list[tuple[str, ...]]:
+    """Bind the LMK, make the PVK, optionally the demo set (a live LMK gets an HSM-made TMK,
+    since clear key import is a test-LMK extension)."""
+    from host.hsm import check_lmk, ensure_pvk
+    from hsm_sim.lmk import load_lmk
+    conn = open_store(db_path)
+    try:
+        kcv = await check_lmk(conn, client)
+        await ensure_pvk(conn, client)
+    finally:
+        conn.close()
+    if not demo:
+        return []
+    return await init_demo(db_path, client, lab_tmk=kcv == load_lmk("test").check_value)
 
 
 @main.command()
-@click.option("--listen", default=DEFAULT_LISTEN, show_default=True, help="HOST:PORT")
+@click.option("--listen", type=params.LISTEN, default=DEFAULT_LISTEN, show_default=True,
+              help="HOST:PORT to serve terminals on (port 0: any free port).")
 @db_option
 @hsm_options
 @click.option("--demo/--no-demo", default=None,
-              help="load the demo data when the database is new (default: with the test LMK)")
+              help="Load the demo data when the database is new (default: with the test LMK).")
 @click.option("--serial", "serial_lines", multiple=True, metavar=LINE_SPEC,
-              help="also serve a terminal on this serial line (repeatable)")
+              help="Also serve a terminal on this serial line (repeatable).")
 @click.option("--workers", type=click.IntRange(0, MAX_WORKERS), default=0, show_default=True,
-              help="processes for the message path in front of the one writer"
-                   " (0: one process; about the number of cores for throughput)")
-def serve(listen: str, db_path: Path, hsm: str, lmk: str, demo: bool | None,
+              help="Processes for the message path in front of the one writer"
+                   " (0: one process; about the number of cores for throughput).")
+def serve(listen: tuple[str, int], db_path: Path, hsm: str, lmk: str, demo: bool | None,
           serial_lines: tuple[str, ...], workers: int) -> None:
-    """Run the acquiring host until SIGINT/SIGTERM."""
-    host, _, port = listen.rpartition(":")
-    if not port.isdigit():
-        _fail(f"--listen must be HOST:PORT, not {listen!r}")
+    """Run the acquiring host until SIGINT/SIGTERM (one host per address)."""
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     logging.getLogger("hsm_sim.audit").setLevel(logging.WARNING)
-    config = HostConfig(host or "127.0.0.1", int(port), db_path, hsm, lmk, serial_lines,
-                        workers)
+    config = HostConfig(listen[0], listen[1], db_path, hsm, lmk, serial_lines, workers)
     new_db = not db_path.exists()
 
     async def main() -> None:
         if new_db and (demo or (demo is None and lmk == "test" and hsm == "embedded")):
             async with open_hsm(hsm, lmk) as (client, _):
-                _print_demo(await init_demo(db_path, client), listen)
+                await _create_db(db_path, lambda tmp: _provision_new(tmp, client, True))
+            click.echo(_demo_summary(db_path))
         stop = trio.Event()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_stop_on_signal, stop)
             bound = await nursery.start(partial(run_host, config, stop=stop))
-            if lmk == "test":
+            if lmk == "test" and hsm == "embedded":
                 click.echo(TEST_LMK_WARNING_TEXT, err=True)
             click.echo(f"poshost ready on {bound[0]}:{bound[1]} (db {db_path}, hsm {hsm})",
                        nl=True)
@@ -171,19 +271,18 @@ def serve(listen: str, db_path: Path, hsm: str, lmk: str, demo: bool | None,
 
 @main.command()
 @click.option("--serial", "line", required=True, metavar=LINE_SPEC,
-              help="the serial line the POS is attached to")
-@click.option("--to", "target", required=True, metavar="HOST:PORT",
-              help="the host speaking the TCP framing (2-byte length)")
-@click.option("--trace", is_flag=True, help="print every frame (masked) and link event")
-def bridge(line: str, target: str, trace: bool) -> None:
+              help="The serial line the POS is attached to.")
+@click.option("--host", "--to", "target", required=True, type=params.ADDRESS,
+              help="HOST:PORT of the host speaking the TCP framing (2-byte length)"
+                   " (--to: old spelling).")
+@click.option("--trace", is_flag=True, help="Print every frame (masked) and link event.")
+def bridge(line: str, target: tuple[str, int], trace: bool) -> None:
     """Relay a serial POS to a TCP host (the network access controller's role): keeps the
-    TPDU, reconnects with back-off, never loses or duplicates a frame it has ACKed."""
-    host, _, port = target.rpartition(":")
-    if not host or not port.isdigit():
-        _fail(f"--to must be HOST:PORT, not {target!r}")
+    TPDU, reconnects with back-off, never loses or duplicates a frame it has ACKed.
+    Ctrl-C stops it (exit 130)."""
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     echo = partial(click.echo, err=True) if trace else None
-    _run(lambda: run_bridge(line, host, int(port), trace=echo))
+    _run(lambda: run_bridge(line, target[0], target[1], trace=echo))
 
 
 async def _stop_on_signal(stop: trio.Event) -> None:
@@ -199,17 +298,18 @@ async def _stop_on_signal(stop: trio.Event) -> None:
 @hsm_options
 @click.option("--demo", is_flag=True, help="add the demo merchant, terminal and cards")
 def init(db_path: Path, hsm: str, lmk: str, demo: bool) -> None:
-    """Create the database (bound to the HSM's LMK), optionally with demo data."""
+    """Create the database (bound to the HSM's LMK), optionally with demo data.
+
+    All or nothing: if the HSM refuses or cannot be reached, no database is left behind.
+    Under a live LMK the demo terminal's TMK is generated by the HSM and its two clear
+    components are shown once (clear key import is a test-LMK extension)."""
+    if db_path.exists():
+        _fail(f"{db_path} already exists (init creates a new database; use --db for another)")
+
     async def go(client: HsmClient) -> None:
-        from host.hsm import check_lmk, ensure_pvk
-        conn = open_store(db_path)
-        try:
-            await check_lmk(conn, client)
-            await ensure_pvk(conn, client)
-        finally:
-            conn.close()
-        if demo:
-            _print_demo(await init_demo(db_path, client), DEFAULT_LISTEN)
+        rows = await _create_db(db_path, lambda tmp: _provision_new(tmp, client, demo))
+        if rows:
+            _print_demo(rows, DEFAULT_LISTEN)
         click.echo(f"database ready: {db_path}")
     with_hsm(go, hsm, lmk)
 
@@ -224,16 +324,20 @@ def spec() -> None:
     click.echo(render_contract(), nl=False)
 
 
+CVMS = ("pin", "signature", "none")
+
+
 @main.group()
 def merchant() -> None:
     """Merchants."""
 
 
 @merchant.command("add")
-@click.option("--mid", required=True)
-@click.option("--name", required=True)
+@click.option("--mid", required=True, type=params.MID, help="Merchant id, 15 characters (F42).")
+@click.option("--name", required=True, type=params.NAME, help="Merchant name (not empty).")
 @db_option
 def merchant_add(mid: str, name: str, db_path: Path) -> None:
+    """Add a merchant."""
     _run(lambda: provision.add_merchant(db_path, mid, name))
     click.echo(f"merchant {mid} added")
 
@@ -243,16 +347,21 @@ def terminal() -> None:
     """Terminals and their keys."""
 
 
+_tmk_help = "Clear TMK, 32 hex digits (lab injection, test LMK only)"
+
+
 @terminal.command("add")
-@click.option("--tid", required=True)
-@click.option("--mid", required=True)
-@click.option("--tmk", default=None, help="clear TMK, 32 hex (lab injection); else generated")
+@click.option("--tid", required=True, type=params.TID, help="Terminal id, 8 characters (F41).")
+@click.option("--mid", required=True, type=params.MID, help="Its merchant's id (15 characters).")
+@click.option("--tmk", default=None, help=f"{_tmk_help}; else the HSM generates it.")
 @click.option("--mac", type=click.Choice(provision.MAC_ALGORITHMS), default="x919",
-              show_default=True)
+              show_default=True, help="MAC algorithm the terminal uses.")
 @db_option
 @hsm_options
 def terminal_add(tid: str, mid: str, tmk: str | None, mac: str, db_path: Path, hsm: str,
                  lmk: str) -> None:
+    """Add a terminal; without --tmk the HSM generates the TMK and prints its two clear
+    components and KCV once."""
     result = with_hsm(lambda c: provision.add_terminal(db_path, c, tid, mid, tmk, mac), hsm, lmk)
     click.echo(f"terminal {tid} added (merchant {mid}, MAC {mac}), TMK check value"
                f" {result['tmk_kcv']}")
@@ -264,12 +373,14 @@ def terminal_add(tid: str, mid: str, tmk: str | None, mac: str, db_path: Path, h
 
 
 @terminal.command("add-range")
-@click.option("--prefix", required=True, help="TID prefix; TIDs are PREFIX000001, ...")
-@click.option("--count", type=click.IntRange(min=1), required=True)
-@click.option("--mid", required=True)
-@click.option("--tmk", required=True, help="clear TMK, 32 hex, shared by all (lab load tests)")
+@click.option("--tid-prefix", "--prefix", "prefix", required=True,
+              help="TID prefix; TIDs are PREFIX000001, ... (as posterm load --tid-prefix).")
+@click.option("--count", type=click.IntRange(min=1), required=True,
+              help="How many terminals.")
+@click.option("--mid", required=True, type=params.MID, help="Their merchant's id.")
+@click.option("--tmk", required=True, help=f"{_tmk_help}, shared by all (load tests).")
 @click.option("--mac", type=click.Choice(provision.MAC_ALGORITHMS), default="x919",
-              show_default=True)
+              show_default=True, help="MAC algorithm the terminals use.")
 @db_option
 @hsm_options
 def terminal_add_range(prefix: str, count: int, mid: str, tmk: str, mac: str, db_path: Path,
@@ -278,7 +389,7 @@ def terminal_add_range(prefix: str, count: int, mid: str, tmk: str, mac: str, db
     try:
         tids = terminal_ids(prefix, count)
     except TerminalError as exc:
-        _fail(str(exc))
+        _fail(str(exc), EXIT_USAGE)
 
     async def go(client: HsmClient) -> None:
         for tid in tids:
@@ -289,9 +400,15 @@ def terminal_add_range(prefix: str, count: int, mid: str, tmk: str, mac: str, db
 
 
 @terminal.command("list")
+@json_option
 @db_option
-def terminal_list(db_path: Path) -> None:
-    _table(reports.list_terminals(_read(db_path)))
+def terminal_list(as_json: bool, db_path: Path) -> None:
+    """Terminals with their keys' check values (6 hex digits) and open batch."""
+    rows = reports.list_terminals(_read(db_path))
+    for row in rows:
+        for key in ("tmk_kcv", "pik_kcv", "mak_kcv"):
+            row[key] = row[key][:6] if row[key] else row[key]
+    _emit_rows(rows, as_json)
 
 
 @main.group()
@@ -300,29 +417,44 @@ def card() -> None:
 
 
 @card.command("add")
-@click.option("--pan", required=True)
-@click.option("--expiry", required=True, help="YYMM")
-@click.option("--pin", required=True)
-@click.option("--balance", required=True, help="e.g. 1000.00")
-@click.option("--limit", default=None, help="per-transaction limit, e.g. 5000.00")
-@click.option("--status", type=click.Choice(["active", "lost", "stolen"]), default="active")
+@click.option("--pan", required=True, type=params.PAN, help="12-19 digits, Luhn-valid.")
+@click.option("--expiry", required=True, type=params.EXPIRY, help="YYMM.")
+@click.option("--pin", type=params.PIN, default=None,
+              help="4-12 digits; kept only as a Visa PVV made by the HSM.")
+@click.option("--cvm", type=click.Choice(CVMS), default=None,
+              help="Cardholder verification: pin (a sale or inquiry without a PIN block is"
+                   " declined 55), signature or none. Default: pin when --pin is given.")
+@click.option("--balance", required=True, type=params.BALANCE,
+              help="Available balance in major units, e.g. 1000.00.")
+@click.option("--limit", default=None, type=params.BALANCE,
+              help="Per-transaction limit in major units, e.g. 500.00.")
+@click.option("--status", type=click.Choice(["active", "lost", "stolen"]), default="active",
+              show_default=True, help="Card status (lost 41, stolen 43).")
 @db_option
 @hsm_options
-def card_add(pan: str, expiry: str, pin: str, balance: str, limit: str | None, status: str,
-             db_path: Path, hsm: str, lmk: str) -> None:
+def card_add(pan: str, expiry: str, pin: str | None, cvm: str | None, balance: int,
+             limit: int | None, status: str, db_path: Path, hsm: str, lmk: str) -> None:
     """An issuer-simulator card. Domestic (CUP, BIN 62) or foreign follows the BIN."""
-    amount, cap = parse_amount(balance), None if limit is None else parse_amount(limit)
-    with_hsm(lambda c: provision.add_card(db_path, c, pan, expiry, pin, amount, cap, status),
-             hsm, lmk)
-    click.echo(f"card {reports.mask_pan(pan)} added")
+    cvm = cvm or ("pin" if pin else None)
+    if cvm is None:
+        raise click.UsageError("give --pin, or --cvm signature|none for a card without a PIN")
+    if cvm == "pin" and not pin:
+        raise click.UsageError("--cvm pin needs --pin")
+    with_hsm(lambda c: provision.add_card(db_path, c, pan, expiry, pin, balance, limit, status,
+                                          cvm=cvm), hsm, lmk)
+    click.echo(f"card {reports.mask_pan(pan)} added (CVM {cvm})")
 
 
 @card.command("set")
-@click.option("--pan", required=True)
-@click.option("--status", type=click.Choice(["active", "lost", "stolen", "blocked"]))
-@click.option("--reset-pin-tries", is_flag=True, help="clear the wrong-PIN counter (ends 75)")
+@click.option("--pan", required=True, type=params.PAN, help="The card's PAN.")
+@click.option("--status", type=click.Choice(["active", "lost", "stolen", "blocked"]),
+              help="New status.")
+@click.option("--reset-pin-tries", is_flag=True, help="Clear the wrong-PIN counter (ends 75).")
 @db_option
 def card_set(pan: str, status: str | None, reset_pin_tries: bool, db_path: Path) -> None:
+    """Change a card's status or reset its wrong-PIN counter."""
+    if status is None and not reset_pin_tries:
+        raise click.UsageError("give --status and/or --reset-pin-tries")
     try:
         provision.set_card_status(db_path, pan, status, reset_pin_tries)
     except HostError as exc:
@@ -331,9 +463,15 @@ def card_set(pan: str, status: str | None, reset_pin_tries: bool, db_path: Path)
 
 
 @card.command("list")
+@json_option
 @db_option
-def card_list(db_path: Path) -> None:
-    _table(reports.list_cards(_read(db_path)))
+def card_list(as_json: bool, db_path: Path) -> None:
+    """Cards, PANs masked; balance and limit in major units, as entered."""
+    rows = reports.list_cards(_read(db_path))
+    for row in rows:
+        for key in ("balance", "limit"):
+            row[key] = None if row[key] is None else format_amount(row[key])
+    _emit_rows(rows, as_json)
 
 
 @main.group()
@@ -342,16 +480,17 @@ def txn() -> None:
 
 
 @txn.command("list")
-@click.option("--tid", default=None)
-@click.option("--json", "as_json", is_flag=True)
-@click.option("--limit", default=200, show_default=True)
+@click.option("--tid", default=None, type=params.TID, help="Only this terminal's.")
+@json_option
+@click.option("--limit", default=200, show_default=True, type=click.IntRange(min=1),
+              help="At most this many, newest first.")
 @db_option
 def txn_list(tid: str | None, as_json: bool, limit: int, db_path: Path) -> None:
+    """Transactions, newest first: masked PAN, amount (major units), code, RRN, status."""
     rows = reports.list_txns(_read(db_path), tid, limit)
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-    else:
-        _table(rows)
+    for row in rows:
+        row["amount"] = format_amount(row["amount"])
+    _emit_rows(rows, as_json)
 
 
 # --------------------------------------------------------------------------- end of day
@@ -363,18 +502,21 @@ def batch() -> None:
 
 
 @batch.command("list")
-@click.option("--tid", default=None)
+@click.option("--tid", default=None, type=params.TID, help="Only this terminal's.")
+@json_option
 @db_option
-def batch_list(tid: str | None, db_path: Path) -> None:
-    _table(reports.list_batches(_read(db_path), tid))
+def batch_list(tid: str | None, as_json: bool, db_path: Path) -> None:
+    """Batches with their state, settlement result and counts."""
+    _emit_rows(reports.list_batches(_read(db_path), tid), as_json)
 
 
 @batch.command("show")
-@click.argument("tid")
-@click.argument("batch_no", type=int)
-@click.option("--json", "as_json", is_flag=True)
+@click.argument("tid", type=params.TID)
+@click.argument("batch_no", type=click.IntRange(0, 999999))
+@json_option
 @db_option
 def batch_show(tid: str, batch_no: int, as_json: bool, db_path: Path) -> None:
+    """One batch: totals on both sides and its exceptions."""
     try:
         info = reports.show_batch(_read(db_path), tid, batch_no)
     except HostError as exc:
@@ -425,10 +567,11 @@ def exceptions() -> None:
 
 
 @exceptions.command("list")
-@click.option("--open", "open_only", is_flag=True, help="only those not yet resolved")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--open", "open_only", is_flag=True, help="Only those not yet resolved.")
+@json_option
 @db_option
 def exceptions_list(open_only: bool, as_json: bool, db_path: Path) -> None:
+    """Differences found by batch upload."""
     rows = reports.list_exceptions(_read(db_path), open_only=open_only)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -437,15 +580,18 @@ def exceptions_list(open_only: bool, as_json: bool, db_path: Path) -> None:
 
 
 @exceptions.command("resolve")
-@click.argument("exception_id", type=int)
-@click.option("--comment", required=True)
+@click.argument("exception_id", type=click.IntRange(min=1))
+@click.option("--comment", required=True, type=params.COMMENT,
+              help="What was found (not empty).")
 @db_option
 def exceptions_resolve(exception_id: int, comment: str, db_path: Path) -> None:
+    """Mark an exception resolved; resolving again adds to its history, never replaces it."""
     try:
-        reports.resolve_exception(_read(db_path), exception_id, comment)
+        again = reports.resolve_exception(_read(db_path), exception_id, comment)
     except HostError as exc:
         _fail(str(exc))
-    click.echo(f"exception {exception_id} resolved")
+    click.echo(f"exception {exception_id} already resolved: comment added to its history"
+               if again else f"exception {exception_id} resolved")
 
 
 @main.group()
@@ -454,12 +600,16 @@ def settlement() -> None:
 
 
 @settlement.command("report")
-@click.option("--date", "day", required=True, help="YYYY-MM-DD")
+@click.option("--date", "day", required=True, type=params.DAY,
+              help="Settlement date YYYY-MM-DD.")
 @click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv",
-              show_default=True)
-@click.option("--out", type=click.Path(path_type=Path), default=None)
+              show_default=True, help="Output format.")
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Write to this file instead of stdout.")
 @db_option
 def settlement_report(day: str, fmt: str, out: Path | None, db_path: Path) -> None:
+    """The day's reconciliation file: one line per transaction, totals per merchant,
+    per terminal and overall."""
     report = reports.settlement_report(_read(db_path), day)
     text = json.dumps(report, indent=2) + "\n" if fmt == "json" else reports.report_csv(report)
     if out is None:

@@ -32,7 +32,7 @@ CREATE TABLE IF NOT EXISTS cards (
     pan TEXT PRIMARY KEY, expiry TEXT NOT NULL, pvv TEXT NOT NULL, pvki INTEGER NOT NULL,
     balance INTEGER NOT NULL, limit_minor INTEGER, status TEXT NOT NULL,
     pin_tries INTEGER NOT NULL DEFAULT 0, domestic INTEGER NOT NULL DEFAULT 1,
-    created TEXT NOT NULL, pan_hash TEXT);
+    created TEXT NOT NULL, pan_hash TEXT, cvm TEXT NOT NULL DEFAULT 'pin');
 CREATE TABLE IF NOT EXISTS batches (
     tid TEXT NOT NULL, batch INTEGER NOT NULL, state TEXT NOT NULL,
     opened_at TEXT NOT NULL, closed_at TEXT, host_totals TEXT, terminal_totals TEXT,
@@ -89,6 +89,16 @@ def initialise(conn: sqlite3.Connection) -> None:
     conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
     conn.execute("INSERT OR IGNORE INTO meta VALUES ('pan_salt', ?)", (secrets.token_hex(16),))
     _hash_card_pans(conn)
+    _add_card_cvm(conn)
+
+
+def _add_card_cvm(conn: sqlite3.Connection) -> None:
+    """Cards carry their CVM (pin, signature, none); older databases get the column, with
+    'pin' for every card that has a PVV and 'none' for the others."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(cards)")}
+    if "cvm" not in columns:
+        conn.execute("ALTER TABLE cards ADD COLUMN cvm TEXT NOT NULL DEFAULT 'pin'")
+        conn.execute("UPDATE cards SET cvm='none' WHERE pvv=''")
 
 
 def _hash_card_pans(conn: sqlite3.Connection) -> None:
@@ -174,13 +184,15 @@ class Card:
     status: str
     pin_tries: int
     domestic: bool
+    cvm: str = "pin"
+    """Cardholder verification the issuer requires: pin, signature or none."""
 
 
 def load_card(conn: sqlite3.Connection, pan: str) -> Card | None:
     row = conn.execute(
-        "SELECT pan, expiry, pvv, pvki, balance, limit_minor, status, pin_tries, domestic"
-        " FROM cards WHERE pan = ?", (pan,),
+        "SELECT pan, expiry, pvv, pvki, balance, limit_minor, status, pin_tries, domestic,"
+        " cvm FROM cards WHERE pan = ?", (pan,),
     ).fetchone()
     if row is None:
         return None
-    return Card(*row[:8], domestic=bool(row[8]))
+    return Card(*row[:8], domestic=bool(row[8]), cvm=row[9])

@@ -141,6 +141,8 @@ def authorise_card(
         return EXPIRED, None
     if card.status != "active":
         return STATUS_CODES.get(card.status, DO_NOT_HONOUR), None
+    if pin is PinResult.ABSENT and getattr(card, "cvm", "pin") == "pin":
+        return WRONG_PIN, None  # a PIN card without a PIN block: 55, no try counted
     return check_pin(card, pin)
 
 
