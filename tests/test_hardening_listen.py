@@ -56,10 +56,10 @@ def test_second_host_on_a_served_port_is_refused(tmp_path: Path, first: str,
 
 def test_claim_refuses_a_second_claim_and_is_released() -> None:
     port = _free_port()
-    with claim_address("127.0.0.1", port):
-        with pytest.raises(ConfigError, match="another poshost already serves it"):
-            with claim_address("127.0.0.1", port):
-                pass
+    with (claim_address("127.0.0.1", port),
+          pytest.raises(ConfigError, match="another poshost already serves it"),
+          claim_address("127.0.0.1", port)):
+        pass
     with claim_address("127.0.0.1", port):  # released with the block
         pass
 
