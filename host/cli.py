@@ -59,12 +59,14 @@ def _run(fn: Callable[[], Awaitable[T]]) -> T:
     except (HostError, HsmError) as exc:
         _fail(str(exc))
     except BaseExceptionGroup as group:
-        if all(isinstance(e, KeyboardInterrupt) for e in _leaves(group)):
-            raise KeyboardInterrupt from None
-        match, rest = group.split((HostError, HsmError))
-        if match is None or rest is not None:
-            raise
-        _fail("; ".join(str(e) for e in _leaves(match)))
+        leaves = _leaves(group)
+        if all(isinstance(e, (HostError, HsmError)) for e in leaves):
+            _fail("; ".join(str(e) for e in leaves))
+        for kind in (KeyboardInterrupt, sqlite3.DatabaseError, OSError, InputError):
+            first = next((e for e in leaves if isinstance(e, kind)), None)
+            if first is not None:  # for the group's handler (_Cli): one line, its exit code
+                raise first from None
+        raise
 
 
 def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
@@ -446,7 +448,7 @@ def card_add(pan: str, expiry: str, pin: str | None, cvm: str | None, balance: i
 
 
 @card.command("set")
-@click.option("--pan", required=True, type=params.PAN, help="The card's PAN.")
+@click.option("--pan", required=True, type=params.CARD_NUMBER, help="The card's PAN.")
 @click.option("--status", type=click.Choice(["active", "lost", "stolen", "blocked"]),
               help="New status.")
 @click.option("--reset-pin-tries", is_flag=True, help="Clear the wrong-PIN counter (ends 75).")

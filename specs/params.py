@@ -36,6 +36,9 @@ AMOUNT = Checked("amount", values.parse_amount)
 BALANCE = Checked("amount", partial(values.parse_amount, minimum=0))
 """An amount of 0 or more in major units -> minor units."""
 PAN = Checked("pan", values.parse_pan)
+"""A new card's PAN: 12-19 digits passing Luhn."""
+CARD_NUMBER = Checked("pan", partial(values.parse_pan, luhn=False))
+"""A PAN that names an existing card (the demo cards predate the Luhn check)."""
 EXPIRY = Checked("yymm", values.parse_expiry)
 PIN = Checked("pin", values.parse_pin)
 TID = Checked("tid", values.parse_tid)
