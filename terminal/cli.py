@@ -1,15 +1,24 @@
 """Command-line edge of `posterm`: the only place errors become messages and exit codes.
 
-Exit codes: 0 approved / done, 1 declined (or settlement refused), 2 usage or bad input,
-3 communication failure (no connection or no response in time; a reversal or advice stays
-pending), 4 response rejected (bad MAC, undecodable, not echoing the request; reversal pending),
-5 terminal not ready (not initialised, not signed on, key check failed, unknown original).
+\b
+Exit codes:
+  0 approved / done
+  1 declined (or settlement refused)
+  2 usage or bad input (nothing sent, nothing stored)
+  3 communication failure: no connection, no response in time, or a host
+    malfunction (96 without a MAC); a reversal or advice stays pending
+  4 response rejected (bad MAC, undecodable, not echoing the request);
+    reversal pending
+  5 terminal not ready (not initialised, not signed on, key check failed,
+    unknown original, state file unusable)
+  130 interrupted (Ctrl-C; posterm load still settles and reports)
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -18,10 +27,17 @@ from typing import Any, NoReturn
 import click
 import trio
 
+from specs import values
 from terminal import receipt
 from terminal.cards import Card, card_from_options, check_pin, parse_amount, parse_trace
 from terminal.core import Original
-from terminal.errors import EXIT_COMMUNICATION, EXIT_DECLINED, BadInput, TerminalError
+from terminal.errors import (
+    EXIT_COMMUNICATION,
+    EXIT_DECLINED,
+    BadInput,
+    NotReady,
+    TerminalError,
+)
 from terminal.pinpad import MAC_ALGORITHMS, combine_components, kcv_hex, parse_key_hex
 from terminal.serial_transport import SerialTransport
 from terminal.session import Result, Terminal
@@ -29,6 +45,7 @@ from terminal.state import DEFAULT_PATH, Config, Store, open_store
 from terminal.transport import TcpTransport, Transport, parse_address
 
 HELP = __doc__.split("\n\n", 1)[1] if __doc__ else ""
+EXIT_INTERRUPTED = 130
 
 
 @dataclass
@@ -55,7 +72,7 @@ def _common(trace: bool = True) -> Callable[[Callable[..., Any]], Callable[..., 
         f = click.option("--json", "as_json", is_flag=True, expose_value=False,
                          callback=_set("as_json"), help="Print JSON instead of a receipt.")(f)
         f = click.option("--state", type=click.Path(dir_okay=False), expose_value=False,
-                         envvar="POSTERM_STATE", callback=_set("state"),
+                         callback=_set("state"),
                          help="State file (default ./posterm.db, env POSTERM_STATE).")(f)
         if trace:
             f = click.option("--trace", "trace_frames", is_flag=True, expose_value=False,
@@ -65,12 +82,40 @@ def _common(trace: bool = True) -> Callable[[Callable[..., Any]], Callable[..., 
     return decorate
 
 
-@click.group(help=f"posterm: POS terminal emulator speaking the cup-pos contract.\n\n{HELP}")
+class _Cli(click.Group):
+    """The group whose commands never end in a traceback: an unusable state file, a missing
+    directory or Ctrl-C become one line and a documented exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except sqlite3.DatabaseError as exc:
+            _fail(NotReady(f"the state file {_opts().state} cannot be used (damaged or not a"
+                           f" posterm state file?): {exc}"))
+        except KeyboardInterrupt:
+            click.echo("posterm: interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except OSError as exc:
+            _fail(BadInput(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")))
+
+
+def _check_state(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    parent = os.path.dirname(os.path.abspath(value))
+    if not os.path.isdir(parent):
+        raise click.BadParameter(f"directory {parent} does not exist")
+    if os.path.isdir(value):
+        raise click.BadParameter(f"{value} is a directory, not a state file")
+    return value
+
+
+@click.group(cls=_Cli,
+             help=f"posterm: POS terminal emulator speaking the cup-pos contract.\n\n{HELP}")
 @click.option("--state", type=click.Path(dir_okay=False), envvar="POSTERM_STATE",
-              default=DEFAULT_PATH, show_default=True, help="State file (env POSTERM_STATE).")
+              default=DEFAULT_PATH, show_default=True, callback=_check_state,
+              help="State file (env POSTERM_STATE; the option wins).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of receipts.")
 @click.option("--trace", is_flag=True, help="Print every frame sent and received (masked).")
-@click.version_option(package_name="poshost")
+@click.version_option(package_name="poshost", prog_name="posterm")
 @click.pass_context
 def main(ctx: click.Context, state: str, as_json: bool, trace: bool) -> None:
     ctx.obj = Options(state, as_json, trace)
@@ -211,8 +256,11 @@ def init(tid: str, mid: str, tmk: str | None, components: tuple[str, ...],
                 raise BadInput(str(exc)) from None
         if len(nii) != 4 or not nii.isdigit():
             raise BadInput("NII must be 4 digits")
-        config = Config(_text_field(tid, 8, "TID"), _text_field(mid, 15, "MID"), host, port,
-                        nii, mac, timeout, backoff, attempts, serial or "")
+        try:
+            ids = values.parse_tid(tid), values.parse_mid(mid)
+        except values.InputError as exc:
+            raise BadInput(str(exc)) from None
+        config = Config(*ids, host, port, nii, mac, timeout, backoff, attempts, serial or "")
         return config, key
 
     config, key = _guard(parse)
@@ -266,7 +314,14 @@ def _pin_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _pin(pin: str | None, no_pin: bool) -> str | None:
-    if pin is None and not no_pin and sys.stdin.isatty():
+    """--pin, else a hidden prompt on a terminal; with neither (a script, a pipe) it is an
+    error, not a PIN-less transaction: --no-pin says so explicitly."""
+    if pin is not None and no_pin:
+        raise BadInput("give --pin or --no-pin, not both")
+    if pin is None and not no_pin:
+        if not sys.stdin.isatty():
+            raise BadInput("no PIN: give --pin PIN (no terminal to prompt on), or --no-pin"
+                           " for a transaction without PIN")
         pin = click.prompt("PIN (empty for none)", hide_input=True, default="",
                            show_default=False) or None
     return check_pin(pin) if pin is not None else None
@@ -303,17 +358,33 @@ def _optional_card(track2: str | None, pan: str | None, expiry: str | None) -> C
     return card_from_options(track2, pan, expiry)
 
 
+def _old_spelling(old: str, dest: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A hidden option kept for scripts written against an older spelling of ``dest``."""
+    def callback(ctx: click.Context, _param: click.Parameter, value: Any) -> None:
+        if value is not None:
+            ctx.meta[f"old:{dest}"] = value
+    return click.option(old, hidden=True, expose_value=False, callback=callback)
+
+
+def _from_old(value: Any, dest: str) -> Any:
+    return value if value is not None else click.get_current_context().meta.get(f"old:{dest}")
+
+
 @main.command()
-@click.option("--trace", "trace_no", required=True, help="STAN of the sale to void.")
+@click.option("--stan", "trace_no", help="STAN of the sale to void.")
+@_old_spelling("--trace", "trace_no")
 @_card_options
 @click.option("--pin", help="PIN (only with card data).")
 @_common(trace=False)
-def void(trace_no: str, track2: str | None, pan: str | None, expiry: str | None,
+def void(trace_no: str | None, track2: str | None, pan: str | None, expiry: str | None,
          pin: str | None) -> None:
     """Void a sale of the open batch (card taken from the journal unless given).
 
-    Frame tracing: posterm --trace void --trace STAN.
+    Frame tracing: posterm --trace void --stan STAN.
     """
+    trace_no = _from_old(trace_no, "trace_no")
+    if trace_no is None:
+        raise click.UsageError("Missing option '--stan'.")
     stan, card, pin_value = _guard(lambda: (parse_trace(trace_no),
                                             _optional_card(track2, pan, expiry),
                                             check_pin(pin) if pin else None))
@@ -322,7 +393,8 @@ def void(trace_no: str, track2: str | None, pan: str | None, expiry: str | None,
 
 @main.command()
 @click.argument("amount")
-@click.option("--trace", "trace_no", help="STAN of a sale in the journal.")
+@click.option("--stan", "trace_no", help="STAN of a sale in the journal.")
+@_old_spelling("--trace", "trace_no")
 @click.option("--rrn", help="Original RRN (older sale not in the journal).")
 @click.option("--orig-date", help="Original date MMDD.")
 @click.option("--orig-batch", help="Original batch number.")
@@ -336,6 +408,7 @@ def refund(amount: str, trace_no: str | None, rrn: str | None, orig_date: str | 
 
     Frame tracing: posterm --trace refund ...
     """
+    trace_no = _from_old(trace_no, "trace_no")
 
     def parse() -> tuple[int, str | None, Original | None, Card | None]:
         minor = parse_amount(amount)
@@ -343,7 +416,7 @@ def refund(amount: str, trace_no: str | None, rrn: str | None, orig_date: str | 
         if trace_no is not None:
             return minor, parse_trace(trace_no), None, card
         if not (rrn and orig_date and orig_batch and orig_trace and card):
-            raise BadInput("give --trace STAN, or --rrn --orig-date --orig-batch --orig-trace "
+            raise BadInput("give --stan STAN, or --rrn --orig-date --orig-batch --orig-trace "
                            "with card data")
         if len(orig_date) != 4 or not orig_date.isdigit():
             raise BadInput("--orig-date must be MMDD")
@@ -471,4 +544,6 @@ def load_command(**kwargs: Any) -> None:
         _fail(exc)
     if _opts().as_json:
         click.echo(json.dumps(report, indent=2, sort_keys=True))
+    if report.get("interrupted"):
+        sys.exit(EXIT_INTERRUPTED)
     sys.exit(0 if report["completed"] and not report["errors"] else EXIT_COMMUNICATION)
