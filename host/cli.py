@@ -172,9 +172,13 @@ class _Cli(click.Group):
             _fail(f"{exc.strerror or exc}")
 
 
-@click.group(cls=_Cli, epilog="Exit codes: 0 done, 1 failed (refused, HSM unreachable, port"
-             " in use, database damaged, directory missing), 2 usage or bad input (nothing"
-             " changed), 130 interrupted.")
+@click.group(cls=_Cli, epilog="""\b
+Exit codes:
+  0 done
+  1 failed: refused (already exists, no such record, wrong LMK), HSM refused
+    or unreachable, port in use, database damaged, file not writable
+  2 usage or bad input (nothing changed)
+  130 interrupted (Ctrl-C)""")
 @click.version_option(package_name="poshost", prog_name="poshost")
 def main() -> None:
     """poshost: ISO 8583 POS acquiring host (cup-pos dialect) for card-acquiring labs."""
@@ -484,7 +488,7 @@ def txn() -> None:
 @txn.command("list")
 @click.option("--tid", default=None, type=params.TID, help="Only this terminal's.")
 @json_option
-@click.option("--limit", default=200, show_default=True, type=click.IntRange(min=1),
+@click.option("--limit", default=200, show_default=True, type=click.IntRange(1, 10**9),
               help="At most this many, newest first.")
 @db_option
 def txn_list(tid: str | None, as_json: bool, limit: int, db_path: Path) -> None:
@@ -582,7 +586,7 @@ def exceptions_list(open_only: bool, as_json: bool, db_path: Path) -> None:
 
 
 @exceptions.command("resolve")
-@click.argument("exception_id", type=click.IntRange(min=1))
+@click.argument("exception_id", type=click.IntRange(1, 2**63 - 1))
 @click.option("--comment", required=True, type=params.COMMENT,
               help="What was found (not empty).")
 @db_option

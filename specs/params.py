@@ -48,6 +48,7 @@ COMMENT = Checked("text", partial(values.parse_name, what="comment"))
 DAY = Checked("yyyy-mm-dd", values.parse_day)
 PORT = Checked("port", values.parse_port)
 LISTEN_PORT = Checked("port", partial(values.parse_port, allow_zero=True))
+HOST = Checked("host", values.parse_host)
 ADDRESS = Checked("host:port", values.parse_address)
 """Where to connect: HOST:PORT -> (host, port)."""
 LISTEN = Checked("host:port", partial(values.parse_address, allow_zero=True))

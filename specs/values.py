@@ -143,10 +143,22 @@ def parse_port(text: str | int, *, allow_zero: bool = False) -> int:
     return int(value)
 
 
+def parse_host(text: str) -> str:
+    """A host name or IP address: ASCII, no spaces, DNS lengths (253, labels of 63)."""
+    host = text.strip().strip("[]")
+    if (not host or not host.isascii() or not host.isprintable() or " " in host
+            or len(host) > 253 or any(len(label) > 63 for label in host.split("."))):
+        raise InputError(f"not a host name or address: {text!r}")
+    return host
+
+
 def parse_address(text: str, *, allow_zero: bool = False) -> tuple[str, int]:
     """HOST:PORT ([v6]:PORT for IPv6) -> (host, port)."""
     host, sep, port = text.strip().rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not host.isascii() or any(c.isspace() for c in host):
+    if not sep or not host:
         raise InputError(f"address must be HOST:PORT, not {text!r}")
+    try:
+        host = parse_host(host)
+    except InputError:
+        raise InputError(f"address must be HOST:PORT, not {text!r}") from None
     return host, parse_port(port, allow_zero=allow_zero)

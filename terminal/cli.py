@@ -46,6 +46,10 @@ from terminal.transport import TcpTransport, Transport, parse_address
 
 HELP = __doc__.split("\n\n", 1)[1] if __doc__ else ""
 EXIT_INTERRUPTED = 130
+MAX_SECONDS = 7 * 86400.0
+"""Longest duration, timeout or back-off an option takes (a week)."""
+MAX_RATE = 1_000_000.0
+MAX_LOAD_TERMINALS = 100_000
 
 
 @dataclass
@@ -228,11 +232,11 @@ def _text_field(value: str, length: int, what: str) -> str:
 @click.option("--mac", type=click.Choice(sorted(MAC_ALGORITHMS)), default="x919",
               show_default=True, help="MAC algorithm agreed with the host.")
 @click.option("--nii", default="0003", show_default=True, help="Destination NII (4 digits).")
-@click.option("--timeout", type=click.FloatRange(min=0.01), default=30.0, show_default=True,
-              help="Seconds to wait for a response.")
-@click.option("--backoff", type=click.FloatRange(min=0), default=2.0, show_default=True,
+@click.option("--timeout", type=click.FloatRange(0.01, MAX_SECONDS), default=30.0,
+              show_default=True, help="Seconds to wait for a response.")
+@click.option("--backoff", type=click.FloatRange(0, MAX_SECONDS), default=2.0, show_default=True,
               help="First reversal retry delay in seconds (doubles each retry).")
-@click.option("--attempts", type=click.IntRange(min=1), default=3, show_default=True,
+@click.option("--attempts", type=click.IntRange(1, 1000), default=3, show_default=True,
               help="Reversal sends per command before giving up (it stays pending).")
 @_common(trace=False)
 def init(tid: str, mid: str, tmk: str | None, components: tuple[str, ...],
@@ -507,16 +511,19 @@ def status() -> None:
 
 @main.command("load")
 @click.option("--host", "address", required=True, help="Host address HOST:PORT.")
-@click.option("--terminals", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--duration", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
-              help="Seconds to run.")
-@click.option("--rate", type=click.FloatRange(min=0), default=0.0,
+@click.option("--terminals", type=click.IntRange(1, MAX_LOAD_TERMINALS), default=10,
+              show_default=True, help="How many emulated terminals.")
+@click.option("--duration", type=click.FloatRange(0.1, MAX_SECONDS), default=10.0,
+              show_default=True, help="Seconds to run.")
+@click.option("--rate", type=click.FloatRange(0, MAX_RATE), default=0.0,
               help="Total requests per second (0 = as fast as the host answers).")
-@click.option("--mix", default="sale=80,balance=10,void=5,refund=5", show_default=True)
+@click.option("--mix", default="sale=80,balance=10,void=5,refund=5", show_default=True,
+              help="Operations and their weights.")
 @click.option("--report", type=click.Path(dir_okay=False), help="Write the JSON report here.")
 @click.option("--tid-prefix", default="LT", show_default=True,
               help="TIDs are PREFIX + zero-filled index (8 characters).")
-@click.option("--mid", default="LOADTEST0000001", show_default=True)
+@click.option("--mid", default="LOADTEST0000001", show_default=True,
+              help="Merchant id of the load terminals.")
 @click.option("--tmk", required=True, help="TMK shared by the load terminals (32 hex).")
 @click.option("--track2", required=True, multiple=True,
               help="Card to use (track 2); repeat to spread terminals over several cards.")
@@ -524,8 +531,10 @@ def status() -> None:
 @click.option("--amount", default="1.00", show_default=True, help="Amount of each sale.")
 @click.option("--settle/--no-settle", default=True, show_default=True,
               help="Settle each terminal's batch at the end (next run starts a fresh batch).")
-@click.option("--mac", type=click.Choice(sorted(MAC_ALGORITHMS)), default="x919")
-@click.option("--timeout", type=click.FloatRange(min=0.01), default=10.0, show_default=True)
+@click.option("--mac", type=click.Choice(sorted(MAC_ALGORITHMS)), default="x919",
+              help="MAC algorithm of the load terminals.")
+@click.option("--timeout", type=click.FloatRange(0.01, MAX_SECONDS), default=10.0,
+              show_default=True, help="Seconds to wait for each response.")
 @click.option("--json", "as_json", is_flag=True, expose_value=False, callback=_set("as_json"),
               help="Print the report as JSON on stdout.")
 def load_command(**kwargs: Any) -> None:

@@ -552,7 +552,7 @@ async def run_load(settings: LoadSettings,
         for t in terminals:
             nursery.start_soon(start, t)
     started = trio.current_time()
-    deadline = started + settings.duration
+    deadline = started + (settings.duration if ready else 0.0)  # nobody signed on: done
     with trio.CancelScope() as watching:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_stop_when, stop, stats, ready)
