@@ -253,13 +253,23 @@ def test_serve_output_shows_no_lab_secrets(tmp_path: Path) -> None:
             seen.append(line)
             if line.startswith("poshost ready on"):
                 break
+        posterm = [str(Path(sys.executable).parent / "posterm"), "--state",
+                   str(tmp_path / "t.db")]
+        subprocess.run([*posterm, "init", "--tid", "12345678", "--mid", "123456789012345",
+                        "--tmk", TMK, "--host", line.split()[3]], check=True,
+                       capture_output=True)
+        subprocess.run([*posterm, "signon"], check=True, capture_output=True)
+        sale = subprocess.run([*posterm, "sale", "1.00", "--track2",
+                               f"{GOOD_PAN}=30121010000000000", "--pin", "1234"],
+                              capture_output=True, text=True)
+        assert sale.returncode == 0, sale.stderr
         proc.send_signal(signal.SIGTERM)
         seen.append(proc.stdout.read())
         assert proc.wait(timeout=15) == 0
     finally:
         proc.kill()
     text = "".join(seen)
-    assert "demo data loaded" in text and "poshost ready on" in text
+    assert "demo data loaded" in text and "poshost ready on" in text and "rc=00" in text
     assert GOOD_PAN not in text and TMK not in text and "PIN 1234" not in text
     assert "4761739001010010" not in text
 
