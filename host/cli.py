@@ -149,6 +149,24 @@ def _emit_rows(rows: list[dict], as_json: bool, columns: list[str] | None = None
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 
 
+def _old_spelling(old: str, dest: str, kind: Any = None) -> Callable[[Callable[..., Any]],
+                                                                      Callable[..., Any]]:
+    """A hidden option kept for scripts written against an older spelling of ``dest``."""
+    def callback(ctx: click.Context, _param: click.Parameter, value: Any) -> None:
+        if value is not None:
+            ctx.meta[f"old:{dest}"] = value
+    return click.option(old, type=kind, hidden=True, expose_value=False, callback=callback)
+
+
+def _given(value: Any, dest: str, option: str) -> Any:
+    """``value``, or what its old spelling gave; a usage error when neither was given."""
+    if value is None:
+        value = click.get_current_context().meta.get(f"old:{dest}")
+    if value is None:
+        raise click.UsageError(f"Missing option '{option}'.")
+    return value
+
+
 class _Cli(click.Group):
     """The group whose commands never end in a traceback: a damaged database, a missing
     directory or Ctrl-C become one line and a documented exit code."""
@@ -278,17 +296,18 @@ def serve(listen: tuple[str, int], db_path: Path, hsm: str, lmk: str, demo: bool
 @main.command()
 @click.option("--serial", "line", required=True, metavar=LINE_SPEC,
               help="The serial line the POS is attached to.")
-@click.option("--host", "--to", "target", required=True, type=params.ADDRESS,
-              help="HOST:PORT of the host speaking the TCP framing (2-byte length)"
-                   " (--to: old spelling).")
+@click.option("--host", "target", type=params.ADDRESS,
+              help="HOST:PORT of the host speaking the TCP framing (2-byte length).")
+@_old_spelling("--to", "target", params.ADDRESS)
 @click.option("--trace", is_flag=True, help="Print every frame (masked) and link event.")
-def bridge(line: str, target: tuple[str, int], trace: bool) -> None:
+def bridge(line: str, target: tuple[str, int] | None, trace: bool) -> None:
     """Relay a serial POS to a TCP host (the network access controller's role): keeps the
     TPDU, reconnects with back-off, never loses or duplicates a frame it has ACKed.
     Ctrl-C stops it (exit 130)."""
+    host, port = _given(target, "target", "--host")
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     echo = partial(click.echo, err=True) if trace else None
-    _run(lambda: run_bridge(line, target[0], target[1], trace=echo))
+    _run(lambda: run_bridge(line, host, port, trace=echo))
 
 
 async def _stop_on_signal(stop: trio.Event) -> None:
@@ -379,8 +398,9 @@ def terminal_add(tid: str, mid: str, tmk: str | None, mac: str, db_path: Path, h
 
 
 @terminal.command("add-range")
-@click.option("--tid-prefix", "--prefix", "prefix", required=True,
+@click.option("--tid-prefix", "prefix",
               help="TID prefix; TIDs are PREFIX000001, ... (as posterm load --tid-prefix).")
+@_old_spelling("--prefix", "prefix")
 @click.option("--count", type=click.IntRange(min=1), required=True,
               help="How many terminals.")
 @click.option("--mid", required=True, type=params.MID, help="Their merchant's id.")
@@ -389,9 +409,10 @@ def terminal_add(tid: str, mid: str, tmk: str | None, mac: str, db_path: Path, h
               show_default=True, help="MAC algorithm the terminals use.")
 @db_option
 @hsm_options
-def terminal_add_range(prefix: str, count: int, mid: str, tmk: str, mac: str, db_path: Path,
-                       hsm: str, lmk: str) -> None:
+def terminal_add_range(prefix: str | None, count: int, mid: str, tmk: str, mac: str,
+                       db_path: Path, hsm: str, lmk: str) -> None:
     """COUNT terminals named as `posterm load --tid-prefix PREFIX` expects, for load tests."""
+    prefix = _given(prefix, "prefix", "--tid-prefix")
     try:
         tids = terminal_ids(prefix, count)
     except TerminalError as exc:

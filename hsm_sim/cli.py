@@ -204,12 +204,19 @@ def lmk() -> None:
 
 
 @lmk.command("generate")
-@click.argument("path", type=click.Path(dir_okay=False))
+@click.argument("path", type=click.Path(dir_okay=False), required=False)
+@click.option("--lmk", "lmk_path", type=click.Path(dir_okay=False),
+              help="The LMK file to create (the same as PATH; --lmk as everywhere else).")
 @_hsm_errors
-def lmk_generate(path: str) -> None:
-    """Write a random live LMK to PATH (mode 0600; refuses to overwrite)."""
-    lmk_set = generate_lmk_file(path)
-    click.echo(f"LMK written to {path}, check value {lmk_set.check_value}")
+def lmk_generate(path: str | None, lmk_path: str | None) -> None:
+    """Write a random live LMK to PATH or --lmk (mode 0600; refuses to overwrite)."""
+    if (path is None) == (lmk_path is None):
+        raise click.UsageError("give the LMK file to create: PATH or --lmk PATH (one)")
+    target = path if path is not None else lmk_path
+    if not target:
+        raise click.BadParameter("the LMK file name is empty")
+    lmk_set = generate_lmk_file(target)
+    click.echo(f"LMK written to {target}, check value {lmk_set.check_value}")
 
 
 @lmk.command("check")

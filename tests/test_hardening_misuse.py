@@ -226,3 +226,29 @@ def test_version_and_exit_codes_in_help(cli: str, group: click.Group) -> None:
     assert version.exit_code == 0 and cli in version.output
     text = CliRunner().invoke(group, ["--help"]).output
     assert "Exit codes" in text and "2 usage" in text and "130 interrupted" in text
+
+
+def test_old_spellings_still_work_but_are_hidden(tmp_path: Path, seeded_db: Path) -> None:
+    db = tmp_path / "h.db"
+    shutil.copy(seeded_db, db)
+    old = CliRunner().invoke(poshost, ["terminal", "add-range", "--prefix", "OS", "--count",
+                                       "2", "--mid", "123456789012345", "--tmk", TMK,
+                                       "--db", str(db)])
+    assert old.exit_code == 0 and "OS000001..OS000002" in old.output, old.output
+    missing = CliRunner().invoke(poshost, ["terminal", "add-range", "--count", "2", "--mid",
+                                           "123456789012345", "--tmk", TMK, "--db", str(db)])
+    assert missing.exit_code == 2 and "--tid-prefix" in missing.output
+    bridged = CliRunner().invoke(poshost, ["bridge", "--serial", "/nonexistent/tty", "--to",
+                                           "127.0.0.1:5000"])
+    assert bridged.exit_code == 1 and "Traceback" not in bridged.output  # parsed, line absent
+    lmk = CliRunner().invoke(hsm_sim, ["lmk", "generate", "--lmk", str(tmp_path / "l.lmk")])
+    assert lmk.exit_code == 0 and (tmp_path / "l.lmk").exists()
+    for group, path, old_names in ((poshost, ["bridge"], ["--to"]),
+                                   (poshost, ["terminal", "add-range"], ["--prefix"]),
+                                   (hsm_sim, ["serve"], ["--host", "--port"]),
+                                   (hsm_sim, ["command"], ["--port"]),
+                                   (posterm, ["void"], ["--trace"]),
+                                   (posterm, ["refund"], ["--trace"])):
+        text = CliRunner().invoke(group, [*path, "--help"]).output.split("Options:")[1]
+        for name in old_names:
+            assert f"{name} " not in text and f"{name}," not in text, (path, name)
