@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import sys
 from collections.abc import Awaitable, Callable
@@ -46,6 +47,7 @@ from terminal.transport import TcpTransport, Transport, parse_address
 
 HELP = __doc__.split("\n\n", 1)[1] if __doc__ else ""
 EXIT_INTERRUPTED = 130
+_MMDD = re.compile(r"(0[1-9]|1[0-2])(0[1-9]|[12][0-9]|3[01])", re.ASCII)
 MAX_SECONDS = 7 * 86400.0
 """Longest duration, timeout or back-off an option takes (a week)."""
 MAX_RATE = 1_000_000.0
@@ -258,7 +260,7 @@ def init(tid: str, mid: str, tmk: str | None, components: tuple[str, ...],
                 host, port = parse_address(address or "")
             except ValueError as exc:
                 raise BadInput(str(exc)) from None
-        if len(nii) != 4 or not nii.isdigit():
+        if len(nii) != 4 or not nii.isascii() or not nii.isdigit():
             raise BadInput("NII must be 4 digits")
         try:
             ids = values.parse_tid(tid), values.parse_mid(mid)
@@ -422,10 +424,10 @@ def refund(amount: str, trace_no: str | None, rrn: str | None, orig_date: str | 
         if not (rrn and orig_date and orig_batch and orig_trace and card):
             raise BadInput("give --stan STAN, or --rrn --orig-date --orig-batch --orig-trace "
                            "with card data")
-        if len(orig_date) != 4 or not orig_date.isdigit():
-            raise BadInput("--orig-date must be MMDD")
-        if len(rrn) > 12:
-            raise BadInput("--rrn must be at most 12 characters")
+        if not _MMDD.fullmatch(orig_date):
+            raise BadInput("--orig-date must be MMDD (month 01-12, day 01-31)")
+        if len(rrn) > 12 or not rrn.isascii() or not rrn.isprintable():
+            raise BadInput("--rrn must be at most 12 printable ASCII characters")
         original = Original(parse_trace(orig_batch), parse_trace(orig_trace), rrn, 0,
                             None, orig_date)
         return minor, None, original, card

@@ -176,6 +176,11 @@ def test_db_in_a_missing_directory_or_a_directory(tmp_path: Path) -> None:
 def test_report_to_a_missing_directory(db: Path, tmp_path: Path) -> None:
     _refused(db, ["settlement", "report", "--date", "2026-11-23", "--out",
                   str(tmp_path / "nope" / "eod.csv")], 1, "No such file or directory")
+    (tmp_path / "plain").write_text("a file, not a directory")
+    _refused(db, ["settlement", "report", "--date", "2026-11-23", "--out",
+                  str(tmp_path / "plain" / "eod.csv")], 1, "Not a directory")
+    result = _invoke(["card", "list", "--db", str(tmp_path / "plain" / "x.db")])
+    assert result.exit_code == 2 and "does not exist" in result.output
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])

@@ -163,3 +163,20 @@ def test_ctrl_c_on_load_settles_reports_and_leaves_usable_terminals(tmp_path: Pa
     conn.close()
     assert terminal_ids("CC", 3)[0] == "CC000001"
     assert os.path.exists(report)
+
+
+def test_refund_original_data_and_nii_take_ascii_digits_only(tmp_path: Path) -> None:
+    state = tmp_path / "t.db"
+    assert _init(state).exit_code == 0
+    base = ["--state", str(state), "refund", "1.00", "--rrn", "123456789012", "--orig-batch",
+            "1", "--orig-trace", "5", "--track2", TRACK2]
+    for date, message in (("\u0661\u0662\u0660\u0661", "--orig-date must be MMDD"),
+                          ("1301", "--orig-date must be MMDD"),
+                          ("0230x", "--orig-date must be MMDD")):
+        r = CliRunner().invoke(main, [*base, "--orig-date", date])
+        assert r.exit_code == 2 and message in r.output, r.output
+    r = CliRunner().invoke(main, ["--state", str(tmp_path / "n.db"), "init", "--tid", TID,
+                                  "--mid", MID, "--tmk", TMK, "--host", "127.0.0.1:1",
+                                  "--nii", "\u0660\u0660\u0660\u0663"])
+    assert r.exit_code == 2 and "NII must be 4 digits" in r.output
+    assert _journal(state) == []
