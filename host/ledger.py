@@ -241,8 +241,12 @@ class Ledger:
             decision = rules.decide_balance(card, expiry, req.pin, today)
             if decision.approved and card is not None:
                 from specs.composite import encode_balance
+                from specs.values import MAX_AMOUNT_MINOR
+                # refunds may have credited a card past what F54's n12 carries: the
+                # available balance shown is capped there rather than not encodable
+                shown = max(-MAX_AMOUNT_MINOR, min(card.balance, MAX_AMOUNT_MINOR))
                 decision = rules.Decision(decision.code, pin_tries=decision.pin_tries,
-                                          extra={"54": encode_balance(card.balance)})
+                                          extra={"54": encode_balance(shown)})
             return decision, None
         f61 = decode_field61(doc["61"])
         if name == "void":

@@ -345,3 +345,19 @@ def test_readme_live_lmk_recipe_works(tmp_path: Path) -> None:
         for proc in procs:
             proc.terminate()
             proc.wait(timeout=20)
+
+
+async def test_balance_beyond_what_f54_carries_is_shown_capped(running_host: RunningHost) -> None:
+    from specs.composite import decode_balance
+    from specs.values import MAX_AMOUNT_MINOR
+
+    good = running_host.cards["good"]
+    conn = open_store(running_host.db_path)
+    conn.execute("UPDATE cards SET balance=? WHERE pan=?", (MAX_AMOUNT_MINOR + 5_00, good.pan))
+    conn.close()
+    async with running_host.terminal() as t:
+        await t.sign_on()
+        answer = await t.balance(good)
+        assert answer.code == "00"
+        assert decode_balance(answer["54"]) == MAX_AMOUNT_MINOR
+        assert (await t.sale(good, 100)).code == "00"  # the host keeps serving the card
