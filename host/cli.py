@@ -231,6 +231,12 @@ async def _create_db(db_path: Path, build: Callable[[Path], Awaitable[T]]) -> T:
     tmp = db_path.with_name(f".{db_path.name}.{os.getpid()}.tmp")
     try:
         result = await build(tmp)
+        conn = sqlite3.connect(tmp)  # one self-contained file: the WAL folded in
+        try:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            conn.execute("PRAGMA journal_mode=DELETE")
+        finally:
+            conn.close()
         os.replace(tmp, db_path)
         return result
     finally:
@@ -419,11 +425,28 @@ def terminal_add_range(prefix: str | None, count: int, mid: str, tmk: str, mac: 
         _fail(str(exc), EXIT_USAGE)
 
     async def go(client: HsmClient) -> None:
-        for tid in tids:
-            await provision.add_terminal(db_path, client, tid, mid, tmk, mac)
+        added: list[str] = []
+        try:
+            for tid in tids:
+                await provision.add_terminal(db_path, client, tid, mid, tmk, mac)
+                added.append(tid)
+        except BaseException:
+            _remove_terminals(db_path, added)  # all or nothing
+            raise
 
     with_hsm(go, hsm, lmk)
     click.echo(f"terminals {tids[0]}..{tids[-1]} added (merchant {mid}, MAC {mac})")
+
+
+def _remove_terminals(db_path: Path, tids: list[str]) -> None:
+    """Undo the terminals an interrupted add-range made (they have no history yet)."""
+    if not tids:
+        return
+    conn = open_store(db_path)
+    try:
+        conn.executemany("DELETE FROM terminals WHERE tid=?", [(tid,) for tid in tids])
+    finally:
+        conn.close()
 
 
 @terminal.command("list")

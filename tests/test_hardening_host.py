@@ -361,3 +361,9 @@ async def test_balance_beyond_what_f54_carries_is_shown_capped(running_host: Run
         assert answer.code == "00"
         assert decode_balance(answer["54"]) == MAX_AMOUNT_MINOR
         assert (await t.sale(good, 100)).code == "00"  # the host keeps serving the card
+
+
+def test_add_range_is_all_or_nothing(db: Path) -> None:
+    _refused(db, ["terminal", "add-range", "--tid-prefix", "123456", "--count", "90",
+                  "--mid", "123456789012345", "--tmk", TMK], 1,
+             "terminal 12345678 already exists")  # 12345601.. runs into the existing 12345678
