@@ -216,12 +216,6 @@ def _guard(func: Callable[[], Any]) -> Any:
 # --------------------------------------------------------------------------- setup
 
 
-def _text_field(value: str, length: int, what: str) -> str:
-    if len(value) > length or not value.isprintable() or not value.isascii() or not value:
-        raise BadInput(f"{what} must be 1-{length} printable ASCII characters")
-    return value
-
-
 @main.command()
 @click.option("--tid", required=True, help="Terminal id (8 characters).")
 @click.option("--mid", required=True, help="Merchant id (15 characters).")
