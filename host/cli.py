@@ -149,6 +149,18 @@ def _emit_rows(rows: list[dict], as_json: bool, columns: list[str] | None = None
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 
 
+def _check_lines(_ctx: click.Context, _param: click.Parameter, value: Any) -> Any:
+    """Serial line specs checked before anything starts (the port is opened later)."""
+    from host.serialline import parse_line_spec
+
+    for spec in (value,) if isinstance(value, str) else value or ():
+        try:
+            parse_line_spec(spec)
+        except HostError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return value
+
+
 def _old_spelling(old: str, dest: str, kind: Any = None) -> Callable[[Callable[..., Any]],
                                                                       Callable[..., Any]]:
     """A hidden option kept for scripts written against an older spelling of ``dest``."""
@@ -269,6 +281,7 @@ async def _provision_new(db_path: Path, client: HsmClient, demo: bool
 @click.option("--demo/--no-demo", default=None,
               help="Load the demo data when the database is new (default: with the test LMK).")
 @click.option("--serial", "serial_lines", multiple=True, metavar=LINE_SPEC,
+              callback=_check_lines,
               help="Also serve a terminal on this serial line (repeatable).")
 @click.option("--workers", type=click.IntRange(0, MAX_WORKERS), default=0, show_default=True,
               help="Processes for the message path in front of the one writer"
@@ -300,7 +313,7 @@ def serve(listen: tuple[str, int], db_path: Path, hsm: str, lmk: str, demo: bool
 
 
 @main.command()
-@click.option("--serial", "line", required=True, metavar=LINE_SPEC,
+@click.option("--serial", "line", required=True, metavar=LINE_SPEC, callback=_check_lines,
               help="The serial line the POS is attached to.")
 @click.option("--host", "target", type=params.ADDRESS,
               help="HOST:PORT of the host speaking the TCP framing (2-byte length).")
