@@ -32,11 +32,13 @@ class HsmInfo:
 
 def parse_tcp(spec: str) -> tuple[str, int]:
     """``tcp://HOST:PORT`` -> (host, port)."""
-    rest = spec[len(TCP_PREFIX):]
-    host, sep, port = rest.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        raise ConfigError(f"--hsm must be 'embedded' or tcp://HOST:PORT, not {spec!r}")
-    return host.strip("[]"), int(port)
+    from specs.values import InputError, parse_address
+
+    try:
+        return parse_address(spec[len(TCP_PREFIX):])
+    except InputError:
+        raise ConfigError(f"--hsm must be 'embedded' or tcp://HOST:PORT (port 1-65535),"
+                          f" not {spec!r}") from None
 
 
 @asynccontextmanager

@@ -28,7 +28,8 @@ from terminal.cli import main as posterm
 TMK = "0123456789ABCDEFFEDCBA9876543210"
 TRACK2 = "6222021234567890128=30121010000000000"
 BAD_VALUES = ["", " ", "-1", "0", "1e3", "9" * 30, "\u0661\u0662\u0663", "x" * 300,
-              "127.0.0.1:99999", "a:b:c", "\x7f\t"]
+              "127.0.0.1:99999", "a:b:c", "\x7f\t", "tcp://127.0.0.1:99999",
+              "tcp://\u0661:1500"]
 SECONDS_PER_CASE = 20
 DOCUMENTED = {
     "poshost": {0, 1, 2, 130},
