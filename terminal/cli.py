@@ -114,6 +114,12 @@ def _check_state(_ctx: click.Context, _param: click.Parameter, value: str) -> st
     return value
 
 
+def _check_file_option(ctx: click.Context, param: click.Parameter,
+                       value: str | None) -> str | None:
+    """A file written at the end of a run: its directory is checked before the run."""
+    return None if value is None else _check_state(ctx, param, value)
+
+
 @click.group(cls=_Cli,
              help=f"posterm: POS terminal emulator speaking the cup-pos contract.\n\n{HELP}")
 @click.option("--state", type=click.Path(dir_okay=False), envvar="POSTERM_STATE",
@@ -515,7 +521,8 @@ def status() -> None:
               help="Total requests per second (0 = as fast as the host answers).")
 @click.option("--mix", default="sale=80,balance=10,void=5,refund=5", show_default=True,
               help="Operations and their weights.")
-@click.option("--report", type=click.Path(dir_okay=False), help="Write the JSON report here.")
+@click.option("--report", type=click.Path(dir_okay=False), callback=_check_file_option,
+              help="Write the JSON report here (its directory must exist).")
 @click.option("--tid-prefix", default="LT", show_default=True,
               help="TIDs are PREFIX + zero-filled index (8 characters).")
 @click.option("--mid", default="LOADTEST0000001", show_default=True,

@@ -180,3 +180,10 @@ def test_refund_original_data_and_nii_take_ascii_digits_only(tmp_path: Path) -> 
                                   "--nii", "\u0660\u0660\u0660\u0663"])
     assert r.exit_code == 2 and "NII must be 4 digits" in r.output
     assert _journal(state) == []
+
+
+def test_load_report_in_a_missing_directory_is_refused_before_the_run(tmp_path: Path) -> None:
+    r = CliRunner().invoke(main, ["load", "--host", "127.0.0.1:1", "--tmk", TMK, "--track2",
+                                  TRACK2, "--pin", "1234", "--report",
+                                  str(tmp_path / "nope" / "r.json")])
+    assert r.exit_code == 2 and "does not exist" in r.output and "t=" not in r.output
