@@ -3,10 +3,13 @@ one nursery. ``run_host`` serves until cancelled or until ``stop`` is set (grace
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -17,12 +20,34 @@ from host.exclusive import claim_address, probe_free
 from host.hsm import check_lmk, ensure_pvk, open_hsm
 from host.ledger import Ledger, RrnCounter
 from host.ops import LocalStore
+from host.pcap import open_tap
 from host.server import Server
 from host.service import HostService
 from host.workers import RrnHighWater, WorkerPool, reserve_port
 from host.writer import Writer
+from specs.tls import TlsError, server_context
 
 log = logging.getLogger("poshost")
+
+
+@dataclass
+class TlsListen:
+    """A TLS listener for terminals (``serve --listen-tls``), beside the plain one."""
+
+    host: str
+    port: int
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+    """With a client CA, terminals must present a certificate it issued (mutual TLS)."""
+    bound: tuple[str, int] | None = None
+    """Filled by ``run_host`` once listening (port 0 picks a free port)."""
+
+    def context(self) -> ssl.SSLContext:
+        try:
+            return server_context(self.cert, self.key, self.client_ca)
+        except TlsError as exc:
+            raise ConfigError(f"TLS: {exc}") from None
 
 
 @dataclass
@@ -36,6 +61,10 @@ class HostConfig:
     """Serial line specs (host.serialline.LineSettings) served as terminal connections."""
     workers: int = 0
     """Worker processes for the message path (host/workers.py); 0: all in this process."""
+    tls: TlsListen | None = None
+    """A TLS listener beside the plain one (served by every worker with --workers N)."""
+    pcap: Path | None = None
+    """Write every frame of every terminal connection to this pcap file (serve --pcap)."""
 
 
 async def run_host(config: HostConfig, *,
@@ -46,12 +75,18 @@ async def run_host(config: HostConfig, *,
     ``task_status.started((host, port))`` once listening; port 0 picks a free port.
     """
     stop = stop if stop is not None else trio.Event()
-    with claim_address(config.listen_host, config.listen_port):
+    if config.workers and config.pcap is not None:
+        raise ConfigError("--pcap works with --workers 0 only, for now")
+    with contextlib.ExitStack() as claims:  # one host per address, TLS address included
+        claims.enter_context(claim_address(config.listen_host, config.listen_port))
+        if config.tls is not None:
+            claims.enter_context(claim_address(config.tls.host, config.tls.port))
         await _run_host(config, task_status, stop)
 
 
 async def _run_host(config: HostConfig, task_status: trio.TaskStatus[tuple[str, int]],
                     stop: trio.Event) -> None:
+    tls_context = config.tls.context() if config.tls is not None else None
     conn = open_store(config.db_path)
     try:
         async with open_hsm(config.hsm, config.lmk) as (hsm, info):
@@ -66,6 +101,7 @@ async def _run_host(config: HostConfig, task_status: trio.TaskStatus[tuple[str, 
             except OSError as exc:
                 raise _cannot_listen(config, exc) from None
             host, port = listeners[0].socket.getsockname()[:2]
+            tls_listeners = await _open_tls_listeners(config.tls)
             rrns = RrnCounter.load(conn)
             writer = Writer(Path(config.db_path), before_commit=rrns.persist)
             store = LocalStore(writer, Ledger(PanProtector.load(conn)))
@@ -74,8 +110,14 @@ async def _run_host(config: HostConfig, task_status: trio.TaskStatus[tuple[str, 
                 await nursery.start(writer.run)
                 await nursery.start(serve_serial_lines, config.serial_lines, host, port)
                 log.info("listening on %s:%d (%s)", host, port, info.description)
+                if config.tls is not None and config.tls.bound is not None:
+                    log.info("listening for TLS on %s:%d%s", *config.tls.bound,
+                             " (mutual TLS)" if config.tls.client_ca else "")
                 task_status.started((host, port))
-                await Server(service).serve(listeners, stop)
+                with open_tap(config.pcap) as tap:
+                    await Server(service, tap=tap).serve(listeners, stop,
+                                                         tls_listeners=tls_listeners,
+                                                         tls_context=tls_context)
                 nursery.cancel_scope.cancel()  # connections drained: stop the writer
     finally:
         conn.close()
@@ -90,8 +132,18 @@ async def _run_pool(config: HostConfig, conn: sqlite3.Connection, stop: trio.Eve
         held = reserve_port(config.listen_host, config.listen_port)
     except OSError as exc:
         raise _cannot_listen(config, exc) from None
-    with held:
+    with contextlib.ExitStack() as holding:
+        holding.enter_context(held)
         bound: tuple[str, int] = held.getsockname()[:2]
+        if config.tls is not None:
+            probe_free(config.tls.host, config.tls.port)
+            try:
+                held_tls = reserve_port(config.tls.host, config.tls.port)
+            except OSError as exc:
+                raise ConfigError(f"cannot listen for TLS on {config.tls.host}:"
+                                  f"{config.tls.port}: {exc.strerror or exc}") from None
+            holding.enter_context(held_tls)
+            config.tls.bound = held_tls.getsockname()[:2]
         await _serve_pool(config, conn, bound, stop, task_status)
 
 
@@ -104,17 +156,41 @@ async def _serve_pool(config: HostConfig, conn: sqlite3.Connection, bound: tuple
         config.workers, LocalStore(writer, Ledger(PanProtector.load(conn))),
         bound,
         {"db_path": str(config.db_path), "hsm": config.hsm, "lmk": config.lmk,
-         "log_level": logging.getLogger().getEffectiveLevel()},
+         "log_level": logging.getLogger().getEffectiveLevel(), "tls": _tls_settings(config)},
         RrnCounter.restart_base(conn), high_water)
     async with trio.open_nursery() as nursery:
         await nursery.start(writer.run)
         await nursery.start(pool.run)
         await nursery.start(serve_serial_lines, config.serial_lines, *bound)
         log.info("listening on %s:%d with %d worker processes", *bound, config.workers)
+        if config.tls is not None and config.tls.bound is not None:
+            log.info("listening for TLS on %s:%d%s", *config.tls.bound,
+                     " (mutual TLS)" if config.tls.client_ca else "")
         task_status.started(bound)
         await stop.wait()
         await pool.stop()  # each worker drains its connections
         nursery.cancel_scope.cancel()
+
+
+def _tls_settings(config: HostConfig) -> dict[str, Any] | None:
+    """What a worker process needs to serve the TLS listener (paths, not the context)."""
+    tls = config.tls
+    if tls is None or tls.bound is None:
+        return None
+    return {"listen": list(tls.bound), "cert": str(tls.cert), "key": str(tls.key),
+            "client_ca": str(tls.client_ca) if tls.client_ca else None}
+
+
+async def _open_tls_listeners(tls: TlsListen | None) -> list[trio.SocketListener]:
+    if tls is None:
+        return []
+    try:
+        listeners = await trio.open_tcp_listeners(tls.port, host=tls.host)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen for TLS on {tls.host}:{tls.port}:"
+                          f" {exc.strerror or exc}") from None
+    tls.bound = listeners[0].socket.getsockname()[:2]
+    return listeners
 
 
 def _cannot_listen(config: HostConfig, exc: OSError) -> ConfigError:

@@ -21,7 +21,7 @@ import click
 import trio
 
 from host import provision, reports
-from host.app import HostConfig, run_host
+from host.app import HostConfig, TlsListen, run_host
 from host.bridge import run_bridge
 from host.db import open_store
 from host.demo import init_demo
@@ -98,8 +98,9 @@ def hsm_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="LMK of the embedded HSM: 'test' (the published test LMK) or an LMK"
                           " file (a TCP HSM uses its own).")(f)
     return click.option("--hsm", default="embedded", show_default=True,
-                        help="'embedded' (in-process) or tcp://HOST:PORT of an hsm-sim or"
-                             " payShield-style HSM.")(f)
+                        help="'embedded' (in-process), tcp://HOST:PORT or"
+                             " tls://HOST:PORT[?ca=FILE][&cert=FILE&key=FILE] of an hsm-sim"
+                             " or payShield-style HSM.")(f)
 
 
 def with_hsm(fn: Callable[..., Awaitable[T]], hsm: str, lmk: str) -> T:
@@ -273,6 +274,35 @@ async def _provision_new(db_path: Path, client: HsmClient, demo: bool
     return await init_demo(db_path, client, lab_tmk=kcv == load_lmk("test").check_value)
 
 
+def tls_serve_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    path = click.Path(dir_okay=False, path_type=Path)
+    f = click.option("--pcap", type=path, default=None,
+                     help="write every terminal connection's bytes (after TLS decryption) to"
+                          " this pcap file, for Wireshark; holds card data: lab use only")(f)
+    f = click.option("--tls-client-ca", type=path, default=None,
+                     help="CA file: TLS terminals must present a certificate it issued"
+                          " (mutual TLS)")(f)
+    f = click.option("--tls-key", type=path, default=None,
+                     help="private key of --tls-cert (PEM)")(f)
+    f = click.option("--tls-cert", type=path, default=None,
+                     help="server certificate (PEM, chain included) for --listen-tls")(f)
+    return click.option("--listen-tls", type=params.LISTEN, default=None, metavar="HOST:PORT",
+                        help="also listen for terminals over TLS 1.2+ (needs --tls-cert and"
+                             " --tls-key)")(f)
+
+
+def _tls_listen(listen_tls: tuple[str, int] | None, cert: Path | None, key: Path | None,
+                client_ca: Path | None) -> TlsListen | None:
+    if listen_tls is None:
+        if cert or key or client_ca:
+            raise click.UsageError("--tls-cert/--tls-key/--tls-client-ca need --listen-tls"
+                                   " HOST:PORT")
+        return None
+    if cert is None or key is None:
+        raise click.UsageError("--listen-tls needs --tls-cert and --tls-key")
+    return TlsListen(listen_tls[0], listen_tls[1], cert, key, client_ca)
+
+
 @main.command()
 @click.option("--listen", type=params.LISTEN, default=DEFAULT_LISTEN, show_default=True,
               help="HOST:PORT to serve terminals on (port 0: any free port).")
@@ -286,12 +316,17 @@ async def _provision_new(db_path: Path, client: HsmClient, demo: bool
 @click.option("--workers", type=click.IntRange(0, MAX_WORKERS), default=0, show_default=True,
               help="Processes for the message path in front of the one writer"
                    " (0: one process; about the number of cores for throughput).")
+@tls_serve_options
 def serve(listen: tuple[str, int], db_path: Path, hsm: str, lmk: str, demo: bool | None,
-          serial_lines: tuple[str, ...], workers: int) -> None:
+          serial_lines: tuple[str, ...], workers: int, listen_tls: tuple[str, int] | None,
+          tls_cert: Path | None, tls_key: Path | None, tls_client_ca: Path | None,
+          pcap: Path | None) -> None:
     """Run the acquiring host until SIGINT/SIGTERM (one host per address)."""
+    tls = _tls_listen(listen_tls, tls_cert, tls_key, tls_client_ca)
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     logging.getLogger("hsm_sim.audit").setLevel(logging.WARNING)
-    config = HostConfig(listen[0], listen[1], db_path, hsm, lmk, serial_lines, workers)
+    config = HostConfig(listen[0], listen[1], db_path, hsm, lmk, serial_lines, workers,
+                        tls=tls, pcap=pcap)
     new_db = not db_path.exists()
 
     async def main() -> None:
@@ -305,8 +340,11 @@ def serve(listen: tuple[str, int], db_path: Path, hsm: str, lmk: str, demo: bool
             bound = await nursery.start(partial(run_host, config, stop=stop))
             if lmk == "test" and hsm == "embedded":
                 click.echo(TEST_LMK_WARNING_TEXT, err=True)
-            click.echo(f"poshost ready on {bound[0]}:{bound[1]} (db {db_path}, hsm {hsm})",
-                       nl=True)
+            tls_note = ""
+            if tls is not None and tls.bound is not None:
+                tls_note = f", TLS on {tls.bound[0]}:{tls.bound[1]}"
+            click.echo(f"poshost ready on {bound[0]}:{bound[1]}{tls_note} (db {db_path},"
+                       f" hsm {hsm.partition('?')[0]})", nl=True)
             sys.stdout.flush()
 
     _run(main)
@@ -362,13 +400,47 @@ def init(db_path: Path, hsm: str, lmk: str, demo: bool) -> None:
 
 
 @main.command()
-def spec() -> None:
+@click.option("--wireshark", is_flag=True,
+              help="print a Wireshark Lua dissector for the contract instead"
+                   " (wireshark -X lua_script:cup-pos.lua)")
+def spec(wireshark: bool) -> None:
     """Print the wire contract (framing, every field, every message kind, response codes),
     generated from the same data in specs/ that the host and posterm use."""
+    if wireshark:
+        from specs.wireshark import render_dissector
+        click.echo(render_dissector(), nl=False)
+        return
     click.echo(render_contract(), nl=False)
 
 
 CVMS = ("pin", "signature", "none")
+
+
+@main.group()
+def tls() -> None:
+    """TLS certificates for the lab."""
+
+
+@tls.command("make-lab-ca")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--tid", default="12345678", show_default=True,
+              help="TID in the terminal certificate's CN")
+@click.option("--host", "hosts", multiple=True,
+              help="another name or address for the server certificate (repeatable);"
+                   " 127.0.0.1 and localhost are always in it")
+@click.option("--force", is_flag=True, help="overwrite a lab CA already in DIRECTORY")
+def tls_make_lab_ca(directory: Path, tid: str, hosts: tuple[str, ...], force: bool) -> None:
+    """Write a lab CA, a server certificate (host and hsm-sim) and a terminal certificate
+    into DIRECTORY, with the openssl command. Lab use only: the CA key is in DIRECTORY."""
+    from host.labca import make_lab_ca
+    try:
+        files = make_lab_ca(directory, tid, hosts=hosts, force=force)
+    except HostError as exc:
+        _fail(str(exc))
+    for path in files:
+        click.echo(f"wrote {path}")
+    click.echo(f"next: poshost serve --listen-tls 127.0.0.1:5443 --tls-cert {directory}/server.pem"
+               f" --tls-key {directory}/server.key [--tls-client-ca {directory}/ca.pem]")
 
 
 @main.group()

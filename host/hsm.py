@@ -4,6 +4,8 @@ HSM, and the LMK guard that refuses a database whose keys were stored under anot
 from __future__ import annotations
 
 import sqlite3
+import ssl
+import urllib.parse
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -14,9 +16,13 @@ from hsm_sim.client import HsmClient
 from hsm_sim.commands import HsmEngine
 from hsm_sim.errors import HsmError
 from hsm_sim.lmk import TEST_LMK_WARNING, load_lmk
+from specs.tls import TlsError, client_context
 
 EMBEDDED = "embedded"
 TCP_PREFIX = "tcp://"
+TLS_PREFIX = "tls://"
+"""``tls://HOST:PORT[?ca=FILE][&cert=FILE&key=FILE]``: the HSM over TLS 1.2+; its certificate
+must chain to ``ca`` (the system's CAs without), ``cert``/``key`` for a mutual-TLS HSM."""
 PVK_TYPE = "002"
 TMK_TYPE = "002"
 TEST_LMK_WARNING_TEXT = TEST_LMK_WARNING
@@ -41,6 +47,22 @@ def parse_tcp(spec: str) -> tuple[str, int]:
                           f" not {spec!r}") from None
 
 
+def parse_tls(spec: str) -> tuple[str, int, ssl.SSLContext]:
+    """``tls://HOST:PORT?ca=F&cert=F&key=F`` -> (host, port, client context)."""
+    address, _, query = spec.partition("?")
+    host, port = parse_tcp(TCP_PREFIX + address[len(TLS_PREFIX):])
+    params = urllib.parse.parse_qs(query, keep_blank_values=True)
+    unknown = set(params) - {"ca", "cert", "key"}
+    if unknown:
+        raise ConfigError(f"--hsm tls:// takes ca=, cert= and key=, not {sorted(unknown)}")
+    files = {name: values[-1] for name, values in params.items()}
+    try:
+        context = client_context(files.get("ca"), files.get("cert"), files.get("key"))
+    except TlsError as exc:
+        raise ConfigError(f"--hsm: {exc}") from None
+    return host, port, context
+
+
 @asynccontextmanager
 async def open_hsm(hsm: str, lmk: str) -> AsyncIterator[tuple[HsmClient, HsmInfo]]:
     """An HSM client for ``--hsm`` / ``--lmk``; closed on exit."""
@@ -56,8 +78,13 @@ async def open_hsm(hsm: str, lmk: str) -> AsyncIterator[tuple[HsmClient, HsmInfo
         host, port = parse_tcp(hsm)
         client = HsmClient.tcp(host, port)
         info = HsmInfo(f"HSM at {host}:{port}", False)
+    elif hsm.startswith(TLS_PREFIX):
+        host, port, context = parse_tls(hsm)
+        client = HsmClient.tcp(host, port, ssl_context=context)
+        info = HsmInfo(f"HSM at {host}:{port} over TLS", False)
     else:
-        raise ConfigError(f"--hsm must be 'embedded' or tcp://HOST:PORT, not {hsm!r}")
+        raise ConfigError(f"--hsm must be 'embedded', tcp://HOST:PORT or tls://HOST:PORT,"
+                          f" not {hsm!r}")
     try:
         yield client, info
     finally:

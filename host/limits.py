@@ -15,6 +15,9 @@ HANDLER_TIMEOUT = 15.0
 """Seconds one request may take before the host drops the connection unanswered."""
 SEND_TIMEOUT = 10.0
 """Seconds a response may take to be written to a slow reader."""
+TLS_HANDSHAKE_TIMEOUT = 10.0
+"""Seconds a connection on a TLS listener may take to complete its handshake (a peer that
+sends nothing, or plain bytes that never make a ClientHello, is closed then)."""
 SHUTDOWN_GRACE = 5.0
 """Seconds in-flight transactions get to finish after SIGINT/SIGTERM."""
 MAX_CONNECTIONS = 2000

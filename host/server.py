@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import errno
 import logging
+import ssl
+from collections.abc import Sequence
 
 import trio
 
@@ -21,13 +23,16 @@ from host.limits import (
     RECEIVE_CHUNK,
     SEND_TIMEOUT,
     SHUTDOWN_GRACE,
+    TLS_HANDSHAKE_TIMEOUT,
     UNPROVEN_BURST,
     UNPROVEN_PER_SECOND,
 )
+from host.pcap import Tap, TappedStream
 from host.service import HostService
 from host.throttle import LogBudget, TokenBucket
 from specs.errors import FramingError
 from specs.framing import TcpFrameDecoder
+from specs.tls import describe_tls_failure
 
 log = logging.getLogger("poshost.net")
 ACCEPT_BACKOFF = 0.1
@@ -51,10 +56,13 @@ class Server:
     Lines about peers closed for bad input are kept to PEER_LOG_PER_SECOND, with a count of
     those left out."""
 
-    def __init__(self, service: HostService, admission_share: float = 1.0) -> None:
+    def __init__(self, service: HostService, admission_share: float = 1.0,
+                 tap: Tap | None = None) -> None:
         """``admission_share``: this server's part of the host's admission rate and burst
-        (1/N in each of N worker processes)."""
+        (1/N in each of N worker processes). ``tap``: records every connection's bytes
+        (serve --pcap)."""
         self.service = service
+        self.tap = tap
         self.connections = 0
         self._stopping = False
         self._idle: set[trio.CancelScope] = set()
@@ -64,15 +72,21 @@ class Server:
         self._peer_log = LogBudget(PEER_LOG_PER_SECOND, PEER_LOG_BURST)
 
     async def serve(self, listeners: list[trio.SocketListener], stop: trio.Event, *,
-                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+                    tls_listeners: Sequence[trio.SocketListener] = (),
+                    tls_context: ssl.SSLContext | None = None) -> None:
+        """``tls_listeners`` (with ``tls_context``): connections that start with a TLS
+        handshake, completed within TLS_HANDSHAKE_TIMEOUT, then served like the others."""
         async with trio.open_nursery() as connections:
             async with trio.open_nursery() as acceptors:
                 for listener in listeners:
                     acceptors.start_soon(self._accept_loop, listener, connections)
+                for listener in tls_listeners:
+                    acceptors.start_soon(self._accept_loop, listener, connections, tls_context)
                 task_status.started()
                 await stop.wait()
                 acceptors.cancel_scope.cancel()
-            for listener in listeners:
+            for listener in [*listeners, *tls_listeners]:
                 await listener.aclose()
             self._stopping = True
             for scope in list(self._idle):
@@ -80,8 +94,8 @@ class Server:
             connections.cancel_scope.deadline = trio.current_time() + SHUTDOWN_GRACE
             log.info("stopped accepting; %d connection(s) finishing", self.connections)
 
-    async def _accept_loop(self, listener: trio.SocketListener,
-                           connections: trio.Nursery) -> None:
+    async def _accept_loop(self, listener: trio.SocketListener, connections: trio.Nursery,
+                           tls_context: ssl.SSLContext | None = None) -> None:
         while True:
             wait = self._admission.take(trio.current_time())
             if wait:
@@ -99,12 +113,18 @@ class Server:
                 log.warning("connection limit %d reached: closing a new one", MAX_CONNECTIONS)
                 await stream.aclose()
                 continue
-            connections.start_soon(self._connection, stream)
+            connections.start_soon(self._connection, stream, tls_context)
 
-    async def _connection(self, stream: trio.SocketStream) -> None:
+    async def _connection(self, stream: trio.SocketStream,
+                          tls_context: ssl.SSLContext | None = None) -> None:
         self.connections += 1
+        served: trio.abc.Stream = stream
         try:
-            if not await self._serve_connection(stream):
+            if tls_context is not None:
+                served = await _handshake(stream, tls_context)
+            if self.tap is not None:
+                served = self.tap.wrap(served, stream.socket)
+            if not await self._serve_connection(served):
                 self._admission.give(trio.current_time())  # ended cleanly, unanswered
         except CloseConnection as exc:
             left_out = self._peer_log.admit(trio.current_time())
@@ -118,9 +138,11 @@ class Server:
             log.exception("peer=%s unexpected failure; connection closed", _peer(stream))
         finally:
             self.connections -= 1
+            if isinstance(served, TappedStream):
+                served.wire.close()
             stream.socket.close()  # what SocketStream.aclose does, without its checkpoint
 
-    async def _serve_connection(self, stream: trio.SocketStream) -> bool:
+    async def _serve_connection(self, stream: trio.abc.Stream) -> bool:
         """Frames in, answers out, under one cancel scope whose deadline moves with the phase:
         IDLE_TIMEOUT waiting for a frame's first byte, FRAME_TIMEOUT until it is complete,
         then HANDLER_TIMEOUT and SEND_TIMEOUT (one scope per connection, not per read).
@@ -174,6 +196,21 @@ class Server:
             if phase == _SEND:
                 raise trio.TooSlowError
         return proven
+
+
+async def _handshake(stream: trio.SocketStream, context: ssl.SSLContext) -> trio.SSLStream:
+    """The TLS stream over ``stream`` once its handshake is done; CloseConnection (one log
+    line, the connection closed, its admission token kept spent) when it fails or stalls."""
+    tls = trio.SSLStream(stream, context, server_side=True)
+    try:
+        with trio.fail_after(TLS_HANDSHAKE_TIMEOUT):
+            await tls.do_handshake()
+    except trio.TooSlowError:
+        raise CloseConnection(f"TLS handshake not complete within {TLS_HANDSHAKE_TIMEOUT} s"
+                              ) from None
+    except (trio.BrokenResourceError, ssl.SSLError, OSError) as exc:
+        raise CloseConnection(describe_tls_failure(exc)) from None
+    return tls
 
 
 def _next_payload(decoder: TcpFrameDecoder) -> bytes | None:

@@ -44,6 +44,7 @@ from host.ledger import RrnCounter, persist_rrn_high_water
 from host.ops import KEY_CHANGES, LocalStore
 from host.server import Server
 from host.service import HostService, TerminalCache
+from specs.tls import server_context
 
 log = logging.getLogger("poshost.workers")
 
@@ -366,8 +367,13 @@ async def serve_worker(config: dict[str, Any]) -> None:
                 store.say_ready(config["index"])
                 await store.may_listen.wait()
                 listener = await open_shared_listener(*config["listen"])
+                tls = config.get("tls")
+                tls_listeners = [await open_shared_listener(*tls["listen"])] if tls else []
+                context = server_context(tls["cert"], tls["key"], tls["client_ca"]) if tls \
+                    else None
                 server = Server(service, admission_share=1 / config["count"])
-                await server.serve([listener], stop)  # returns once drained
+                await server.serve([listener], stop, tls_listeners=tls_listeners,
+                                   tls_context=context)  # returns once drained
                 nursery.cancel_scope.cancel()
     finally:
         conn.close()

@@ -14,9 +14,10 @@ from __future__ import annotations
 import errno
 import logging
 import signal
+import ssl
 import sys
 from collections.abc import Callable
-from functools import wraps
+from functools import partial, wraps
 from typing import Any, TypeVar
 
 import click
@@ -27,6 +28,7 @@ from hsm_sim.commands import DEFAULT_HEADER_LENGTH, HsmEngine
 from hsm_sim.errors import HsmError
 from hsm_sim.lmk import TEST_LMK_WARNING, generate_lmk_file, load_lmk
 from specs import params
+from specs.tls import TlsError, client_context, server_context
 
 F = TypeVar("F", bound=Callable[..., Any])
 LAB_ONLY = "LAB HELPER: works on CLEAR keys - published test vectors only, never live keys."
@@ -115,15 +117,18 @@ def main() -> None:
 # --------------------------------------------------------------------------- serve
 
 
-async def _run_server(engine: HsmEngine, host: str, port: int, header_length: int) -> None:
+async def _run_server(engine: HsmEngine, host: str, port: int, header_length: int,
+                      ssl_context: ssl.SSLContext | None = None) -> None:
     from hsm_sim.server import serve_hsm
 
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            listeners = await nursery.start(serve_hsm, engine, host, port, header_length)
+            listeners = await nursery.start(
+                partial(serve_hsm, engine, host, port, header_length, ssl_context=ssl_context))
             address = listeners[0].socket.getsockname()
+            mode = "" if ssl_context is None else " TLS"
             click.echo(
-                f"hsm-sim ready on {address[0]}:{address[1]} "
+                f"hsm-sim ready on{mode} {address[0]}:{address[1]} "
                 f"(LMK check value {engine.lmk.check_value})",
                 nl=True,
             )
@@ -164,9 +169,16 @@ def _load_engine(lmk_spec: str, header_length: int) -> HsmEngine:
     help="Append the audit log (one line per command: client, command, error code, KCVs) "
     "to this file instead of stderr.",
 )
+@click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Serve TLS 1.2+ only, with this certificate (PEM).")
+@click.option("--tls-key", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Private key of --tls-cert (PEM).")
+@click.option("--tls-client-ca", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Clients must present a certificate this CA issued (mutual TLS).")
 @_hsm_errors
 def serve(listen: tuple[str, int], old_host: str | None, old_port: int | None,
-          header_length: int, lmk_spec: str, audit_log: str | None) -> None:
+          header_length: int, lmk_spec: str, audit_log: str | None, tls_cert: str | None,
+          tls_key: str | None, tls_client_ca: str | None) -> None:
     """Run the HSM on TCP (2-byte length framing, payShield host commands).
 
     Prints one 'hsm-sim ready on HOST:PORT' line when listening; stops on SIGINT/SIGTERM.
@@ -179,9 +191,25 @@ def serve(listen: tuple[str, int], old_host: str | None, old_port: int | None,
     """
     host = old_host if old_host is not None else listen[0]
     port = old_port if old_port is not None else listen[1]
+    context = _tls_context(tls_cert, tls_key, tls_client_ca)
     _start_audit_log(audit_log)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
     engine = _load_engine(lmk_spec, header_length)
-    trio.run(_run_server, engine, host, port, header_length)
+    trio.run(_run_server, engine, host, port, header_length, context)
+
+
+def _tls_context(cert: str | None, key: str | None,
+                 client_ca: str | None) -> ssl.SSLContext | None:
+    if cert is None and key is None:
+        if client_ca:
+            raise click.UsageError("--tls-client-ca needs --tls-cert and --tls-key")
+        return None
+    if cert is None or key is None:
+        raise click.UsageError("give --tls-cert and --tls-key together")
+    try:
+        return server_context(cert, key, client_ca)
+    except TlsError as exc:
+        raise click.ClickException(f"TLS: {exc}") from None
 
 
 def _start_audit_log(path: str | None) -> None:
@@ -230,10 +258,11 @@ def lmk_check(lmk_spec: str) -> None:
 # --------------------------------------------------------------------------- operator
 
 
-async def _send_command(host: str, port: int, header: bytes, text: str, timeout: float) -> str:
+async def _send_command(host: str, port: int, header: bytes, text: str, timeout: float,
+                        context: ssl.SSLContext | None = None) -> str:
     from hsm_sim.client import TcpTransport
 
-    transport = TcpTransport(host, port, timeout=timeout)
+    transport = TcpTransport(host, port, timeout=timeout, ssl_context=context)
     try:
         response = await transport.call(header + text.encode("ascii"))
     finally:
@@ -257,9 +286,16 @@ def _hsm_address(value: str) -> tuple[str, int | None]:
 @click.option("--header", default="0000", show_default=True, help="Header to send.")
 @click.option("--timeout", type=click.FloatRange(0.01, 3600), default=5.0, show_default=True,
               help="Seconds to wait.")
+@click.option("--tls", is_flag=True, help="Connect over TLS 1.2+.")
+@click.option("--ca", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="CA the HSM's certificate must chain to (default: the system's CAs).")
+@click.option("--cert", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Client certificate, for an HSM requiring mutual TLS.")
+@click.option("--key", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Private key of --cert.")
 @_hsm_errors
-def command(request: str, address: str, old_port: int | None, header: str,
-            timeout: float) -> None:
+def command(request: str, address: str, old_port: int | None, header: str, timeout: float,
+            tls: bool, ca: str | None, cert: str | None, key: str | None) -> None:
     """Send one raw host command to a running HSM and print the response.
 
     REQUEST is the command code and fields without header, e.g. NC or BU0200406FBB23A5214DF.
@@ -269,7 +305,15 @@ def command(request: str, address: str, old_port: int | None, header: str,
         raise click.BadParameter("REQUEST and --header must be ASCII")
     host, port = _hsm_address(address)
     port = old_port if old_port is not None else port or DEFAULT_PORT
-    response = trio.run(_send_command, host, port, header.encode(), request, timeout)
+    context = None
+    if tls:
+        try:
+            context = client_context(ca, cert, key)
+        except TlsError as exc:
+            raise click.ClickException(f"TLS: {exc}") from None
+    elif ca or cert or key:
+        raise click.UsageError("--ca, --cert and --key go with --tls")
+    response = trio.run(_send_command, host, port, header.encode(), request, timeout, context)
     click.echo(response)
     code = response[len(header) + 2:len(header) + 4]
     if code != "00":

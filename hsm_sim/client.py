@@ -10,6 +10,7 @@ connection guarded by a lock, reconnects once when it breaks, bounds every call 
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -20,6 +21,7 @@ from hsm_sim.crypto import MAX_PIN_LENGTH, extract_account_number, is_hex
 from hsm_sim.errors import HsmError, HsmUnavailable
 from hsm_sim.lmk import parse_key_field
 from hsm_sim.server import receive_exact
+from specs.tls import describe_tls_failure
 
 __all__ = [
     "HSM_CALL_TIMEOUT",
@@ -61,11 +63,14 @@ class InProcessTransport:
 
 
 class TcpTransport:
-    """One TCP connection, serialised by a lock, reconnected once when it breaks."""
+    """One TCP connection, serialised by a lock, reconnected once when it breaks. With
+    `ssl_context`, TLS (the handshake counts in the call's timeout)."""
 
-    def __init__(self, host: str, port: int, *, timeout: float = HSM_CALL_TIMEOUT) -> None:
+    def __init__(self, host: str, port: int, *, timeout: float = HSM_CALL_TIMEOUT,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.host, self.port, self.timeout = host, port, timeout
-        self._stream: trio.SocketStream | None = None
+        self.ssl_context = ssl_context
+        self._stream: trio.abc.Stream | None = None
         self._lock = trio.Lock()
 
     async def call(self, request: bytes) -> bytes:
@@ -90,24 +95,49 @@ class TcpTransport:
         except _CONNECTION_ERRORS as exc:
             await self._drop()
             if not reused:
-                raise HsmUnavailable(f"HSM at {self.host}:{self.port}: {exc}") from exc
+                raise HsmUnavailable(f"HSM at {self.host}:{self.port}: {self._why(exc)}"
+                                     ) from exc
         try:  # the kept connection was stale (HSM restarted, idle close): one fresh try
             return await self._exchange(await self._connect(), frame)
         except _CONNECTION_ERRORS as exc:
             await self._drop()
-            raise HsmUnavailable(f"HSM at {self.host}:{self.port}: {exc}") from exc
+            raise HsmUnavailable(f"HSM at {self.host}:{self.port}: {self._why(exc)}"
+                                 ) from exc
 
-    async def _connect(self) -> trio.SocketStream:
+    def _why(self, exc: BaseException) -> str:
+        return describe_tls_failure(exc) if self.ssl_context is not None else str(exc)
+
+    async def _connect(self) -> trio.abc.Stream:
         if self._stream is None:
             try:
-                self._stream = await trio.open_tcp_stream(self.host, self.port)
+                stream = await trio.open_tcp_stream(self.host, self.port)
             except OSError as exc:
                 raise HsmUnavailable(
                     f"cannot connect to the HSM at {self.host}:{self.port}: {exc.strerror or exc}"
                 ) from exc
+            if self.ssl_context is not None:
+                self._stream = await self._handshake(stream, self.ssl_context)
+            else:
+                self._stream = stream
         return self._stream
 
-    async def _exchange(self, stream: trio.SocketStream, frame: bytes) -> bytes:
+    async def _handshake(self, stream: trio.SocketStream,
+                         context: ssl.SSLContext) -> trio.SSLStream:
+        tls = trio.SSLStream(stream, context, server_hostname=self.host)
+        try:
+            await tls.do_handshake()
+        except (trio.BrokenResourceError, ssl.SSLError) as exc:
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+            raise HsmUnavailable(
+                f"TLS to the HSM at {self.host}:{self.port}: {describe_tls_failure(exc)}"
+            ) from None
+        except BaseException:
+            stream.socket.close()
+            raise
+        return tls
+
+    async def _exchange(self, stream: trio.abc.Stream, frame: bytes) -> bytes:
         await stream.send_all(frame)
         prefix = await receive_exact(stream, 2)
         if prefix is None:
@@ -188,9 +218,12 @@ class HsmClient:
 
     @classmethod
     def tcp(
-        cls, host: str, port: int, *, header_length: int = 4, timeout: float = HSM_CALL_TIMEOUT
+        cls, host: str, port: int, *, header_length: int = 4, timeout: float = HSM_CALL_TIMEOUT,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> HsmClient:
-        return cls(TcpTransport(host, port, timeout=timeout), b"0" * header_length)
+        """A TCP (with `ssl_context`: TLS) HSM at host:port."""
+        transport = TcpTransport(host, port, timeout=timeout, ssl_context=ssl_context)
+        return cls(transport, b"0" * header_length)
 
     async def aclose(self) -> None:
         await self.transport.aclose()

@@ -7,11 +7,13 @@ closes only that connection; the engine never raises, so no client can take othe
 from __future__ import annotations
 
 import logging
+import ssl
 
 import trio
 
 from hsm_sim.commands import HsmEngine, decode_frame_length, encode_frame
 from hsm_sim.errors import HsmError
+from specs.tls import describe_tls_failure
 
 __all__ = ["CONNECTION_IDLE_TIMEOUT", "FRAME_READ_TIMEOUT", "receive_exact", "serve_hsm"]
 
@@ -21,6 +23,7 @@ LENGTH_PREFIX = 2
 FRAME_READ_TIMEOUT = 10.0  # seconds to finish a frame once its length has arrived
 CONNECTION_IDLE_TIMEOUT = 600.0  # seconds a connection may stay silent between frames
 RECEIVE_CHUNK = 65536
+TLS_HANDSHAKE_TIMEOUT = 10.0  # seconds a client on a TLS port has to complete its handshake
 
 
 async def receive_exact(stream: trio.abc.ReceiveStream, count: int) -> bytes | None:
@@ -54,9 +57,10 @@ def _peer_name(stream: trio.SocketStream) -> str:
     return f"{host}:{port}"
 
 
-async def serve_connection(engine: HsmEngine, stream: trio.SocketStream) -> None:
+async def serve_connection(engine: HsmEngine, stream: trio.abc.Stream,
+                           peer: str | None = None) -> None:
     """Answer frames on one connection until EOF, a protocol violation or a timeout."""
-    peer = _peer_name(stream)
+    peer = peer or _peer_name(stream)  # type: ignore[arg-type]
     try:
         while (request := await _next_request(stream)) is not None:
             await stream.send_all(encode_frame(engine.handle(request, peer)))
@@ -68,6 +72,27 @@ async def serve_connection(engine: HsmEngine, stream: trio.SocketStream) -> None
         await stream.aclose()
 
 
+async def serve_tls_connection(engine: HsmEngine, stream: trio.SocketStream,
+                               context: ssl.SSLContext) -> None:
+    """Handshake (within TLS_HANDSHAKE_TIMEOUT), then serve; a failed handshake is one log
+    line and a closed connection."""
+    peer = _peer_name(stream)
+    tls = trio.SSLStream(stream, context, server_side=True)
+    try:
+        with trio.fail_after(TLS_HANDSHAKE_TIMEOUT):
+            await tls.do_handshake()
+    except trio.TooSlowError:
+        log.warning("closing %s: TLS handshake not complete within %s s", peer,
+                    TLS_HANDSHAKE_TIMEOUT)
+        await stream.aclose()
+        return
+    except (trio.BrokenResourceError, ssl.SSLError, OSError) as exc:
+        log.warning("closing %s: %s", peer, describe_tls_failure(exc))
+        await stream.aclose()
+        return
+    await serve_connection(engine, tls, peer)
+
+
 async def serve_hsm(
     engine: HsmEngine,
     host: str,
@@ -75,14 +100,19 @@ async def serve_hsm(
     header_length: int,
     *,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> None:
-    """Listen on host:port; `nursery.start(serve_hsm, ...)` returns the listeners."""
+    """Listen on host:port; `nursery.start(serve_hsm, ...)` returns the listeners. With
+    `ssl_context` every connection is TLS (specs.tls.server_context)."""
     if header_length != engine.header_length:
         engine = HsmEngine(engine.lmk, header_length)
     listeners = await trio.open_tcp_listeners(port, host=host)
     task_status.started(listeners)
 
     async def handler(stream: trio.SocketStream) -> None:
-        await serve_connection(engine, stream)
+        if ssl_context is not None:
+            await serve_tls_connection(engine, stream, ssl_context)
+        else:
+            await serve_connection(engine, stream)
 
     await trio.serve_listeners(handler, listeners)

@@ -19,6 +19,9 @@ UPLOAD_RECORDS_PER_MESSAGE = 8
 """Batch-upload records one 0320 carries at the most."""
 UPLOAD_RECORD_DIGITS = 40
 TOTALS_DIGITS = 62
+BATCH_CAPACITY = 999
+"""Transactions one batch may hold: F48 counts each kind of total in 3 digits, so a terminal
+settles (a real one says "batch full, please settle") before its batch reaches this."""
 KEY_DATA_BYTES = 40
 
 

@@ -43,7 +43,7 @@ from terminal.pinpad import MAC_ALGORITHMS, combine_components, kcv_hex, parse_k
 from terminal.serial_transport import SerialTransport
 from terminal.session import Result, Terminal
 from terminal.state import DEFAULT_PATH, Config, Store, open_store
-from terminal.transport import TcpTransport, Transport, parse_address
+from terminal.transport import TcpTransport, Transport, parse_address, tls_context
 
 HELP = __doc__.split("\n\n", 1)[1] if __doc__ else ""
 EXIT_INTERRUPTED = 130
@@ -171,6 +171,9 @@ def _transport(config: Config) -> Transport:
     if config.serial:
         trace = (lambda line: click.echo(line, err=True)) if _opts().trace else None
         return SerialTransport(config.serial, trace=trace)
+    if config.tls:
+        context = tls_context(config.tls_ca, config.tls_cert, config.tls_key)
+        return TcpTransport(config.host, config.port, ssl_context=context)
     return TcpTransport(config.host, config.port)
 
 
@@ -222,6 +225,28 @@ def _guard(func: Callable[[], Any]) -> Any:
 # --------------------------------------------------------------------------- setup
 
 
+def _tls_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    path = click.Path(dir_okay=False, exists=True)
+    f = click.option("--key", "tls_key", type=path, help="Private key of --cert (PEM).")(f)
+    f = click.option("--cert", "tls_cert", type=path,
+                     help="This terminal's certificate (PEM), for a host requiring mutual TLS.")(f)
+    f = click.option("--ca", "tls_ca", type=path,
+                     help="CA file the host's certificate must chain to (default: the"
+                          " system's trusted CAs).")(f)
+    return click.option("--tls", is_flag=True, help="Connect to the host over TLS 1.2+.")(f)
+
+
+def _tls_files(tls: bool, ca: str | None, cert: str | None,
+               key: str | None) -> tuple[str, str, str]:
+    """Absolute paths of the TLS files (checked by building the context now)."""
+    if not tls:
+        if ca or cert or key:
+            raise BadInput("--ca, --cert and --key go with --tls")
+        return "", "", ""
+    tls_context(ca, cert, key)
+    return tuple(os.path.abspath(p) if p else "" for p in (ca, cert, key))  # type: ignore[return-value]
+
+
 @main.command()
 @click.option("--tid", required=True, help="Terminal id (8 characters).")
 @click.option("--mid", required=True, help="Merchant id (15 characters).")
@@ -240,10 +265,12 @@ def _guard(func: Callable[[], Any]) -> Any:
               help="First reversal retry delay in seconds (doubles each retry).")
 @click.option("--attempts", type=click.IntRange(1, 1000), default=3, show_default=True,
               help="Reversal sends per command before giving up (it stays pending).")
+@_tls_options
 @_common(trace=False)
 def init(tid: str, mid: str, tmk: str | None, components: tuple[str, ...],
          address: str | None, serial: str | None, mac: str, nii: str, timeout: float,
-         backoff: float, attempts: int) -> None:
+         backoff: float, attempts: int, tls: bool, tls_ca: str | None, tls_cert: str | None,
+         tls_key: str | None) -> None:
     """Create or reset the terminal: identity, host, TMK (prints only its KCV)."""
 
     def parse() -> tuple[Config, bytes]:
@@ -262,11 +289,15 @@ def init(tid: str, mid: str, tmk: str | None, components: tuple[str, ...],
                 raise BadInput(str(exc)) from None
         if len(nii) != 4 or not nii.isascii() or not nii.isdigit():
             raise BadInput("NII must be 4 digits")
+        if tls and serial:
+            raise BadInput("--tls is for --host HOST:PORT, not a serial line")
+        files = _tls_files(tls, tls_ca, tls_cert, tls_key)
         try:
             ids = values.parse_tid(tid), values.parse_mid(mid)
         except values.InputError as exc:
             raise BadInput(str(exc)) from None
-        config = Config(*ids, host, port, nii, mac, timeout, backoff, attempts, serial or "")
+        config = Config(*ids, host, port, nii, mac, timeout, backoff, attempts, serial or "",
+                        tls, *files)
         return config, key
 
     config, key = _guard(parse)
@@ -538,6 +569,7 @@ def status() -> None:
               help="MAC algorithm of the load terminals.")
 @click.option("--timeout", type=click.FloatRange(0.01, MAX_SECONDS), default=10.0,
               show_default=True, help="Seconds to wait for each response.")
+@_tls_options
 @click.option("--json", "as_json", is_flag=True, expose_value=False, callback=_set("as_json"),
               help="Print the report as JSON on stdout.")
 def load_command(**kwargs: Any) -> None:

@@ -25,6 +25,7 @@ from specs.codes import (
 )
 from specs.composite import (
     BALANCED,
+    BATCH_CAPACITY,
     NOT_BALANCED,
     UPLOAD_RECORDS_PER_MESSAGE,
     Field61,
@@ -315,6 +316,11 @@ def batch_totals(entries: Iterable[BatchEntry]) -> SettlementTotals:
     entries = list(entries)
     return SettlementTotals(_totals([e for e in entries if e.domestic]),
                             _totals([e for e in entries if not e.domestic]))
+
+
+def batch_full(entries: Iterable[BatchEntry]) -> bool:
+    """True when the batch holds BATCH_CAPACITY transactions: settle before the next one."""
+    return sum(1 for _ in entries) >= BATCH_CAPACITY
 
 
 def settlement_request(profile: Profile, stan: str, batch: str,

@@ -15,12 +15,13 @@ import math
 import random
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import trio
@@ -32,6 +33,7 @@ from specs.errors import FramingError, SpecError
 from specs.framing import BODY_OFFSET, TPDU_LENGTH, Frame, TcpFrameDecoder, encode_frame_tcp
 from specs.messages import Message, encode_message, field_spans
 from specs.pretty import mask_pan
+from specs.tls import describe_tls_failure
 from terminal import core
 from terminal.cards import Card, check_pin, parse_amount
 from terminal.core import Original, Outcome, Profile
@@ -43,7 +45,7 @@ from terminal.errors import (
     TerminalError,
 )
 from terminal.pinpad import PinPad, parse_key_hex
-from terminal.transport import parse_address
+from terminal.transport import parse_address, tls_context
 
 OPERATIONS = ("sale", "balance", "void", "refund")
 REVERSIBLE = frozenset({"sale", "void"})
@@ -90,20 +92,27 @@ class LoadSettings:
     report: str | None = None
     settle: bool = True
     progress: bool = True
+    ssl_context: ssl.SSLContext | None = field(default=None, repr=False)
+    """Every terminal connects over TLS with this context (posterm load --tls)."""
 
     @classmethod
     def from_cli(cls, *, address: str, terminals: int, duration: float, rate: float, mix: str,
                  report: str | None, tid_prefix: str, mid: str, tmk: str,
                  track2: tuple[str, ...], pin: str | None, mac: str, timeout: float,
-                 amount: str = "1.00", settle: bool = True) -> LoadSettings:
+                 amount: str = "1.00", settle: bool = True, tls: bool = False,
+                 tls_ca: str | None = None, tls_cert: str | None = None,
+                 tls_key: str | None = None) -> LoadSettings:
         try:
             host, port = parse_address(address)
         except ValueError as exc:
             raise BadInput(str(exc)) from None
+        if not tls and (tls_ca or tls_cert or tls_key):
+            raise BadInput("--ca, --cert and --key go with --tls")
+        context = tls_context(tls_ca, tls_cert, tls_key) if tls else None
         return cls(host, port, terminals, duration, rate, parse_mix(mix),
                    terminal_ids(tid_prefix, terminals), mid, parse_key_hex(tmk),
                    [Card.from_track2(t) for t in track2], check_pin(pin) if pin else None,
-                   mac, timeout, parse_amount(amount), report, settle)
+                   mac, timeout, parse_amount(amount), report, settle, ssl_context=context)
 
 
 def terminal_ids(prefix: str, count: int) -> list[str]:
@@ -229,9 +238,12 @@ class FastLine:
     than the rest of the request). :meth:`exchange` is the ordinary Transport call.
     """
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.host, self.port = host, port
+        self.ssl_context = ssl_context
         self._sock: trio.socket.SocketType | None = None
+        self._tls: trio.SSLStream | None = None
         self._decoder = TcpFrameDecoder()
 
     async def connect(self) -> None:
@@ -241,14 +253,31 @@ class FastLine:
         try:
             with trio.fail_after(CONNECT_TIMEOUT):
                 await sock.connect((self.host, self.port))
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if self.ssl_context is not None:
+                    self._tls = await self._handshake(sock, self.ssl_context)
         except (OSError, trio.TooSlowError) as exc:
             sock.close()
             raise ConnectFailed(f"cannot connect to {self.host}:{self.port}: {exc}") from None
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except BaseException:
+            sock.close()
+            raise
         self._sock, self._decoder = sock, TcpFrameDecoder()
+
+    async def _handshake(self, sock: trio.socket.SocketType,
+                         context: ssl.SSLContext) -> trio.SSLStream:
+        tls = trio.SSLStream(trio.SocketStream(sock), context, server_hostname=self.host)
+        try:
+            await tls.do_handshake()
+        except (trio.BrokenResourceError, ssl.SSLError) as exc:
+            raise ConnectFailed(f"TLS to {self.host}:{self.port}:"
+                                f" {describe_tls_failure(exc)}") from None
+        return tls
 
     async def send_receive(self, payload: bytes) -> bytes:
         await self.connect()
+        if self._tls is not None:
+            return await self._send_receive_tls(self._tls, payload)
         sock = self._sock
         assert sock is not None
         data = encode_frame_tcp(payload)
@@ -265,6 +294,20 @@ class FastLine:
             raise NoResponse(f"connection to {self.host}:{self.port} lost: {exc}") from None
         return answer
 
+    async def _send_receive_tls(self, tls: trio.SSLStream, payload: bytes) -> bytes:
+        try:
+            await tls.send_all(encode_frame_tcp(payload))
+            while (answer := self._decoder.next_payload()) is None:
+                chunk = await tls.receive_some(RECEIVE_SIZE)
+                if not chunk:
+                    raise NoResponse("host closed the connection")
+                self._decoder.feed(chunk)
+        except (OSError, FramingError, trio.BrokenResourceError,
+                trio.ClosedResourceError) as exc:
+            self.close()
+            raise NoResponse(f"connection to {self.host}:{self.port} lost: {exc}") from None
+        return answer
+
     async def exchange(self, payload: bytes, timeout: float) -> bytes:
         try:
             with trio.fail_after(timeout):
@@ -274,6 +317,7 @@ class FastLine:
             raise NoResponse(f"no response in {timeout:g} s") from None
 
     def close(self) -> None:
+        self._tls = None
         if self._sock is not None:
             self._sock.close()
             self._sock = None
@@ -293,7 +337,7 @@ class LoadTerminal:
         self.stats = stats
         self.rng = rng
         self.pinpad = PinPad(settings.tmk, settings.mac)
-        self.line = FastLine(settings.host, settings.port)
+        self.line = FastLine(settings.host, settings.port, settings.ssl_context)
         self.scope: trio.CancelScope | None = None
         self.inflight: tuple[str, Message] | None = None
         self.stan = f"{rng.randrange(1, 900_000):06d}"
@@ -403,6 +447,9 @@ class LoadTerminal:
                 return
         if op in ("void", "refund") and not self.sold:
             op = "sale"
+        if op in ("sale", "refund") and core.batch_full(self.batch_entries.values()):
+            await self.settle_full_batch()
+            return
         doc, payload = self.request(op)
         started = time.perf_counter()
         try:
@@ -484,6 +531,13 @@ class LoadTerminal:
         except (TerminalError, CommunicationError) as exc:
             self.stats.settlements[f"failed: {type(exc).__name__}"] += 1
 
+    async def settle_full_batch(self) -> None:
+        """The batch holds all that F48 can count: settle it, then sign on for the next one."""
+        await self.settle()
+        self.batch_entries.clear()
+        self.sold.clear()
+        await self.sign_on()
+
     async def upload(self, entries: list[core.BatchEntry]) -> None:
         for chunk in core.upload_chunks(entries):
             await self.exchange(core.upload_request(self.profile, self.next_stan(), self.batch,
@@ -511,9 +565,10 @@ def latency_summary(values: list[float]) -> dict[str, float]:
 def build_report(settings: LoadSettings, stats: Stats, elapsed: float) -> dict[str, Any]:
     every = [v for values in stats.latencies.values() for v in values]
     return {
-        "settings": {k: v for k, v in asdict(settings).items()
-                     if k not in ("tmk", "cards", "pin", "tids")}
-        | {"cards": [mask_pan(c.pan) for c in settings.cards]},
+        "settings": {k: v for k, v in asdict(replace(settings, ssl_context=None)).items()
+                     if k not in ("tmk", "cards", "pin", "tids", "ssl_context")}
+        | {"cards": [mask_pan(c.pan) for c in settings.cards],
+           "tls": settings.ssl_context is not None},
         "elapsed_s": round(elapsed, 3),
         "completed": stats.completed,
         "throughput_per_s": round(stats.completed / elapsed, 1) if elapsed else 0.0,

@@ -223,6 +223,8 @@ class Terminal:
     # ----------------------------------------------------------------- financial
 
     async def sale(self, card: Card, amount: int, pin: str | None) -> Result:
+        if core.batch_full(self.store.batch_entries()):
+            raise NotReady("batch full: settle first (posterm settle)")
         await self._prepare_online()
         pin_block = self.pinpad.pin_block(pin, card.pan) if pin else None
 

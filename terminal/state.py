@@ -59,6 +59,10 @@ CREATE TABLE IF NOT EXISTS advices (
 );
 """
 
+_TLS_COLUMNS = (("tls", "INTEGER NOT NULL DEFAULT 0"), ("tls_ca", "TEXT NOT NULL DEFAULT ''"),
+                ("tls_cert", "TEXT NOT NULL DEFAULT ''"), ("tls_key", "TEXT NOT NULL DEFAULT ''"))
+"""Columns of the terminal row added with TLS (added to older state files on open)."""
+
 # Journal statuses.
 PENDING, APPROVED, DECLINED, REVERSED, QUEUED, UNANSWERED = (
     "pending", "approved", "declined", "reversed", "queued", "unanswered")
@@ -77,10 +81,19 @@ class Config:
     attempts: int = 3
     serial: str = ""
     """A serial line spec (host.serialline.LineSettings) used instead of host:port when set."""
+    tls: bool = False
+    """Reach host:port over TLS (posterm init --tls)."""
+    tls_ca: str = ""
+    """CA file the host's certificate must chain to ('' : the system's trusted CAs)."""
+    tls_cert: str = ""
+    """This terminal's certificate and key files, for a host that requires one (mutual TLS)."""
+    tls_key: str = ""
 
     @property
     def endpoint(self) -> str:
-        return f"serial {self.serial}" if self.serial else f"{self.host}:{self.port}"
+        if self.serial:
+            return f"serial {self.serial}"
+        return f"{'tls://' if self.tls else ''}{self.host}:{self.port}"
 
     @property
     def profile(self) -> Profile:
@@ -149,10 +162,14 @@ class Store:
         self._add_missing_columns()
 
     def _add_missing_columns(self) -> None:
-        """State files written before the serial column existed gain it (empty: TCP)."""
+        """State files written before the serial and TLS columns existed gain them (empty:
+        plain TCP)."""
         columns = {r["name"] for r in self._db.execute("PRAGMA table_info(terminal)")}
         if "serial" not in columns:
             self._db.execute("ALTER TABLE terminal ADD COLUMN serial TEXT NOT NULL DEFAULT ''")
+        for name, kind in _TLS_COLUMNS:
+            if name not in columns:
+                self._db.execute(f"ALTER TABLE terminal ADD COLUMN {name} {kind}")
 
     def close(self) -> None:
         self._db.close()
@@ -198,9 +215,11 @@ class Store:
             db.execute("DELETE FROM terminal")
             db.execute(
                 "INSERT INTO terminal (id, tid, mid, host, port, nii, mac, timeout, backoff,"
-                " attempts, serial, tmk) VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " attempts, serial, tmk, tls, tls_ca, tls_cert, tls_key)"
+                " VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (config.tid, config.mid, config.host, config.port, config.nii, config.mac,
-                 config.timeout, config.backoff, config.attempts, config.serial, tmk),
+                 config.timeout, config.backoff, config.attempts, config.serial, tmk,
+                 int(config.tls), config.tls_ca, config.tls_cert, config.tls_key),
             )
 
     @staticmethod
@@ -224,7 +243,8 @@ class Store:
     def config(self) -> Config:
         r = self.row()
         return Config(r["tid"], r["mid"], r["host"], r["port"], r["nii"], r["mac"],
-                      r["timeout"], r["backoff"], r["attempts"], r["serial"])
+                      r["timeout"], r["backoff"], r["attempts"], r["serial"], bool(r["tls"]),
+                      r["tls_ca"], r["tls_cert"], r["tls_key"])
 
     def pinpad(self) -> PinPad:
         r = self.row()

@@ -7,12 +7,14 @@ import pytest
 from hsm_sim.crypto import encrypt_tdes_ecb, generate_kcv
 from specs.catalog import KINDS
 from specs.composite import (
+    BATCH_CAPACITY,
     KeyData,
     SettlementTotals,
     Totals,
     encode_key_data,
     encode_settlement_totals,
 )
+from specs.errors import ValidationError
 from specs.framing import Frame, encode_frame_tcp
 from specs.messages import build_response, decode_message, encode_message, encode_with_mac
 from terminal import core
@@ -150,6 +152,18 @@ def test_totals_and_upload_chunks() -> None:
     assert req["48"].startswith("08") and req["60"] == "00000001201"
     end = core.upload_end_request(PROFILE, "000012", "000001", 10)
     assert end["48"] == "0010" and end["60"].endswith("202")
+
+
+def test_a_full_batch_still_encodes_and_asks_for_settlement() -> None:
+    entries = [core.BatchEntry("sale", f"{i:06d}", "6222021234567890128", 100)
+               for i in range(BATCH_CAPACITY)]
+    assert not core.batch_full(entries[:-1])
+    assert core.batch_full(entries)
+    req = core.settlement_request(PROFILE, "000001", "000001", core.batch_totals(entries))
+    assert req["48"][12:15] == "999"
+    with pytest.raises(ValidationError, match="overflow"):
+        core.settlement_request(PROFILE, "000001", "000001", core.batch_totals(
+            [*entries, core.BatchEntry("sale", "999999", "6222021234567890128", 1)]))
 
 
 def test_settlement_result() -> None:

@@ -131,5 +131,5 @@ async def test_load_reverses_what_went_unanswered(running_host: Any, nursery: An
     report = await run_load(settings)
     assert report["errors"] == {"sale: NoResponse": 1}
     assert report["operations"]["reversal"]["codes"] == {"00": 1}
-    assert report["settlements"] == {"balanced": 1}
+    assert set(report["settlements"]) == {"balanced"}  # a full batch settles mid-run too
     assert "0400" in proxy.sent_mtis()

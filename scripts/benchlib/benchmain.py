@@ -94,14 +94,15 @@ def _host(workdir: Path, template: Path, name: str, profile: Path | None = None)
 
 
 def posterm_load(port: int, fleet: Fleet, n: int, seconds: float, rate: float | None,
-                 workdir: Path) -> dict[str, Any]:
-    """The same point driven by ``posterm load`` (its own process), normalised."""
+                 workdir: Path, extra_args: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The same point driven by ``posterm load`` (its own process), normalised.
+    ``extra_args``: more posterm load options (``--tls --ca F`` for scripts/bench-tls)."""
     report = workdir / f"posterm-{n}-{rate or 0:g}.json"
     argv = [str(procs.VENV_BIN / "posterm"), "load", "--host", f"127.0.0.1:{port}",
             "--terminals", str(n), "--duration", str(seconds), "--rate", str(rate or 0),
             "--mix", "sale=100", "--tid-prefix", TID_PREFIX, "--mid", fleet.mid,
             "--tmk", fleet.tmk_hex, "--pin", TEST_PIN, "--amount", f"{SALE_AMOUNT / 100:.2f}",
-            "--no-settle", "--report", str(report), "--json"]
+            "--no-settle", "--report", str(report), "--json", *extra_args]
     for pan in fleet.pans[:n]:
         argv += ["--track2", f"{pan}D{CARD_EXPIRY}1010000000000"]
     env = {**os.environ, "POSTERM_STATE": str(workdir / f"posterm-{n}.db")}
