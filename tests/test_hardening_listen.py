@@ -72,3 +72,14 @@ def test_probe_sees_a_reuseport_listener() -> None:
         port = other.getsockname()[1]
         with pytest.raises(ConfigError, match="Address already in use"):
             probe_free("127.0.0.1", port)
+
+
+async def test_tls_address_is_claimed_too(tmp_path: Path) -> None:
+    from host.app import HostConfig, TlsListen, run_host
+
+    port = _free_port()
+    tls = TlsListen("127.0.0.1", port, tmp_path / "c.pem", tmp_path / "k.pem")
+    with claim_address("127.0.0.1", port), \
+            pytest.raises(ConfigError, match="another poshost already serves it"):
+        await run_host(HostConfig(listen_port=0, db_path=tmp_path / "h.db", tls=tls))
+    assert not (tmp_path / "h.db").exists()
