@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sqlite3
 import sys
@@ -83,7 +84,6 @@ def _check_db_path(ctx: click.Context, param: click.Parameter, value: Path) -> P
     parent = value.parent if str(value.parent) else Path(".")
     if not parent.is_dir():
         raise click.BadParameter(f"directory {parent} does not exist")
-    import os
     if not value.exists() and not os.access(parent, os.W_OK | os.X_OK):
         raise click.BadParameter(f"directory {parent} is not writable")
     return value
@@ -240,7 +240,6 @@ def _demo_summary(db_path: Path) -> str:
 async def _create_db(db_path: Path, build: Callable[[Path], Awaitable[T]]) -> T:
     """Build a new database beside ``db_path`` and move it into place only once ``build``
     has succeeded: a setup command that fails leaves no half-built database."""
-    import os
     tmp = db_path.with_name(f".{db_path.name}.{os.getpid()}.tmp")
     try:
         result = await build(tmp)

@@ -203,6 +203,7 @@ def test_no_bad_value_ends_in_a_traceback(cli: str, path: str, tmp_path: Path,
                 assert result.exit_code in DOCUMENTED[cli], where
                 if result.exit_code != 0:
                     assert _digest(db) == before, where
+                    assert not (tmp_path / "new.db").exists(), where  # init: all or nothing
                 checked += 1
     finally:
         signal.signal(signal.SIGALRM, old)
