@@ -287,13 +287,15 @@ def test_init_demo_marks_lab_data(tmp_path: Path) -> None:
 
 def test_bridge_stops_on_ctrl_c_without_traceback(tmp_path: Path) -> None:
     import os
-    import time
     master, slave = os.openpty()
     try:
         proc = subprocess.Popen([POSHOST, "bridge", "--serial", os.ttyname(slave), "--host",
                                  "127.0.0.1:9"], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
-        time.sleep(1.5)
+        assert proc.stderr is not None
+        for line in iter(proc.stderr.readline, ""):
+            if "bridging" in line:  # running: the serial side is open
+                break
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=15)
     finally:
