@@ -94,15 +94,37 @@ class _Cli(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            try:
+                return super().invoke(ctx)
+            except BaseExceptionGroup as group:  # trio nurseries wrap what their tasks raised
+                raise _first_known(group) from None
         except sqlite3.DatabaseError as exc:
             _fail(NotReady(f"the state file {_opts().state} cannot be used (damaged or not a"
                            f" posterm state file?): {exc}"))
         except KeyboardInterrupt:
             click.echo("posterm: interrupted", err=True)
             sys.exit(EXIT_INTERRUPTED)
+        except TerminalError as exc:
+            _fail(exc)
         except OSError as exc:
             _fail(BadInput(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")))
+
+
+def _first_known(group: BaseExceptionGroup) -> BaseException:
+    """The leaf the CLI knows how to report (Ctrl-C first), else the group itself."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            pending.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    for kind in (KeyboardInterrupt, TerminalError, sqlite3.DatabaseError, OSError):
+        found = next((e for e in leaves if isinstance(e, kind)), None)
+        if found is not None:
+            return found
+    return group
 
 
 def _check_state(_ctx: click.Context, _param: click.Parameter, value: str) -> str:

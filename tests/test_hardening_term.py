@@ -187,3 +187,29 @@ def test_load_report_in_a_missing_directory_is_refused_before_the_run(tmp_path: 
                                   TRACK2, "--pin", "1234", "--report",
                                   str(tmp_path / "nope" / "r.json")])
     assert r.exit_code == 2 and "does not exist" in r.output and "t=" not in r.output
+
+
+def test_ctrl_c_while_waiting_for_the_host_is_a_clean_exit(tmp_path: Path) -> None:
+    import socket
+
+    bin_dir = Path(sys.executable).parent
+    state = tmp_path / "t.db"
+    with socket.socket() as silent:  # accepts, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        store = Store(state)
+        from terminal.state import Config
+        store.initialise(Config(TID, MID, "127.0.0.1", port, timeout=60.0), bytes.fromhex(TMK))
+        store.close()
+        posterm = [str(bin_dir / "posterm"), "--state", str(state)]
+        proc = subprocess.Popen([*posterm, "echo"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        conn, _ = silent.accept()  # the request is on its way: interrupt the wait
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        conn.close()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    again = subprocess.run([*posterm, "status", "--json"], capture_output=True, text=True)
+    assert again.returncode == 0 and json.loads(again.stdout)["tid"] == TID  # state usable
