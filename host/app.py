@@ -16,6 +16,7 @@ import trio
 from host.bridge import serve_serial_lines
 from host.db import PanProtector, open_store
 from host.errors import ConfigError
+from host.exclusive import claim_address, probe_free
 from host.hsm import check_lmk, ensure_pvk, open_hsm
 from host.ledger import Ledger, RrnCounter
 from host.ops import LocalStore
@@ -88,6 +89,15 @@ async def run_host(config: HostConfig, *,
     stop = stop if stop is not None else trio.Event()
     if config.workers and config.pcap is not None:
         raise ConfigError("--pcap works with --workers 0 only, for now")
+    with contextlib.ExitStack() as claims:  # one host per address, TLS address included
+        claims.enter_context(claim_address(config.listen_host, config.listen_port))
+        if config.tls is not None:
+            claims.enter_context(claim_address(config.tls.host, config.tls.port))
+        await _run_host(config, task_status, stop)
+
+
+async def _run_host(config: HostConfig, task_status: trio.TaskStatus[tuple[str, int]],
+                    stop: trio.Event) -> None:
     tls_context = config.tls.context() if config.tls is not None else None
     conn = open_store(config.db_path)
     try:
@@ -129,6 +139,7 @@ async def _run_pool(config: HostConfig, conn: sqlite3.Connection, stop: trio.Eve
                     task_status: trio.TaskStatus[tuple[str, int]]) -> None:
     """The writer here; the message path in ``config.workers`` processes listening on the
     same port (host/workers.py)."""
+    probe_free(config.listen_host, config.listen_port)  # SO_REUSEPORT would join another host
     try:
         held = reserve_port(config.listen_host, config.listen_port)
     except OSError as exc:
@@ -137,6 +148,7 @@ async def _run_pool(config: HostConfig, conn: sqlite3.Connection, stop: trio.Eve
         holding.enter_context(held)
         bound: tuple[str, int] = held.getsockname()[:2]
         if config.tls is not None:
+            probe_free(config.tls.host, config.tls.port)
             try:
                 held_tls = reserve_port(config.tls.host, config.tls.port)
             except OSError as exc:

@@ -1,4 +1,9 @@
-"""Command-line edge of `poshost`: the only place errors become messages and exit codes."""
+"""Command-line edge of `poshost`: the only place errors become messages and exit codes.
+
+Exit codes: 0 done, 1 failed (refused by the database or the HSM, HSM unreachable, port in
+use, database damaged or unreadable, a directory missing or not writable), 2 usage or bad input
+(a value that cannot be used; nothing was changed), 130 interrupted (Ctrl-C).
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,12 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import sys
 from collections.abc import Awaitable, Callable
-from decimal import Decimal, InvalidOperation
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 import trio
@@ -27,21 +32,27 @@ from hsm_sim.client import HsmClient
 from hsm_sim.errors import HsmError
 from shared.errors import SharedError
 from shared.naming import terminal_ids
+from specs import params
+from specs.params import lab_banner
+from specs.values import InputError, format_amount
 from specs.view import render_contract
 
 T = TypeVar("T")
 DEFAULT_DB = Path("poshost.db")
 LINE_SPEC = "PORT[,baud=9600][,parity=N][,rtscts=0][,framing=stx|length]"
 DEFAULT_LISTEN = "127.0.0.1:5000"
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 MAX_WORKERS = 64
 """Most worker processes ``poshost serve --workers`` starts."""
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 LOG_FILE_MODE = 0o600
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
     click.echo(f"poshost: {message}", err=True)
-    sys.exit(1)
+    sys.exit(code)
 
 
 def _run(fn: Callable[[], Awaitable[T]]) -> T:
@@ -50,11 +61,14 @@ def _run(fn: Callable[[], Awaitable[T]]) -> T:
     except (HostError, HsmError, SharedError) as exc:
         _fail(str(exc))
     except BaseExceptionGroup as group:
-        match, rest = group.split((HostError, HsmError, SharedError))
-        if match is None or rest is not None:
-            raise
-        _fail("; ".join(str(e) for e in _leaves(match)))
-    raise AssertionError("unreachable")
+        leaves = _leaves(group)
+        if all(isinstance(e, (HostError, HsmError, SharedError)) for e in leaves):
+            _fail("; ".join(str(e) for e in leaves))
+        for kind in (KeyboardInterrupt, sqlite3.DatabaseError, OSError, InputError):
+            first = next((e for e in leaves if isinstance(e, kind)), None)
+            if first is not None:  # for the group's handler (_Cli): one line, its exit code
+                raise first from None
+        raise
 
 
 def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
@@ -64,16 +78,30 @@ def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
     return out
 
 
+def _check_db_path(ctx: click.Context, param: click.Parameter, value: Path) -> Path:
+    """The database's directory must exist and, for a new database, be writable."""
+    if value.is_dir():
+        raise click.BadParameter(f"{value} is a directory, not a database file")
+    parent = value.parent if str(value.parent) else Path(".")
+    if not parent.is_dir():
+        raise click.BadParameter(f"directory {parent} does not exist")
+    if not value.exists() and not os.access(parent, os.W_OK | os.X_OK):
+        raise click.BadParameter(f"directory {parent} is not writable")
+    return value
+
+
 db_option = click.option("--db", "db_path", type=click.Path(path_type=Path), default=DEFAULT_DB,
-                         show_default=True, help="SQLite database")
+                         show_default=True, callback=_check_db_path, help="SQLite database.")
 
 
 def hsm_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option("--lmk", default="test", show_default=True,
-                     help="'test' (the published test LMK) or an LMK file")(f)
+                     help="LMK of the embedded HSM: 'test' (the published test LMK) or an LMK"
+                          " file (a TCP HSM uses its own).")(f)
     return click.option("--hsm", default="embedded", show_default=True,
-                        help="'embedded', tcp://HOST:PORT or"
-                             " tls://HOST:PORT[?ca=FILE][&cert=FILE&key=FILE]")(f)
+                        help="'embedded' (in-process), tcp://HOST:PORT or"
+                             " tls://HOST:PORT[?ca=FILE][&cert=FILE&key=FILE] of an hsm-sim"
+                             " or payShield-style HSM.")(f)
 
 
 authorise_option = click.option(
@@ -93,15 +121,13 @@ def with_hsm(fn: Callable[..., Awaitable[T]], hsm: str, lmk: str,
 
 
 def parse_amount(text: str) -> int:
-    """'1000.00' -> 100000 minor units."""
+    """'1000.00' -> 100000 minor units (one parser for every CLI: specs.values)."""
+    from specs.values import parse_amount as parse
+
     try:
-        value = Decimal(text)
-    except InvalidOperation:
-        raise click.BadParameter(f"not an amount: {text!r}") from None
-    minor = value * 100
-    if minor != minor.to_integral_value():
-        raise click.BadParameter("at most 2 decimals")
-    return int(minor)
+        return parse(text, minimum=0)
+    except InputError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def _table(rows: list[dict], columns: list[str] | None = None) -> None:
@@ -122,7 +148,77 @@ def _read(db_path: Path) -> Any:
     return open_store(db_path)
 
 
-@click.group()
+def _emit_rows(rows: list[dict], as_json: bool, columns: list[str] | None = None) -> None:
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        _table(rows, columns)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+
+def _check_lines(_ctx: click.Context, _param: click.Parameter, value: Any) -> Any:
+    """Serial line specs checked before anything starts (the port is opened later)."""
+    from shared.serialline import parse_line_spec
+
+    for spec in (value,) if isinstance(value, str) else value or ():
+        try:
+            parse_line_spec(spec)
+        except (HostError, SharedError) as exc:
+            raise click.BadParameter(str(exc)) from None
+    return value
+
+
+def _old_spelling(old: str, dest: str, kind: Any = None) -> Callable[[Callable[..., Any]],
+                                                                      Callable[..., Any]]:
+    """A hidden option kept for scripts written against an older spelling of ``dest``."""
+    def callback(ctx: click.Context, _param: click.Parameter, value: Any) -> None:
+        if value is not None:
+            ctx.meta[f"old:{dest}"] = value
+    return click.option(old, type=kind, hidden=True, expose_value=False, callback=callback)
+
+
+def _given(value: Any, dest: str, option: str) -> Any:
+    """``value``, or what its old spelling gave; a usage error when neither was given."""
+    if value is None:
+        value = click.get_current_context().meta.get(f"old:{dest}")
+    if value is None:
+        raise click.UsageError(f"Missing option '{option}'.")
+    return value
+
+
+class _Cli(click.Group):
+    """The group whose commands never end in a traceback: a damaged database, a missing
+    directory or Ctrl-C become one line and a documented exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except sqlite3.DatabaseError as exc:
+            _fail(f"the database cannot be used (damaged, truncated or not a poshost"
+                  f" database?): {exc}")
+        except InputError as exc:
+            _fail(str(exc), EXIT_USAGE)
+        except PermissionError as exc:
+            _fail(f"permission denied: {exc.filename or exc}")
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
+            _fail(f"{exc.strerror}: {exc.filename or exc}")
+        except KeyboardInterrupt:
+            click.echo("poshost: interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except OSError as exc:
+            _fail(f"{exc.strerror or exc}")
+
+
+@click.group(cls=_Cli, epilog="""\b
+Exit codes:
+  0 done
+  1 failed: refused (already exists, no such record, wrong LMK), HSM refused
+    or unreachable, port in use, database damaged, file not writable
+  2 usage or bad input (nothing changed)
+  130 interrupted (Ctrl-C)""")
+@click.version_option(package_name="poshost", prog_name="poshost")
 def main() -> None:
     """poshost: ISO 8583 POS acquiring host (cup-pos dialect) for card-acquiring labs."""
 
@@ -131,12 +227,62 @@ def main() -> None:
 
 
 def _print_demo(rows: list[tuple[str, ...]], listen: str) -> None:
-    click.echo("Demo data:")
+    """``init --demo``'s one-time output: the lab values, marked as such (never logged)."""
+    click.echo(lab_banner("the demo data set, shown once"))
     for row in rows:
         click.echo("  " + "  ".join(str(c).ljust(w) for c, w in zip(row, (9, 20, 40, 16),
                                                                    strict=False)))
     click.echo(f"Next: start the host (poshost serve), then point a terminal at {listen}"
-               " with TID 12345678, MID 123456789012345 and the lab TMK above.")
+               " with TID 12345678, MID 123456789012345 and the TMK above.")
+
+
+def _demo_summary(db_path: Path) -> str:
+    """What ``serve`` says about the demo data it created: no PAN, PIN or key (its output is
+    the host's log)."""
+    from host.demo import DEMO_CARDS, DEMO_MID, DEMO_TID
+    return (f"demo data loaded into {db_path}: merchant {DEMO_MID}, terminal {DEMO_TID},"
+            f" {len(DEMO_CARDS)} test cards (their lab values: README, 'A first approved"
+            f" sale', or poshost init --demo --db OTHER.db)")
+
+
+async def _create_db(db_path: Path, build: Callable[[Path], Awaitable[T]]) -> T:
+    """Build a new database beside ``db_path`` and move it into place only once ``build``
+    has succeeded: a setup command that fails leaves no half-built database."""
+    tmp = db_path.with_name(f".{db_path.name}.{os.getpid()}.tmp")
+    try:
+        result = await build(tmp)
+        conn = sqlite3.connect(tmp)  # one self-contained file: the WAL folded in
+        try:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            conn.execute("PRAGMA journal_mode=DELETE")
+        finally:
+            conn.close()
+        os.replace(tmp, db_path)
+        return result
+    finally:
+        for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm"), Path(f"{tmp}-journal")):
+            leftover.unlink(missing_ok=True)
+
+
+async def _provision_new(db_path: Path, client: HsmClient, demo: bool,
+                         separate_002: bool = False) -> list[tuple[str, ...]]:
+    """Bind the LMK, make the PVK, optionally the demo set (a live LMK gets an HSM-made TMK,
+    since clear key import is a test-LMK extension). ``separate_002``: the HSM keeps TPKs and
+    TMKs apart from PVKs (chosen once, when the database is created)."""
+    from host.db import set_meta
+    from host.hsm import SEPARATION_META, check_lmk, ensure_pvk
+    from hsm_sim.lmk import load_lmk
+    conn = open_store(db_path)
+    try:
+        if separate_002:
+            set_meta(conn, SEPARATION_META, "1")
+        kcv = await check_lmk(conn, client)
+        await ensure_pvk(conn, client)
+    finally:
+        conn.close()
+    if not demo:
+        return []
+    return await init_demo(db_path, client, lab_tmk=kcv == load_lmk("test").check_value)
 
 
 def tls_serve_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -151,60 +297,55 @@ def tls_serve_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="private key of --tls-cert (PEM)")(f)
     f = click.option("--tls-cert", type=path, default=None,
                      help="server certificate (PEM, chain included) for --listen-tls")(f)
-    return click.option("--listen-tls", default=None, metavar="HOST:PORT",
+    return click.option("--listen-tls", type=params.LISTEN, default=None, metavar="HOST:PORT",
                         help="also listen for terminals over TLS 1.2+ (needs --tls-cert and"
                              " --tls-key)")(f)
 
 
-def _tls_listen(listen_tls: str | None, cert: Path | None, key: Path | None,
+def _tls_listen(listen_tls: tuple[str, int] | None, cert: Path | None, key: Path | None,
                 client_ca: Path | None) -> TlsListen | None:
     if listen_tls is None:
         if cert or key or client_ca:
-            _fail("--tls-cert/--tls-key/--tls-client-ca need --listen-tls HOST:PORT")
+            raise click.UsageError("--tls-cert/--tls-key/--tls-client-ca need --listen-tls"
+                                   " HOST:PORT")
         return None
-    host, _, port = listen_tls.rpartition(":")
-    if not port.isdigit():
-        _fail(f"--listen-tls must be HOST:PORT, not {listen_tls!r}")
     if cert is None or key is None:
-        _fail("--listen-tls needs --tls-cert and --tls-key")
-    assert cert is not None and key is not None
-    return TlsListen(host.strip("[]") or "127.0.0.1", int(port), cert, key, client_ca)
+        raise click.UsageError("--listen-tls needs --tls-cert and --tls-key")
+    return TlsListen(listen_tls[0], listen_tls[1], cert, key, client_ca)
 
 
 @main.command()
-@click.option("--listen", default=DEFAULT_LISTEN, show_default=True, help="HOST:PORT")
+@click.option("--listen", type=params.LISTEN, default=DEFAULT_LISTEN, show_default=True,
+              help="HOST:PORT to serve terminals on (port 0: any free port).")
 @db_option
 @hsm_options
 @click.option("--demo/--no-demo", default=None,
-              help="load the demo data when the database is new (default: with the test LMK)")
+              help="Load the demo data when the database is new (default: with the test LMK).")
 @click.option("--serial", "serial_lines", multiple=True, metavar=LINE_SPEC,
-              help="also serve a terminal on this serial line (repeatable)")
+              callback=_check_lines,
+              help="Also serve a terminal on this serial line (repeatable).")
 @click.option("--workers", type=click.IntRange(0, MAX_WORKERS), default=0, show_default=True,
-              help="processes for the message path in front of the one writer"
-                   " (0: one process; about the number of cores for throughput)")
+              help="Processes for the message path in front of the one writer"
+                   " (0: one process; about the number of cores for throughput).")
 @click.option("--allow-peer", "allow_peers", multiple=True, metavar="CIDR",
-              help="terminal source address or network allowed to connect (repeatable);"
-                   " connections from elsewhere are closed at accept. Default: any")
+              help="Terminal source address or network allowed to connect (repeatable);"
+                   " connections from elsewhere are closed at accept. Default: any.")
 @click.option("--terminal-peer", "terminal_peers", multiple=True, metavar="TID=CIDR",
-              help="where TID's terminal connects from (repeatable): an ALERT line when its"
-                   " sign-on, sign-off, settlement or upload comes from elsewhere")
+              help="Where TID's terminal connects from (repeatable): an ALERT line when its"
+                   " sign-on, sign-off, settlement or upload comes from elsewhere.")
 @click.option("--enforce-terminal-peers", is_flag=True,
-              help="with --terminal-peer: such traffic from elsewhere is not answered (the"
-                   " connection is closed) instead of only alerted")
+              help="With --terminal-peer: such traffic from elsewhere is not answered (the"
+                   " connection is closed) instead of only alerted.")
 @click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="append the host's log to this file (created 0600) instead of stderr")
+              help="Append the host's log to this file (created 0600) instead of stderr.")
 @tls_serve_options
-def serve(listen: str, db_path: Path, hsm: str, lmk: str, demo: bool | None,
-          serial_lines: tuple[str, ...], workers: int, listen_tls: str | None = None,
-          tls_cert: Path | None = None, tls_key: Path | None = None,
-          tls_client_ca: Path | None = None, pcap: Path | None = None,
-          allow_peers: tuple[str, ...] = (),
+def serve(listen: tuple[str, int], db_path: Path, hsm: str, lmk: str, demo: bool | None,
+          serial_lines: tuple[str, ...], workers: int, listen_tls: tuple[str, int] | None,
+          tls_cert: Path | None, tls_key: Path | None, tls_client_ca: Path | None,
+          pcap: Path | None, allow_peers: tuple[str, ...] = (),
           terminal_peers: tuple[str, ...] = (), enforce_terminal_peers: bool = False,
           log_file: Path | None = None) -> None:
-    """Run the acquiring host until SIGINT/SIGTERM."""
-    host, _, port = listen.rpartition(":")
-    if not port.isdigit():
-        _fail(f"--listen must be HOST:PORT, not {listen!r}")
+    """Run the acquiring host until SIGINT/SIGTERM (one host per address)."""
     tls = _tls_listen(listen_tls, tls_cert, tls_key, tls_client_ca)
     if log_file is not None:  # private: it names terminals, peers and masked PANs
         os.close(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, LOG_FILE_MODE))
@@ -212,8 +353,8 @@ def serve(listen: str, db_path: Path, hsm: str, lmk: str, demo: bool | None,
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT,
                         filename=None if log_file is None else str(log_file))
     logging.getLogger("hsm_sim.audit").setLevel(logging.WARNING)
-    config = HostConfig(host or "127.0.0.1", int(port), db_path, hsm, lmk, serial_lines,
-                        workers, tls=tls, pcap=pcap, allow_peers=allow_peers,
+    config = HostConfig(listen[0], listen[1], db_path, hsm, lmk, serial_lines, workers,
+                        tls=tls, pcap=pcap, allow_peers=allow_peers,
                         terminal_peers=terminal_peers,
                         enforce_terminal_peers=enforce_terminal_peers)
     new_db = not db_path.exists()
@@ -221,12 +362,13 @@ def serve(listen: str, db_path: Path, hsm: str, lmk: str, demo: bool | None,
     async def main() -> None:
         if new_db and (demo or (demo is None and lmk == "test" and hsm == "embedded")):
             async with open_hsm(hsm, lmk, None) as (client, _):
-                _print_demo(await init_demo(db_path, client), listen)
+                await _create_db(db_path, lambda tmp: _provision_new(tmp, client, True))
+            click.echo(_demo_summary(db_path))
         stop = trio.Event()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_stop_on_signal, stop)
             bound = await nursery.start(partial(run_host, config, stop=stop))
-            if lmk == "test":
+            if lmk == "test" and hsm == "embedded":
                 click.echo(TEST_LMK_WARNING_TEXT, err=True)
             tls_note = ""
             if tls is not None and tls.bound is not None:
@@ -239,20 +381,20 @@ def serve(listen: str, db_path: Path, hsm: str, lmk: str, demo: bool | None,
 
 
 @main.command()
-@click.option("--serial", "line", required=True, metavar=LINE_SPEC,
-              help="the serial line the POS is attached to")
-@click.option("--to", "target", required=True, metavar="HOST:PORT",
-              help="the host speaking the TCP framing (2-byte length)")
-@click.option("--trace", is_flag=True, help="print every frame (masked) and link event")
-def bridge(line: str, target: str, trace: bool) -> None:
+@click.option("--serial", "line", required=True, metavar=LINE_SPEC, callback=_check_lines,
+              help="The serial line the POS is attached to.")
+@click.option("--host", "target", type=params.ADDRESS,
+              help="HOST:PORT of the host speaking the TCP framing (2-byte length).")
+@_old_spelling("--to", "target", params.ADDRESS)
+@click.option("--trace", is_flag=True, help="Print every frame (masked) and link event.")
+def bridge(line: str, target: tuple[str, int] | None, trace: bool) -> None:
     """Relay a serial POS to a TCP host (the network access controller's role): keeps the
-    TPDU, reconnects with back-off, never loses or duplicates a frame it has ACKed."""
-    host, _, port = target.rpartition(":")
-    if not host or not port.isdigit():
-        _fail(f"--to must be HOST:PORT, not {target!r}")
+    TPDU, reconnects with back-off, never loses or duplicates a frame it has ACKed.
+    Ctrl-C stops it (exit 130)."""
+    host, port = _given(target, "target", "--host")
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     echo = partial(click.echo, err=True) if trace else None
-    _run(lambda: run_bridge(line, host, int(port), trace=echo))
+    _run(lambda: run_bridge(line, host, port, trace=echo))
 
 
 async def _stop_on_signal(stop: trio.Event) -> None:
@@ -269,28 +411,23 @@ async def _stop_on_signal(stop: trio.Event) -> None:
 @click.option("--demo", is_flag=True, help="add the demo merchant, terminal and cards")
 @authorise_option
 @click.option("--separate-002", is_flag=True,
-              help="the HSM enforces key type 002 separation (payShield PCI setting): keep"
-                   " TPKs as 70D and TMKs as 80D (a TCP hsm-sim needs --separate-002 too)")
+              help="The HSM enforces key type 002 separation (payShield PCI setting): keep"
+                   " TPKs as 70D and TMKs as 80D (a TCP hsm-sim needs --separate-002 too).")
 def init(db_path: Path, hsm: str, lmk: str, demo: bool, authorise: bool = False,
          separate_002: bool = False) -> None:
-    """Create the database (bound to the HSM's LMK), optionally with demo data."""
+    """Create the database (bound to the HSM's LMK), optionally with demo data.
+
+    All or nothing: if the HSM refuses or cannot be reached, no database is left behind.
+    Under a live LMK the demo terminal's TMK is generated by the HSM and its two clear
+    components are shown once (clear key import is a test-LMK extension)."""
+    if db_path.exists():
+        _fail(f"{db_path} already exists (init creates a new database; use --db for another)")
+
     async def go(client: HsmClient) -> None:
-        from host.db import get_meta, set_meta
-        from host.errors import ConfigError
-        from host.hsm import SEPARATION_META, check_lmk, ensure_pvk
-        conn = open_store(db_path)
-        try:
-            if separate_002 and get_meta(conn, SEPARATION_META) != "1":
-                if conn.execute("SELECT 1 FROM terminals").fetchone():
-                    raise ConfigError("--separate-002 is chosen when the database is created:"
-                                      " this one already has terminals under 002")
-                set_meta(conn, SEPARATION_META, "1")
-            await check_lmk(conn, client)
-            await ensure_pvk(conn, client)
-        finally:
-            conn.close()
-        if demo:
-            _print_demo(await init_demo(db_path, client), DEFAULT_LISTEN)
+        rows = await _create_db(db_path, lambda tmp: _provision_new(tmp, client, demo,
+                                                                    separate_002))
+        if rows:
+            _print_demo(rows, DEFAULT_LISTEN)
         click.echo(f"database ready: {db_path}")
     with_hsm(go, hsm, lmk, authorise)
 
@@ -310,6 +447,9 @@ def spec(wireshark: bool) -> None:
         click.echo(render_dissector(), nl=False)
         return
     click.echo(render_contract(), nl=False)
+
+
+CVMS = ("pin", "signature", "none")
 
 
 @main.group()
@@ -345,10 +485,11 @@ def merchant() -> None:
 
 
 @merchant.command("add")
-@click.option("--mid", required=True)
-@click.option("--name", required=True)
+@click.option("--mid", required=True, type=params.MID, help="Merchant id, 15 characters (F42).")
+@click.option("--name", required=True, type=params.NAME, help="Merchant name (not empty).")
 @db_option
 def merchant_add(mid: str, name: str, db_path: Path) -> None:
+    """Add a merchant."""
     _run(lambda: provision.add_merchant(db_path, mid, name))
     click.echo(f"merchant {mid} added")
 
@@ -358,17 +499,22 @@ def terminal() -> None:
     """Terminals and their keys."""
 
 
+_tmk_help = "Clear TMK, 32 hex digits (lab injection, test LMK only)"
+
+
 @terminal.command("add")
-@click.option("--tid", required=True)
-@click.option("--mid", required=True)
-@click.option("--tmk", default=None, help="clear TMK, 32 hex (lab injection); else generated")
+@click.option("--tid", required=True, type=params.TID, help="Terminal id, 8 characters (F41).")
+@click.option("--mid", required=True, type=params.MID, help="Its merchant's id (15 characters).")
+@click.option("--tmk", default=None, help=f"{_tmk_help}; else the HSM generates it.")
 @click.option("--mac", type=click.Choice(provision.MAC_ALGORITHMS), default="x919",
-              show_default=True)
+              show_default=True, help="MAC algorithm the terminal uses.")
 @db_option
 @hsm_options
 @authorise_option
 def terminal_add(tid: str, mid: str, tmk: str | None, mac: str, db_path: Path, hsm: str,
                  lmk: str, authorise: bool = False) -> None:
+    """Add a terminal; without --tmk the HSM generates the TMK and prints its two clear
+    components and KCV once."""
     result = with_hsm(lambda c: provision.add_terminal(db_path, c, tid, mid, tmk, mac), hsm, lmk,
                       authorise)
     click.echo(f"terminal {tid} added (merchant {mid}, MAC {mac}), TMK check value"
@@ -381,35 +527,62 @@ def terminal_add(tid: str, mid: str, tmk: str | None, mac: str, db_path: Path, h
 
 
 @terminal.command("add-range")
-@click.option("--prefix", required=True, help="TID prefix; TIDs are PREFIX000001, ...")
-@click.option("--count", type=click.IntRange(min=1), required=True)
-@click.option("--mid", required=True)
-@click.option("--tmk", required=True, help="clear TMK, 32 hex, shared by all (lab load tests)")
+@click.option("--tid-prefix", "prefix",
+              help="TID prefix; TIDs are PREFIX000001, ... (as posterm load --tid-prefix).")
+@_old_spelling("--prefix", "prefix")
+@click.option("--count", type=click.IntRange(min=1), required=True,
+              help="How many terminals.")
+@click.option("--mid", required=True, type=params.MID, help="Their merchant's id.")
+@click.option("--tmk", required=True, help=f"{_tmk_help}, shared by all (load tests).")
 @click.option("--mac", type=click.Choice(provision.MAC_ALGORITHMS), default="x919",
-              show_default=True)
+              show_default=True, help="MAC algorithm the terminals use.")
 @db_option
 @hsm_options
 @authorise_option
-def terminal_add_range(prefix: str, count: int, mid: str, tmk: str, mac: str, db_path: Path,
-                       hsm: str, lmk: str, authorise: bool = False) -> None:
+def terminal_add_range(prefix: str | None, count: int, mid: str, tmk: str, mac: str,
+                       db_path: Path, hsm: str, lmk: str, authorise: bool = False) -> None:
     """COUNT terminals named as `posterm load --tid-prefix PREFIX` expects, for load tests."""
+    prefix = _given(prefix, "prefix", "--tid-prefix")
     try:
         tids = terminal_ids(prefix, count)
     except SharedError as exc:
-        _fail(str(exc))
+        _fail(str(exc), EXIT_USAGE)
 
     async def go(client: HsmClient) -> None:
-        for tid in tids:
-            await provision.add_terminal(db_path, client, tid, mid, tmk, mac)
+        added: list[str] = []
+        try:
+            for tid in tids:
+                await provision.add_terminal(db_path, client, tid, mid, tmk, mac)
+                added.append(tid)
+        except BaseException:
+            _remove_terminals(db_path, added)  # all or nothing
+            raise
 
     with_hsm(go, hsm, lmk, authorise)
     click.echo(f"terminals {tids[0]}..{tids[-1]} added (merchant {mid}, MAC {mac})")
 
 
+def _remove_terminals(db_path: Path, tids: list[str]) -> None:
+    """Undo the terminals an interrupted add-range made (they have no history yet)."""
+    if not tids:
+        return
+    conn = open_store(db_path)
+    try:
+        conn.executemany("DELETE FROM terminals WHERE tid=?", [(tid,) for tid in tids])
+    finally:
+        conn.close()
+
+
 @terminal.command("list")
+@json_option
 @db_option
-def terminal_list(db_path: Path) -> None:
-    _table(reports.list_terminals(_read(db_path)))
+def terminal_list(as_json: bool, db_path: Path) -> None:
+    """Terminals with their keys' check values (6 hex digits) and open batch."""
+    rows = reports.list_terminals(_read(db_path))
+    for row in rows:
+        for key in ("tmk_kcv", "pik_kcv", "mak_kcv"):
+            row[key] = row[key][:6] if row[key] else row[key]
+    _emit_rows(rows, as_json)
 
 
 @main.group()
@@ -418,27 +591,40 @@ def card() -> None:
 
 
 @card.command("add")
-@click.option("--pan", required=True)
-@click.option("--expiry", required=True, help="YYMM")
-@click.option("--pin", required=True)
-@click.option("--balance", required=True, help="e.g. 1000.00")
-@click.option("--limit", default=None, help="per-transaction limit, e.g. 5000.00")
-@click.option("--status", type=click.Choice(["active", "lost", "stolen"]), default="active")
+@click.option("--pan", required=True, type=params.PAN, help="12-19 digits, Luhn-valid.")
+@click.option("--expiry", required=True, type=params.EXPIRY, help="YYMM.")
+@click.option("--pin", type=params.PIN, default=None,
+              help="4-12 digits; kept only as a Visa PVV made by the HSM.")
+@click.option("--cvm", type=click.Choice(CVMS), default=None,
+              help="Cardholder verification: pin (a sale or inquiry without a PIN block is"
+                   " declined 55), signature or none. Default: pin when --pin is given.")
+@click.option("--balance", required=True, type=params.BALANCE,
+              help="Available balance in major units, e.g. 1000.00.")
+@click.option("--limit", default=None, type=params.BALANCE,
+              help="Per-transaction limit in major units, e.g. 500.00.")
+@click.option("--status", type=click.Choice(["active", "lost", "stolen"]), default="active",
+              show_default=True, help="Card status (lost 41, stolen 43).")
 @click.option("--chip", is_flag=True,
-              help="an EMV chip card (needs an issuer key for its BIN: poshost issuer-key add)")
-@click.option("--psn", default="01", show_default=True, help="PAN sequence number (chip)")
+              help="An EMV chip card (needs an issuer key for its BIN: poshost issuer-key add).")
+@click.option("--psn", default="01", show_default=True,
+              help="PAN sequence number of a chip card, 2 digits.")
 @db_option
 @hsm_options
 @authorise_option
-def card_add(pan: str, expiry: str, pin: str, balance: str, limit: str | None, status: str,
-             chip: bool, psn: str, db_path: Path, hsm: str, lmk: str,
-             authorise: bool = False) -> None:
+def card_add(pan: str, expiry: str, pin: str | None, cvm: str | None, balance: int,
+             limit: int | None, status: str, chip: bool, psn: str, db_path: Path, hsm: str,
+             lmk: str, authorise: bool = False) -> None:
     """An issuer-simulator card. Domestic (CUP, BIN 62) or foreign follows the BIN."""
-    amount, cap = parse_amount(balance), None if limit is None else parse_amount(limit)
-    with_hsm(lambda c: provision.add_card(db_path, c, pan, expiry, pin, amount, cap, status,
-                                          chip_psn=psn if chip else None),
+    cvm = cvm or ("pin" if pin else None)
+    if cvm is None:
+        raise click.UsageError("give --pin, or --cvm signature|none for a card without a PIN")
+    if cvm == "pin" and not pin:
+        raise click.UsageError("--cvm pin needs --pin")
+    with_hsm(lambda c: provision.add_card(db_path, c, pan, expiry, pin, balance, limit, status,
+                                          cvm=cvm, chip_psn=psn if chip else None),
              hsm, lmk, authorise)
-    click.echo(f"card {reports.mask_pan(pan)} added" + (f" (chip, PSN {psn})" if chip else ""))
+    click.echo(f"card {reports.mask_pan(pan)} added (CVM {cvm}"
+               + (f"; chip, PSN {psn})" if chip else ")"))
 
 
 @main.group("issuer-key")
@@ -447,16 +633,17 @@ def issuer_key() -> None:
 
 
 @issuer_key.command("add")
-@click.option("--bin", "bin_prefix", required=True, help="BIN prefix, 6-11 digits")
+@click.option("--bin", "bin_prefix", required=True, help="BIN prefix, 6-11 digits.")
 @click.option("--imk-ac", default=None,
-              help="clear IMK-AC, 32 hex (test LMK only); else the HSM generates it")
+              help="Clear IMK-AC, 32 hex (test LMK only); else the HSM generates it.")
 @db_option
 @hsm_options
+@authorise_option
 def issuer_key_add(bin_prefix: str, imk_ac: str | None, db_path: Path, hsm: str,
-                   lmk: str) -> None:
+                   lmk: str, authorise: bool = False) -> None:
     """Add the issuer master key (scheme emv-csk, protocol.md section 8) for a BIN."""
     result = with_hsm(lambda c: provision.add_issuer_key(db_path, c, bin_prefix, imk_ac),
-                      hsm, lmk)
+                      hsm, lmk, authorise)
     click.echo(f"issuer key for BIN {bin_prefix} added (scheme {result['scheme']},"
                f" KCV {result['kcv']})")
     components = result.get("components")
@@ -469,21 +656,25 @@ def issuer_key_add(bin_prefix: str, imk_ac: str | None, db_path: Path, hsm: str,
 @issuer_key.command("list")
 @db_option
 def issuer_key_list(db_path: Path) -> None:
+    """Issuer keys per BIN (check values only)."""
     from host.chip import list_issuer_keys
 
     _table(list_issuer_keys(_read(db_path)))
 
 
 @card.command("set")
-@click.option("--pan", required=True)
-@click.option("--status", type=click.Choice(["active", "lost", "stolen", "blocked"]))
-@click.option("--reset-pin-tries", is_flag=True, help="clear the wrong-PIN counter (ends 75)")
+@click.option("--pan", required=True, type=params.CARD_NUMBER, help="The card's PAN.")
+@click.option("--status", type=click.Choice(["active", "lost", "stolen", "blocked"]),
+              help="New status.")
+@click.option("--reset-pin-tries", is_flag=True, help="Clear the wrong-PIN counter (ends 75).")
 @db_option
 @hsm_options
 def card_set(pan: str, status: str | None, reset_pin_tries: bool, db_path: Path,
              hsm: str = "embedded", lmk: str = "test") -> None:
-    """Change a card's status or reset its PIN tries (the card is found by the HSM's keyed
-    hash of the PAN: no clear PAN is stored)."""
+    """Change a card's status or reset its wrong-PIN counter (the card is found by the HSM's
+    keyed hash of the PAN: no clear PAN is stored)."""
+    if status is None and not reset_pin_tries:
+        raise click.UsageError("give --status and/or --reset-pin-tries")
     pan_hash = with_hsm(lambda c: provision.card_hash(db_path, c, pan), hsm, lmk)
     try:
         provision.set_card_status(db_path, pan, status, reset_pin_tries, pan_hash=pan_hash)
@@ -493,8 +684,8 @@ def card_set(pan: str, status: str | None, reset_pin_tries: bool, db_path: Path,
 
 
 @card.command("show")
-@click.option("--pan", default=None, help="the card's PAN")
-@click.option("--id", "card_id", default=None, help="the card's id (as `card list` shows it)")
+@click.option("--pan", default=None, type=params.CARD_NUMBER, help="The card's PAN.")
+@click.option("--id", "card_id", default=None, help="The card's id (as `card list` shows it).")
 @click.option("--reveal", is_flag=True,
               help="show the clear PAN, decrypted by the HSM (it must be Authorised: automatic"
                    " on the test LMK's embedded HSM, else --authorise / hsm-sim --authorised)")
@@ -511,9 +702,15 @@ def card_show(pan: str | None, card_id: str | None, reveal: bool, db_path: Path,
 
 
 @card.command("list")
+@json_option
 @db_option
-def card_list(db_path: Path) -> None:
-    _table(reports.list_cards(_read(db_path)))
+def card_list(as_json: bool, db_path: Path) -> None:
+    """Cards, PANs masked; balance and limit in major units, as entered."""
+    rows = reports.list_cards(_read(db_path))
+    for row in rows:
+        for key in ("balance", "limit"):
+            row[key] = None if row[key] is None else format_amount(row[key])
+    _emit_rows(rows, as_json)
 
 
 @main.group()
@@ -522,16 +719,17 @@ def txn() -> None:
 
 
 @txn.command("list")
-@click.option("--tid", default=None)
-@click.option("--json", "as_json", is_flag=True)
-@click.option("--limit", default=200, show_default=True)
+@click.option("--tid", default=None, type=params.TID, help="Only this terminal's.")
+@json_option
+@click.option("--limit", default=200, show_default=True, type=click.IntRange(1, 10**9),
+              help="At most this many, newest first.")
 @db_option
 def txn_list(tid: str | None, as_json: bool, limit: int, db_path: Path) -> None:
+    """Transactions, newest first: masked PAN, amount (major units), code, RRN, status."""
     rows = reports.list_txns(_read(db_path), tid, limit)
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-    else:
-        _table(rows)
+    for row in rows:
+        row["amount"] = format_amount(row["amount"])
+    _emit_rows(rows, as_json)
 
 
 # --------------------------------------------------------------------------- end of day
@@ -543,18 +741,21 @@ def batch() -> None:
 
 
 @batch.command("list")
-@click.option("--tid", default=None)
+@click.option("--tid", default=None, type=params.TID, help="Only this terminal's.")
+@json_option
 @db_option
-def batch_list(tid: str | None, db_path: Path) -> None:
-    _table(reports.list_batches(_read(db_path), tid))
+def batch_list(tid: str | None, as_json: bool, db_path: Path) -> None:
+    """Batches with their state, settlement result and counts."""
+    _emit_rows(reports.list_batches(_read(db_path), tid), as_json)
 
 
 @batch.command("show")
-@click.argument("tid")
-@click.argument("batch_no", type=int)
-@click.option("--json", "as_json", is_flag=True)
+@click.argument("tid", type=params.TID)
+@click.argument("batch_no", type=click.IntRange(0, 999999))
+@json_option
 @db_option
 def batch_show(tid: str, batch_no: int, as_json: bool, db_path: Path) -> None:
+    """One batch: totals on both sides and its exceptions."""
     try:
         info = reports.show_batch(_read(db_path), tid, batch_no)
     except HostError as exc:
@@ -605,10 +806,11 @@ def exceptions() -> None:
 
 
 @exceptions.command("list")
-@click.option("--open", "open_only", is_flag=True, help="only those not yet resolved")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--open", "open_only", is_flag=True, help="Only those not yet resolved.")
+@json_option
 @db_option
 def exceptions_list(open_only: bool, as_json: bool, db_path: Path) -> None:
+    """Differences found by batch upload."""
     rows = reports.list_exceptions(_read(db_path), open_only=open_only)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -617,15 +819,18 @@ def exceptions_list(open_only: bool, as_json: bool, db_path: Path) -> None:
 
 
 @exceptions.command("resolve")
-@click.argument("exception_id", type=int)
-@click.option("--comment", required=True)
+@click.argument("exception_id", type=click.IntRange(1, 2**63 - 1))
+@click.option("--comment", required=True, type=params.COMMENT,
+              help="What was found (not empty).")
 @db_option
 def exceptions_resolve(exception_id: int, comment: str, db_path: Path) -> None:
+    """Mark an exception resolved; resolving again adds to its history, never replaces it."""
     try:
-        reports.resolve_exception(_read(db_path), exception_id, comment)
+        again = reports.resolve_exception(_read(db_path), exception_id, comment)
     except HostError as exc:
         _fail(str(exc))
-    click.echo(f"exception {exception_id} resolved")
+    click.echo(f"exception {exception_id} already resolved: comment added to its history"
+               if again else f"exception {exception_id} resolved")
 
 
 @main.group()
@@ -634,12 +839,16 @@ def settlement() -> None:
 
 
 @settlement.command("report")
-@click.option("--date", "day", required=True, help="YYYY-MM-DD")
+@click.option("--date", "day", required=True, type=params.DAY,
+              help="Settlement date YYYY-MM-DD.")
 @click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv",
-              show_default=True)
-@click.option("--out", type=click.Path(path_type=Path), default=None)
+              show_default=True, help="Output format.")
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Write to this file instead of stdout.")
 @db_option
 def settlement_report(day: str, fmt: str, out: Path | None, db_path: Path) -> None:
+    """The day's reconciliation file: one line per transaction, totals per merchant,
+    per terminal and overall."""
     report = reports.settlement_report(_read(db_path), day)
     text = json.dumps(report, indent=2) + "\n" if fmt == "json" else reports.report_csv(report)
     if out is None:

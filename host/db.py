@@ -41,7 +41,7 @@ CREATE TABLE IF NOT EXISTS cards (
     expiry TEXT NOT NULL, pvv TEXT NOT NULL, pvki INTEGER NOT NULL,
     balance INTEGER NOT NULL, limit_minor INTEGER, status TEXT NOT NULL,
     pin_tries INTEGER NOT NULL DEFAULT 0, domestic INTEGER NOT NULL DEFAULT 1,
-    created TEXT NOT NULL);
+    created TEXT NOT NULL, cvm TEXT NOT NULL DEFAULT 'pin');
 CREATE TABLE IF NOT EXISTS batches (
     tid TEXT NOT NULL, batch INTEGER NOT NULL, state TEXT NOT NULL,
     opened_at TEXT NOT NULL, closed_at TEXT, host_totals TEXT, terminal_totals TEXT,
@@ -121,19 +121,29 @@ def initialise(conn: sqlite3.Connection) -> None:
     conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
     conn.execute("INSERT OR IGNORE INTO meta VALUES ('pan_salt', ?)", (secrets.token_hex(16),))
     _hash_card_pans(conn)
+    _add_card_cvm(conn)
     from host.chip import ensure_chip_schema  # the chip side's tables (issuer keys, ATCs)
 
     ensure_chip_schema(conn)
 
 
 CARDS_COLUMNS = ("pan_hash", "pan_masked", "pan_enc", "expiry", "pvv", "pvki", "balance",
-                 "limit_minor", "status", "pin_tries", "domestic", "created")
+                 "limit_minor", "status", "pin_tries", "domestic", "created", "cvm")
 """The card table's columns (after the clear-PAN upgrade)."""
 
 
 def has_clear_pans(conn: sqlite3.Connection) -> bool:
     """Whether the card table is still the old one with a clear `pan` column."""
     return "pan" in {row[1] for row in conn.execute("PRAGMA table_info(cards)")}
+
+
+def _add_card_cvm(conn: sqlite3.Connection) -> None:
+    """Cards carry their CVM (pin, signature, none); older databases get the column, with
+    'pin' for every card that has a PVV and 'none' for the others."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(cards)")}
+    if "cvm" not in columns:
+        conn.execute("ALTER TABLE cards ADD COLUMN cvm TEXT NOT NULL DEFAULT 'pin'")
+        conn.execute("UPDATE cards SET cvm='none' WHERE pvv=''")
 
 
 def _hash_card_pans(conn: sqlite3.Connection) -> None:
@@ -222,14 +232,16 @@ class Card:
     status: str
     pin_tries: int
     domestic: bool
+    cvm: str = "pin"
+    """Cardholder verification the issuer requires: pin, signature or none."""
 
 
 def load_card(conn: sqlite3.Connection, pan_hash: str) -> Card | None:
     """The card whose PAN has this keyed hash (`HsmClient.hash_pan`); its `pan` is masked."""
     row = conn.execute(
         "SELECT pan_masked, expiry, pvv, pvki, balance, limit_minor, status, pin_tries,"
-        " domestic FROM cards WHERE pan_hash = ?", (pan_hash,),
+        " domestic, cvm FROM cards WHERE pan_hash = ?", (pan_hash,),
     ).fetchone()
     if row is None:
         return None
-    return Card(*row[:8], domestic=bool(row[8]))
+    return Card(*row[:8], domestic=bool(row[8]), cvm=row[9])

@@ -38,11 +38,13 @@ class HsmInfo:
 
 def parse_tcp(spec: str) -> tuple[str, int]:
     """``tcp://HOST:PORT`` -> (host, port)."""
-    rest = spec[len(TCP_PREFIX):]
-    host, sep, port = rest.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        raise ConfigError(f"--hsm must be 'embedded' or tcp://HOST:PORT, not {spec!r}")
-    return host.strip("[]"), int(port)
+    from specs.values import InputError, parse_address
+
+    try:
+        return parse_address(spec[len(TCP_PREFIX):])
+    except InputError:
+        raise ConfigError(f"--hsm must be 'embedded' or tcp://HOST:PORT (port 1-65535),"
+                          f" not {spec!r}") from None
 
 
 def parse_tls(spec: str) -> tuple[str, int, ssl.SSLContext]:
@@ -193,7 +195,7 @@ async def _upgrade_clear_pans(conn: sqlite3.Connection, client: HsmClient,
         encrypted = await encrypt_pan(client, keys, r["pan"])
         rows.append((new_hash, PanProtector.mask(r["pan"]), encrypted, r["expiry"], r["pvv"],
                      r["pvki"], r["balance"], r["limit_minor"], r["status"], r["pin_tries"],
-                     r["domestic"], r["created"]))
+                     r["domestic"], r["created"], r["cvm"]))
         moves.append((new_hash, r["pan_hash"] or salted.hash(r["pan"])))
     columns = ", ".join(CARDS_COLUMNS)
     conn.execute("PRAGMA secure_delete=ON")  # freed pages are zeroed, not left with PANs
@@ -206,7 +208,8 @@ async def _upgrade_clear_pans(conn: sqlite3.Connection, client: HsmClient,
             " pan_enc TEXT NOT NULL, expiry TEXT NOT NULL, pvv TEXT NOT NULL,"
             " pvki INTEGER NOT NULL, balance INTEGER NOT NULL, limit_minor INTEGER,"
             " status TEXT NOT NULL, pin_tries INTEGER NOT NULL DEFAULT 0,"
-            " domestic INTEGER NOT NULL DEFAULT 1, created TEXT NOT NULL)")
+            " domestic INTEGER NOT NULL DEFAULT 1, created TEXT NOT NULL,"
+            " cvm TEXT NOT NULL DEFAULT 'pin')")
         conn.executemany(f"INSERT INTO cards ({columns}) VALUES"
                          f" ({', '.join('?' * len(CARDS_COLUMNS))})", rows)
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}

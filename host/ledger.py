@@ -248,13 +248,18 @@ class Ledger:
         expiry = rules.expiry_of(doc)
         name = req.kind.name
         if name == "sale":
-            return rules.decide_sale(amount, card, expiry, req.pin, today), None
+            no_cvm = rules.no_cvm_allowed(doc.get("22", ""), amount)
+            return rules.decide_sale(amount, card, expiry, req.pin, today, no_cvm), None
         if name == "balance":
             decision = rules.decide_balance(card, expiry, req.pin, today)
             if decision.approved and card is not None:
                 from specs.composite import encode_balance
+                from specs.values import MAX_AMOUNT_MINOR
+                # refunds may have credited a card past what F54's n12 carries: the
+                # available balance shown is capped there rather than not encodable
+                shown = max(-MAX_AMOUNT_MINOR, min(card.balance, MAX_AMOUNT_MINOR))
                 decision = rules.Decision(decision.code, pin_tries=decision.pin_tries,
-                                          extra={"54": encode_balance(card.balance)})
+                                          extra={"54": encode_balance(shown)})
             return decision, None
         f61 = decode_field61(doc["61"])
         if name == "void":

@@ -27,6 +27,7 @@ from host.rules import CARD_STATUSES
 from hsm_sim.client import HsmClient
 from hsm_sim.errors import HsmError
 from specs.codes import DOMESTIC_ORGANISATION, card_organisation
+from specs.values import MAX_AMOUNT_MINOR, MAX_AMOUNT_TEXT
 
 MAC_ALGORITHMS = ("x919", "cup-ecb")
 TID_LENGTH = 8
@@ -36,6 +37,7 @@ PIN_LENGTHS = range(4, 13)
 PVKI = 1
 MK_AC_TYPE = "109"
 """Key type of an issuer master key for application cryptograms (hsm-commands.md)."""
+CVMS = ("pin", "signature", "none")
 
 
 @contextmanager
@@ -101,25 +103,36 @@ async def add_terminal(db_path: Path | str, hsm: HsmClient, tid: str, mid: str,
     return result
 
 
-def _check_card(pan: str, expiry: str, pin: str, status: str) -> None:
-    if not pan.isdigit() or len(pan) not in PAN_LENGTHS:
+def _check_card(pan: str, expiry: str, pin: str | None, status: str, balance: int = 0,
+                limit: int | None = None, cvm: str = "pin") -> None:
+    if not pan.isascii() or not pan.isdigit() or len(pan) not in PAN_LENGTHS:
         raise ConfigError("PAN must be 12-19 digits")
-    if len(expiry) != 4 or not expiry.isdigit() or not 1 <= int(expiry[2:]) <= 12:
+    if (len(expiry) != 4 or not expiry.isascii() or not expiry.isdigit()
+            or not 1 <= int(expiry[2:]) <= 12):
         raise ConfigError("expiry must be YYMM")
-    if not pin.isdigit() or len(pin) not in PIN_LENGTHS:
+    if pin is not None and (not pin.isascii() or not pin.isdigit()
+                            or len(pin) not in PIN_LENGTHS):
         raise ConfigError("PIN must be 4-12 digits")
+    if cvm not in CVMS or (cvm == "pin" and pin is None):
+        raise ConfigError(f"CVM must be one of {', '.join(CVMS)} (pin needs a PIN)")
     if status not in CARD_STATUSES:
         raise ConfigError(f"status must be one of {', '.join(CARD_STATUSES)}")
+    for value in (balance, limit):
+        if value is not None and not 0 <= value <= MAX_AMOUNT_MINOR:
+            raise ConfigError(f"amounts must be 0 to {MAX_AMOUNT_TEXT} (what F4/F54 carry)")
 
 
-async def add_card(db_path: Path | str, hsm: HsmClient, pan: str, expiry: str, pin: str,
+async def add_card(db_path: Path | str, hsm: HsmClient, pan: str, expiry: str, pin: str | None,
                    balance_minor: int, limit_minor: int | None = None, status: str = "active",
-                   domestic: bool | None = None, chip_psn: str | None = None) -> None:
+                   domestic: bool | None = None, cvm: str = "pin",
+                   chip_psn: str | None = None) -> None:
     """An issuer-simulator card; the PIN is kept only as the Visa PVV the HSM computes.
+    ``cvm`` "pin" (a sale or inquiry without a PIN block is declined 55), "signature" or
+    "none"; a card without a PIN has no PVV.
 
     Domestic or foreign follows the card's organisation by BIN (specs.codes), the same rule
     that names it in responses' F63, so terminal and host total it on the same side."""
-    _check_card(pan, expiry, pin, status)
+    _check_card(pan, expiry, pin, status, balance_minor, limit_minor, cvm)
     if chip_psn is not None and (len(chip_psn) != 2 or not chip_psn.isdigit()):
         raise ConfigError("--psn must be 2 digits (the PAN sequence number)")
     by_bin = card_organisation(pan) == DOMESTIC_ORGANISATION
@@ -133,8 +146,10 @@ async def add_card(db_path: Path | str, hsm: HsmClient, pan: str, expiry: str, p
         pan_hash = await hsm.hash_pan(keys.hash_key, pan)
         if conn.execute("SELECT 1 FROM cards WHERE pan_hash=?", (pan_hash,)).fetchone():
             raise ConfigError("a card with this PAN already exists")
+        pvv = ""
         try:
-            pvv = await hsm.generate_pvv(pvk, pan, pin, PVKI)
+            if pin is not None:
+                pvv = await hsm.generate_pvv(pvk, pan, pin, PVKI)
         except HsmError as exc:
             if exc.code == NOT_AUTHORISED:
                 raise ConfigError(not_authorised_hint("card add (PIN to PVV)")) from None
@@ -143,10 +158,10 @@ async def add_card(db_path: Path | str, hsm: HsmClient, pan: str, expiry: str, p
         try:
             conn.execute(
                 "INSERT INTO cards (pan_hash, pan_masked, pan_enc, expiry, pvv, pvki, balance,"
-                " limit_minor, status, domestic, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
-                " ?)",
+                " limit_minor, status, domestic, created, cvm) VALUES (?, ?, ?, ?, ?, ?, ?, ?,"
+                " ?, ?, ?, ?)",
                 (pan_hash, PanProtector.mask(pan), encrypted, expiry, pvv, PVKI, balance_minor,
-                 limit_minor, status, int(by_bin), _now()),
+                 limit_minor, status, int(by_bin), _now(), cvm),
             )
         except sqlite3.IntegrityError:
             raise ConfigError("a card with this PAN already exists") from None

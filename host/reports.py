@@ -33,12 +33,12 @@ def list_cards(conn: sqlite3.Connection) -> list[dict]:
     """Cards with masked PANs; ``id`` is the keyed hash (`poshost card show --id`)."""
     if has_clear_pans(conn):  # an old database not yet upgraded by a command with the HSM
         rows = _rows(conn, "SELECT pan, expiry, balance, limit_minor AS 'limit', status,"
-                           " pin_tries, domestic FROM cards ORDER BY pan")
+                           " pin_tries, domestic, cvm FROM cards ORDER BY pan")
         for r in rows:
             r["pan"] = mask_pan(r["pan"])
         return rows
     return _rows(conn, "SELECT pan_masked AS pan, pan_hash AS id, expiry, balance,"
-                       " limit_minor AS 'limit', status, pin_tries, domestic FROM cards"
+                       " limit_minor AS 'limit', status, pin_tries, domestic, cvm FROM cards"
                        " ORDER BY pan_masked")
 
 
@@ -108,12 +108,21 @@ def list_exceptions(conn: sqlite3.Connection, *, open_only: bool = False,
     return rows
 
 
-def resolve_exception(conn: sqlite3.Connection, exception_id: int, comment: str) -> None:
-    cur = conn.execute(
-        "UPDATE exceptions SET state='resolved', comment=?, resolved_at=? WHERE id=?",
-        (comment, datetime.now().isoformat(timespec="seconds"), exception_id))
-    if cur.rowcount == 0:
+def resolve_exception(conn: sqlite3.Connection, exception_id: int, comment: str) -> bool:
+    """Resolve an exception; True when it was already resolved: the new comment is then
+    added to its history (with its time), the first resolution kept."""
+    now = datetime.now().isoformat(timespec="seconds")
+    row = conn.execute("SELECT state, comment FROM exceptions WHERE id=?",
+                       (exception_id,)).fetchone()
+    if row is None:
         raise ConfigError(f"no exception {exception_id}")
+    if row["state"] == "resolved":
+        conn.execute("UPDATE exceptions SET comment=? WHERE id=?",
+                     (f"{row['comment'] or ''} | {now}: {comment}", exception_id))
+        return True
+    conn.execute("UPDATE exceptions SET state='resolved', comment=?, resolved_at=? WHERE id=?",
+                 (comment, now, exception_id))
+    return False
 
 
 # --------------------------------------------------------------------------- daily report

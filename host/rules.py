@@ -37,6 +37,7 @@ from specs.composite import (
     SettlementTotals,
     Totals,
 )
+from specs.emv import is_contactless
 from specs.pretty import pan_of
 
 ALREADY_REVERSED = INVALID_TRANSACTION
@@ -132,10 +133,26 @@ def check_pin(card: Card, pin: PinResult) -> tuple[str | None, int | None]:
     return None, (0 if card.pin_tries else None)
 
 
+CONTACTLESS_NO_CVM_LIMIT = 1000_00
+"""Contactless sales up to this amount (minor units, 1,000.00 CNY: UnionPay QuickPass's
+small-amount rule) need no cardholder verification, even on a PIN card."""
+
+
+def no_cvm_allowed(entry_mode: str, amount: int) -> bool:
+    """A contactless sale within CONTACTLESS_NO_CVM_LIMIT: approved without a PIN block.
+
+    >>> no_cvm_allowed("071", 1000_00), no_cvm_allowed("071", 1000_01), no_cvm_allowed("051", 1)
+    (True, False, False)
+    """
+    return is_contactless(entry_mode) and amount <= CONTACTLESS_NO_CVM_LIMIT
+
+
 def authorise_card(
-    card: Card | None, request_expiry: str | None, pin: PinResult, today_yymm: str
+    card: Card | None, request_expiry: str | None, pin: PinResult, today_yymm: str,
+    no_cvm: bool = False,
 ) -> tuple[str | None, int | None]:
-    """Issuer checks common to sales and balance inquiries, in a real issuer's order."""
+    """Issuer checks common to sales and balance inquiries, in a real issuer's order.
+    ``no_cvm``: the transaction needs no cardholder verification (`no_cvm_allowed`)."""
     if card is None:
         return UNKNOWN_CARD, None
     if _expired(card.expiry, today_yymm) or (
@@ -145,16 +162,19 @@ def authorise_card(
         return EXPIRED, None
     if card.status != "active":
         return STATUS_CODES.get(card.status, DO_NOT_HONOUR), None
+    if pin is PinResult.ABSENT and getattr(card, "cvm", "pin") == "pin" and not no_cvm:
+        return WRONG_PIN, None  # a PIN card without a PIN block: 55, no try counted
     return check_pin(card, pin)
 
 
 def decide_sale(
-    amount: int, card: Card | None, request_expiry: str | None, pin: PinResult, today_yymm: str
+    amount: int, card: Card | None, request_expiry: str | None, pin: PinResult, today_yymm: str,
+    no_cvm: bool = False,
 ) -> Decision:
     code = check_amount(amount)
     if code:
         return Decision(code)
-    code, tries = authorise_card(card, request_expiry, pin, today_yymm)
+    code, tries = authorise_card(card, request_expiry, pin, today_yymm, no_cvm)
     if code or card is None:
         return Decision(code or UNKNOWN_CARD, pin_tries=tries)
     if card.limit_minor is not None and amount > card.limit_minor:

@@ -3,11 +3,16 @@
 `serve` runs the TCP HSM; `lmk generate` writes a live LMK; `command` sends one raw host
 command to a running HSM; `kcv`, `pinblock`, `mac`, `pvv` and `wrap` are CLEAR-KEY lab
 helpers that compute published vectors on the operator's screen (never for live keys).
+
+Exit codes: 0 done (for `command`: the HSM answered error code 00), 1 failed (the HSM answered
+another error code, could not be reached, the port is in use, a file cannot be written),
+2 usage or bad input, 130 interrupted.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
 import signal
@@ -30,6 +35,7 @@ from hsm_sim.commands import (
 from hsm_sim.crypto import CryptoError
 from hsm_sim.errors import HsmError
 from hsm_sim.lmk import TEST_LMK_WARNING, generate_lmk_file, load_lmk
+from specs import params
 from specs.tls import TlsError, client_context, server_context
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -38,6 +44,9 @@ DEFAULT_PORT = 1500
 AUDIT_LOG_MODE = 0o600
 DEFAULT_AUTHORISE_WINDOW = 300.0
 """Seconds of Authorised state a SIGUSR1 to a running `hsm-sim serve` gives."""
+DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT}"
+EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130
 
 
 def _hsm_errors(func: F) -> F:
@@ -60,7 +69,54 @@ def _hex(value: str, what: str) -> bytes:
         raise click.BadParameter(f"{what} must be hex") from None
 
 
-@click.group()
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
+
+
+def _fail(message: str, code: int = EXIT_FAILED) -> None:
+    click.echo(f"hsm-sim: {message}", err=True)
+    sys.exit(code)
+
+
+class _Cli(click.Group):
+    """Commands never end in a traceback: a busy port, an unknown host, an unwritable file or
+    Ctrl-C become one line and a documented exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BaseException as exc:  # sorted below; the rest re-raised
+            leaves = _leaves(exc)
+            leaf = next((e for e in leaves if not isinstance(e, trio.Cancelled)), exc)
+            if isinstance(leaf, KeyboardInterrupt):
+                click.echo("hsm-sim: interrupted", err=True)
+                sys.exit(EXIT_INTERRUPTED)
+            if isinstance(leaf, HsmError):
+                _fail(str(leaf))
+            if isinstance(leaf, OSError):
+                _fail(_os_message(leaf))
+            raise
+
+
+def _os_message(exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return f"cannot listen: address already in use ({exc})"
+    if isinstance(exc, __import__("socket").gaierror):
+        return f"unknown host: {exc.strerror or exc}"
+    where = f": {exc.filename}" if exc.filename else ""
+    return f"{exc.strerror or exc}{where}"
+
+
+@click.group(cls=_Cli, epilog="""\b
+Exit codes:
+  0 done (command: the HSM answered error code 00)
+  1 failed: another error code, HSM unreachable, port in use, bad host,
+    file not readable or writable
+  2 usage or bad input
+  130 interrupted (Ctrl-C)""")
+@click.version_option(package_name="poshost", prog_name="hsm-sim")
 def main() -> None:
     """hsm-sim: a software payShield-compatible HSM for card-acquiring labs.
 
@@ -126,8 +182,12 @@ def _load_engine(lmk_spec: str, header_length: int, *, authorised: bool | None =
 
 
 @main.command()
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=DEFAULT_PORT, show_default=True, help="TCP port (0 = any).")
+@click.option("--listen", type=params.LISTEN, default=DEFAULT_LISTEN, show_default=True,
+              help="HOST:PORT to listen on (port 0: any free port).")
+@click.option("--host", "old_host", type=params.HOST, hidden=True,
+              help="Old spelling: the HOST of --listen.")
+@click.option("--port", "old_port", type=params.LISTEN_PORT, hidden=True,
+              help="Old spelling: the PORT of --listen.")
 @click.option(
     "--header-length",
     default=DEFAULT_HEADER_LENGTH,
@@ -175,12 +235,12 @@ def _load_engine(lmk_spec: str, header_length: int, *, authorised: bool | None =
     "apart from PVK 002. Hosts must then use those key types (poshost does not yet).",
 )
 @_hsm_errors
-def serve(host: str, port: int, header_length: int, lmk_spec: str,
-          audit_log: str | None, authorised: bool | None = None,
-          authorised_for: float | None = None,
-          legacy: tuple[str, ...] = (), separate_002: bool = False,
-          authorise_window: float = DEFAULT_AUTHORISE_WINDOW, tls_cert: str | None = None,
-          tls_key: str | None = None, tls_client_ca: str | None = None) -> None:
+def serve(listen: tuple[str, int], old_host: str | None, old_port: int | None,
+          header_length: int, lmk_spec: str, audit_log: str | None, tls_cert: str | None,
+          tls_key: str | None, tls_client_ca: str | None, authorised: bool | None = None,
+          authorised_for: float | None = None, legacy: tuple[str, ...] = (),
+          separate_002: bool = False,
+          authorise_window: float = DEFAULT_AUTHORISE_WINDOW) -> None:
     """Run the HSM on TCP (2-byte length framing, payShield host commands).
 
     Prints one 'hsm-sim ready on HOST:PORT' line when listening; stops on SIGINT/SIGTERM.
@@ -192,6 +252,8 @@ def serve(host: str, port: int, header_length: int, lmk_spec: str,
                    (Y4/Y6/Y8 only while the test LMK is loaded, else error 17).
     BA, Y4, Y6, Y8 also need the Authorised state (--authorised / --authorised-for).
     """
+    host = old_host if old_host is not None else listen[0]
+    port = old_port if old_port is not None else listen[1]
     context = _tls_context(tls_cert, tls_key, tls_client_ca)
     _start_audit_log(audit_log)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
@@ -238,12 +300,19 @@ def lmk() -> None:
 
 
 @lmk.command("generate")
-@click.argument("path", type=click.Path(dir_okay=False))
+@click.argument("path", type=click.Path(dir_okay=False), required=False)
+@click.option("--lmk", "lmk_path", type=click.Path(dir_okay=False),
+              help="The LMK file to create (the same as PATH; --lmk as everywhere else).")
 @_hsm_errors
-def lmk_generate(path: str) -> None:
-    """Write a random live LMK to PATH (mode 0600; refuses to overwrite)."""
-    lmk_set = generate_lmk_file(path)
-    click.echo(f"LMK written to {path}, check value {lmk_set.check_value}")
+def lmk_generate(path: str | None, lmk_path: str | None) -> None:
+    """Write a random live LMK to PATH or --lmk (mode 0600; refuses to overwrite)."""
+    if (path is None) == (lmk_path is None):
+        raise click.UsageError("give the LMK file to create: PATH or --lmk PATH (one)")
+    target = path if path is not None else lmk_path
+    if not target:
+        raise click.BadParameter("the LMK file name is empty")
+    lmk_set = generate_lmk_file(target)
+    click.echo(f"LMK written to {target}, check value {lmk_set.check_value}")
 
 
 @lmk.command("check")
@@ -269,12 +338,22 @@ async def _send_command(host: str, port: int, header: bytes, text: str, timeout:
     return response.decode("ascii", "replace")
 
 
+def _hsm_address(value: str) -> tuple[str, int | None]:
+    """--host HOST:PORT, or HOST alone (old spelling, with --port)."""
+    if ":" in value:
+        return params.ADDRESS.convert(value, None, None)
+    return params.HOST.convert(value, None, None), None
+
+
 @main.command()
 @click.argument("request")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=DEFAULT_PORT, show_default=True)
+@click.option("--host", "address", default=DEFAULT_LISTEN, show_default=True,
+              help="HOST:PORT of the HSM.")
+@click.option("--port", "old_port", type=params.PORT, hidden=True,
+              help="Old spelling: the PORT of --host.")
 @click.option("--header", default="0000", show_default=True, help="Header to send.")
-@click.option("--timeout", default=5.0, show_default=True, help="Seconds to wait.")
+@click.option("--timeout", type=click.FloatRange(0.01, 3600), default=5.0, show_default=True,
+              help="Seconds to wait.")
 @click.option("--tls", is_flag=True, help="Connect over TLS 1.2+.")
 @click.option("--ca", type=click.Path(dir_okay=False, exists=True), default=None,
               help="CA the HSM's certificate must chain to (default: the system's CAs).")
@@ -283,12 +362,17 @@ async def _send_command(host: str, port: int, header: bytes, text: str, timeout:
 @click.option("--key", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Private key of --cert.")
 @_hsm_errors
-def command(request: str, host: str, port: int, header: str, timeout: float, tls: bool,
-            ca: str | None, cert: str | None, key: str | None) -> None:
+def command(request: str, address: str, old_port: int | None, header: str, timeout: float,
+            tls: bool, ca: str | None, cert: str | None, key: str | None) -> None:
     """Send one raw host command to a running HSM and print the response.
 
     REQUEST is the command code and fields without header, e.g. NC or BU0200406FBB23A5214DF.
+    Exits 1 when the HSM answers an error code other than 00.
     """
+    if not request.isascii() or not header.isascii():
+        raise click.BadParameter("REQUEST and --header must be ASCII")
+    host, port = _hsm_address(address)
+    port = old_port if old_port is not None else port or DEFAULT_PORT
     context = None
     if tls:
         try:
@@ -297,7 +381,11 @@ def command(request: str, host: str, port: int, header: str, timeout: float, tls
             raise click.ClickException(f"TLS: {exc}") from None
     elif ca or cert or key:
         raise click.UsageError("--ca, --cert and --key go with --tls")
-    click.echo(trio.run(_send_command, host, port, header.encode(), request, timeout, context))
+    response = trio.run(_send_command, host, port, header.encode(), request, timeout, context)
+    click.echo(response)
+    code = response[len(header) + 2:len(header) + 4]
+    if code != "00":
+        _fail(f"the HSM answered error code {code or '(none)'}")
 
 
 # --------------------------------------------------------------------------- lab helpers
@@ -305,7 +393,8 @@ def command(request: str, host: str, port: int, header: str, timeout: float, tls
 
 @main.command()
 @click.argument("key")
-@click.option("--length", default=3, show_default=True, type=click.IntRange(1, 8))
+@click.option("--length", default=3, show_default=True, type=click.IntRange(1, 8),
+              help="Bytes of the check value (3: 6 hex digits, as every KCV shown here).")
 @_hsm_errors
 def kcv(key: str, length: int) -> None:
     """LAB: check value of a CLEAR key (first LENGTH bytes of 3DES(key, 0^8))."""
@@ -314,10 +403,11 @@ def kcv(key: str, length: int) -> None:
 
 
 @main.command()
-@click.option("--pin", required=True)
-@click.option("--pan", required=True)
+@click.option("--pin", required=True, help="Test PIN, 4-12 digits.")
+@click.option("--pan", required=True, help="Test PAN.")
 @click.option(
-    "--format", "fmt", default="01", show_default=True, type=click.Choice(["01", "03", "05", "47"])
+    "--format", "fmt", default="01", show_default=True,
+    type=click.Choice(["01", "03", "05", "47"]), help="Thales PIN block format code."
 )
 @click.option("--key", default=None, help="Clear TPK/ZPK to encipher the block with.")
 @_hsm_errors
@@ -343,7 +433,8 @@ _MACS: dict[str, Callable[[bytes, bytes], bytes]] = {
 @click.option("--key", required=True, help="Clear MAC key (hex).")
 @click.option("--data-hex", default=None, help="Message as hex.")
 @click.option("--data-text", default=None, help="Message as text (ASCII).")
-@click.option("--algorithm", default="x919", show_default=True, type=click.Choice(list(_MACS)))
+@click.option("--algorithm", default="x919", show_default=True, type=click.Choice(list(_MACS)),
+              help="MAC algorithm.")
 @_hsm_errors
 def mac(key: str, data_hex: str | None, data_text: str | None, algorithm: str) -> None:
     """LAB: MAC of a message under a CLEAR key (x919, x99, alg1, cup-ecb)."""
@@ -357,9 +448,9 @@ def mac(key: str, data_hex: str | None, data_text: str | None, algorithm: str) -
 
 @main.command()
 @click.option("--pvk", required=True, help="Clear double-length PVK (hex).")
-@click.option("--pan", required=True)
-@click.option("--pin", required=True)
-@click.option("--pvki", default="1", show_default=True)
+@click.option("--pan", required=True, help="Test PAN.")
+@click.option("--pin", required=True, help="Test PIN, 4-12 digits.")
+@click.option("--pvki", default="1", show_default=True, help="PVK index, one digit.")
 @_hsm_errors
 def pvv(pvk: str, pan: str, pin: str, pvki: str) -> None:
     """LAB: Visa PVV for a test PIN under a CLEAR PVK."""

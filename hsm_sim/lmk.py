@@ -283,6 +283,8 @@ def load_lmk(spec: str) -> LmkSet:
         text = Path(spec).read_text()
     except OSError as exc:
         raise HsmError(f"cannot read LMK file {spec}: {exc.strerror}", code="13") from None
+    except UnicodeDecodeError:
+        raise HsmError(f"{spec} is not an LMK file (not text)", code="13") from None
     if mode & LMK_FILE_FORBIDDEN_BITS:
         raise HsmError(
             f"LMK file {spec} is open to group or others (mode {mode & 0o777:04o}): refusing a"

@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
 
+from specs import values
 from specs.fields import FIELDS
 from terminal.errors import BadInput
 
-_PAN = re.compile(r"\d{12,19}")
-_TRACK2 = re.compile(r"(\d{12,19})[D=](\d{4})(\d*)")
-_EXPIRY = re.compile(r"\d{2}(0[1-9]|1[0-2])")
-_PIN = re.compile(r"\d{4,12}")
-_AMOUNT = re.compile(r"\d{1,10}(\.\d{1,2})?")
-MAX_AMOUNT_MINOR = 10 ** FIELDS[4].length - 1
+_PAN = re.compile(r"\d{12,19}", re.ASCII)
+_TRACK2 = re.compile(r"(\d{12,19})[D=](\d{4})(\d*)", re.ASCII)
+_EXPIRY = re.compile(r"\d{2}(0[1-9]|1[0-2])", re.ASCII)
+_PIN = re.compile(r"\d{4,12}", re.ASCII)
+MAX_AMOUNT_MINOR = values.MAX_AMOUNT_MINOR
 
 ENTRY_MANUAL, ENTRY_SWIPE = "01", "02"
 PIN_ENTERED, NO_PIN = "1", "2"
@@ -95,17 +94,12 @@ def check_pin(pin: str) -> str:
 
 
 def parse_amount(text: str) -> int:
-    """An amount in major units with up to 2 decimals ("123.45", "10") -> minor units."""
-    text = text.strip()
-    if not _AMOUNT.fullmatch(text):
-        raise BadInput(f"malformed amount {text!r}: expected e.g. 123.45")
+    """An amount in major units with up to 2 decimals ("123.45", "10") -> minor units, above
+    0 and within F4 (one parser for every CLI: specs.values)."""
     try:
-        minor = int(Decimal(text) * 100)
-    except InvalidOperation:
-        raise BadInput(f"malformed amount {text!r}") from None
-    if not 0 < minor <= MAX_AMOUNT_MINOR:
-        raise BadInput("amount must be above 0 and fit 12 digits of minor units")
-    return minor
+        return values.parse_amount(text)
+    except values.InputError as exc:
+        raise BadInput(str(exc)) from None
 
 
 def format_amount(minor: int) -> str:
@@ -121,6 +115,6 @@ def format_amount(minor: int) -> str:
 def parse_trace(text: str | int) -> str:
     """A STAN / trace / batch number given by the user -> 6 digits."""
     value = str(text).strip()
-    if not value.isdigit() or not 0 <= int(value) <= 999999:
+    if not value.isascii() or not value.isdigit() or not 0 <= int(value) <= 999999:
         raise BadInput(f"malformed trace/batch number {value!r}: expected up to 6 digits")
     return f"{int(value):06d}"

@@ -1,15 +1,25 @@
 """Command-line edge of `posterm`: the only place errors become messages and exit codes.
 
-Exit codes: 0 approved / done, 1 declined (or settlement refused), 2 usage or bad input,
-3 communication failure (no connection or no response in time; a reversal or advice stays
-pending), 4 response rejected (bad MAC, undecodable, not echoing the request; reversal pending),
-5 terminal not ready (not initialised, not signed on, key check failed, unknown original).
+\b
+Exit codes:
+  0 approved / done
+  1 declined (or settlement refused)
+  2 usage or bad input (nothing sent, nothing stored)
+  3 communication failure: no connection, no response in time, or a host
+    malfunction (96 without a MAC); a reversal or advice stays pending
+  4 response rejected (bad MAC, undecodable, not echoing the request);
+    reversal pending
+  5 terminal not ready (not initialised, not signed on, key check failed,
+    unknown original, state file unusable)
+  130 interrupted (Ctrl-C; posterm load still settles and reports)
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import sqlite3
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -18,10 +28,17 @@ from typing import Any, NoReturn
 import click
 import trio
 
+from specs import values
 from terminal import receipt
 from terminal.cards import Card, card_from_options, check_pin, parse_amount, parse_trace
 from terminal.core import Original
-from terminal.errors import EXIT_COMMUNICATION, EXIT_DECLINED, BadInput, TerminalError
+from terminal.errors import (
+    EXIT_COMMUNICATION,
+    EXIT_DECLINED,
+    BadInput,
+    NotReady,
+    TerminalError,
+)
 from terminal.pinpad import MAC_ALGORITHMS, combine_components, kcv_hex, parse_key_hex
 from terminal.serial_transport import SerialTransport
 from terminal.session import Result, Terminal
@@ -29,6 +46,12 @@ from terminal.state import DEFAULT_PATH, Config, Store, open_store
 from terminal.transport import TcpTransport, Transport, parse_address, tls_context
 
 HELP = __doc__.split("\n\n", 1)[1] if __doc__ else ""
+EXIT_INTERRUPTED = 130
+_MMDD = re.compile(r"(0[1-9]|1[0-2])(0[1-9]|[12][0-9]|3[01])", re.ASCII)
+MAX_SECONDS = 7 * 86400.0
+"""Longest duration, timeout or back-off an option takes (a week)."""
+MAX_RATE = 1_000_000.0
+MAX_LOAD_TERMINALS = 100_000
 
 
 @dataclass
@@ -55,7 +78,7 @@ def _common(trace: bool = True) -> Callable[[Callable[..., Any]], Callable[..., 
         f = click.option("--json", "as_json", is_flag=True, expose_value=False,
                          callback=_set("as_json"), help="Print JSON instead of a receipt.")(f)
         f = click.option("--state", type=click.Path(dir_okay=False), expose_value=False,
-                         envvar="POSTERM_STATE", callback=_set("state"),
+                         callback=_set("state"),
                          help="State file (default ./posterm.db, env POSTERM_STATE).")(f)
         if trace:
             f = click.option("--trace", "trace_frames", is_flag=True, expose_value=False,
@@ -65,12 +88,68 @@ def _common(trace: bool = True) -> Callable[[Callable[..., Any]], Callable[..., 
     return decorate
 
 
-@click.group(help=f"posterm: POS terminal emulator speaking the cup-pos contract.\n\n{HELP}")
+class _Cli(click.Group):
+    """The group whose commands never end in a traceback: an unusable state file, a missing
+    directory or Ctrl-C become one line and a documented exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            try:
+                return super().invoke(ctx)
+            except BaseExceptionGroup as group:  # trio nurseries wrap what their tasks raised
+                raise _first_known(group) from None
+        except sqlite3.DatabaseError as exc:
+            _fail(NotReady(f"the state file {_opts().state} cannot be used (damaged or not a"
+                           f" posterm state file?): {exc}"))
+        except KeyboardInterrupt:
+            click.echo("posterm: interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except TerminalError as exc:
+            _fail(exc)
+        except OSError as exc:
+            _fail(BadInput(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")))
+
+
+def _first_known(group: BaseExceptionGroup) -> BaseException:
+    """The leaf the CLI knows how to report (Ctrl-C first), else the group itself."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            pending.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    for kind in (KeyboardInterrupt, TerminalError, sqlite3.DatabaseError, OSError):
+        found = next((e for e in leaves if isinstance(e, kind)), None)
+        if found is not None:
+            return found
+    return group
+
+
+def _check_state(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    parent = os.path.dirname(os.path.abspath(value))
+    if not os.path.isdir(parent):
+        raise click.BadParameter(f"directory {parent} does not exist")
+    if os.path.isdir(value):
+        raise click.BadParameter(f"{value} is a directory, not a state file")
+    return value
+
+
+def _check_file_option(ctx: click.Context, param: click.Parameter,
+                       value: str | None) -> str | None:
+    """A file written at the end of a run: its directory is checked before the run."""
+    return None if value is None else _check_state(ctx, param, value)
+
+
+@click.group(cls=_Cli,
+             help=f"posterm: POS terminal emulator speaking the cup-pos contract.\n\n{HELP}")
 @click.option("--state", type=click.Path(dir_okay=False), envvar="POSTERM_STATE",
-              default=DEFAULT_PATH, show_default=True, help="State file (env POSTERM_STATE).")
+              default=DEFAULT_PATH, show_default=True, callback=_check_state,
+              help="State file (env POSTERM_STATE; the option wins).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of receipts.")
 @click.option("--trace", is_flag=True, help="Print every frame sent and received (masked).")
-@click.version_option(package_name="poshost")
+@click.version_option(package_name="poshost", prog_name="posterm")
 @click.pass_context
 def main(ctx: click.Context, state: str, as_json: bool, trace: bool) -> None:
     ctx.obj = Options(state, as_json, trace)
@@ -191,12 +270,6 @@ def _tls_files(tls: bool, ca: str | None, cert: str | None,
     return tuple(os.path.abspath(p) if p else "" for p in (ca, cert, key))  # type: ignore[return-value]
 
 
-def _text_field(value: str, length: int, what: str) -> str:
-    if len(value) > length or not value.isprintable() or not value.isascii() or not value:
-        raise BadInput(f"{what} must be 1-{length} printable ASCII characters")
-    return value
-
-
 @main.command()
 @click.option("--tid", required=True, help="Terminal id (8 characters).")
 @click.option("--mid", required=True, help="Merchant id (15 characters).")
@@ -209,11 +282,11 @@ def _text_field(value: str, length: int, what: str) -> str:
 @click.option("--mac", type=click.Choice(sorted(MAC_ALGORITHMS)), default="x919",
               show_default=True, help="MAC algorithm agreed with the host.")
 @click.option("--nii", default="0003", show_default=True, help="Destination NII (4 digits).")
-@click.option("--timeout", type=click.FloatRange(min=0.01), default=30.0, show_default=True,
-              help="Seconds to wait for a response.")
-@click.option("--backoff", type=click.FloatRange(min=0), default=2.0, show_default=True,
+@click.option("--timeout", type=click.FloatRange(0.01, MAX_SECONDS), default=30.0,
+              show_default=True, help="Seconds to wait for a response.")
+@click.option("--backoff", type=click.FloatRange(0, MAX_SECONDS), default=2.0, show_default=True,
               help="First reversal retry delay in seconds (doubles each retry).")
-@click.option("--attempts", type=click.IntRange(min=1), default=3, show_default=True,
+@click.option("--attempts", type=click.IntRange(1, 1000), default=3, show_default=True,
               help="Reversal sends per command before giving up (it stays pending).")
 @_tls_options
 @_common(trace=False)
@@ -237,13 +310,17 @@ def init(tid: str, mid: str, tmk: str | None, components: tuple[str, ...],
                 host, port = parse_address(address or "")
             except ValueError as exc:
                 raise BadInput(str(exc)) from None
-        if len(nii) != 4 or not nii.isdigit():
+        if len(nii) != 4 or not nii.isascii() or not nii.isdigit():
             raise BadInput("NII must be 4 digits")
         if tls and serial:
             raise BadInput("--tls is for --host HOST:PORT, not a serial line")
         files = _tls_files(tls, tls_ca, tls_cert, tls_key)
-        config = Config(_text_field(tid, 8, "TID"), _text_field(mid, 15, "MID"), host, port,
-                        nii, mac, timeout, backoff, attempts, serial or "", tls, *files)
+        try:
+            ids = values.parse_tid(tid), values.parse_mid(mid)
+        except values.InputError as exc:
+            raise BadInput(str(exc)) from None
+        config = Config(*ids, host, port, nii, mac, timeout, backoff, attempts, serial or "",
+                        tls, *files)
         return config, key
 
     config, key = _guard(parse)
@@ -310,7 +387,14 @@ def _no_card_data(track2: str | None, pan: str | None, expiry: str | None) -> No
 
 
 def _pin(pin: str | None, no_pin: bool) -> str | None:
-    if pin is None and not no_pin and sys.stdin.isatty():
+    """--pin, else a hidden prompt on a terminal; with neither (a script, a pipe) it is an
+    error, not a PIN-less transaction: --no-pin says so explicitly."""
+    if pin is not None and no_pin:
+        raise BadInput("give --pin or --no-pin, not both")
+    if pin is None and not no_pin:
+        if not sys.stdin.isatty():
+            raise BadInput("no PIN: give --pin PIN (no terminal to prompt on), or --no-pin"
+                           " for a transaction without PIN")
         pin = click.prompt("PIN (empty for none)", hide_input=True, default="",
                            show_default=False) or None
     return check_pin(pin) if pin is not None else None
@@ -362,17 +446,33 @@ def _optional_card(track2: str | None, pan: str | None, expiry: str | None) -> C
     return card_from_options(track2, pan, expiry)
 
 
+def _old_spelling(old: str, dest: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A hidden option kept for scripts written against an older spelling of ``dest``."""
+    def callback(ctx: click.Context, _param: click.Parameter, value: Any) -> None:
+        if value is not None:
+            ctx.meta[f"old:{dest}"] = value
+    return click.option(old, hidden=True, expose_value=False, callback=callback)
+
+
+def _from_old(value: Any, dest: str) -> Any:
+    return value if value is not None else click.get_current_context().meta.get(f"old:{dest}")
+
+
 @main.command()
-@click.option("--trace", "trace_no", required=True, help="STAN of the sale to void.")
+@click.option("--stan", "trace_no", help="STAN of the sale to void.")
+@_old_spelling("--trace", "trace_no")
 @_card_options
 @click.option("--pin", help="PIN (only with card data).")
 @_common(trace=False)
-def void(trace_no: str, track2: str | None, pan: str | None, expiry: str | None,
+def void(trace_no: str | None, track2: str | None, pan: str | None, expiry: str | None,
          pin: str | None) -> None:
     """Void a sale of the open batch (card taken from the journal unless given).
 
-    Frame tracing: posterm --trace void --trace STAN.
+    Frame tracing: posterm --trace void --stan STAN.
     """
+    trace_no = _from_old(trace_no, "trace_no")
+    if trace_no is None:
+        raise click.UsageError("Missing option '--stan'.")
     stan, card, pin_value = _guard(lambda: (parse_trace(trace_no),
                                             _optional_card(track2, pan, expiry),
                                             check_pin(pin) if pin else None))
@@ -381,7 +481,8 @@ def void(trace_no: str, track2: str | None, pan: str | None, expiry: str | None,
 
 @main.command()
 @click.argument("amount")
-@click.option("--trace", "trace_no", help="STAN of a sale in the journal.")
+@click.option("--stan", "trace_no", help="STAN of a sale in the journal.")
+@_old_spelling("--trace", "trace_no")
 @click.option("--rrn", help="Original RRN (older sale not in the journal).")
 @click.option("--orig-date", help="Original date MMDD.")
 @click.option("--orig-batch", help="Original batch number.")
@@ -395,6 +496,7 @@ def refund(amount: str, trace_no: str | None, rrn: str | None, orig_date: str | 
 
     Frame tracing: posterm --trace refund ...
     """
+    trace_no = _from_old(trace_no, "trace_no")
 
     def parse() -> tuple[int, str | None, Original | None, Card | None]:
         minor = parse_amount(amount)
@@ -402,12 +504,12 @@ def refund(amount: str, trace_no: str | None, rrn: str | None, orig_date: str | 
         if trace_no is not None:
             return minor, parse_trace(trace_no), None, card
         if not (rrn and orig_date and orig_batch and orig_trace and card):
-            raise BadInput("give --trace STAN, or --rrn --orig-date --orig-batch --orig-trace "
+            raise BadInput("give --stan STAN, or --rrn --orig-date --orig-batch --orig-trace "
                            "with card data")
-        if len(orig_date) != 4 or not orig_date.isdigit():
-            raise BadInput("--orig-date must be MMDD")
-        if len(rrn) > 12:
-            raise BadInput("--rrn must be at most 12 characters")
+        if not _MMDD.fullmatch(orig_date):
+            raise BadInput("--orig-date must be MMDD (month 01-12, day 01-31)")
+        if len(rrn) > 12 or not rrn.isascii() or not rrn.isprintable():
+            raise BadInput("--rrn must be at most 12 printable ASCII characters")
         original = Original(parse_trace(orig_batch), parse_trace(orig_trace), rrn, 0,
                             None, orig_date)
         return minor, None, original, card
@@ -426,9 +528,9 @@ def card_group() -> None:
 
 @card_group.command("add")
 @click.option("--name", required=True, help="Name to read the card by (--card NAME).")
-@click.option("--pan", required=True)
+@click.option("--pan", required=True, help="The card's PAN (12-19 digits).")
 @click.option("--psn", default="01", show_default=True, help="PAN sequence number.")
-@click.option("--expiry", required=True, help="YYMM")
+@click.option("--expiry", required=True, help="Expiry date, YYMM.")
 @click.option("--icc-mk", help="The card's MK-AC, 32 hex (as personalised).")
 @click.option("--imk-ac", help="The issuer's MK-AC, 32 hex: the card key is derived (option A).")
 @click.option("--atc", type=click.IntRange(0, 0xFFFE), default=0, show_default=True,
@@ -450,8 +552,11 @@ def card_add(name: str, pan: str, psn: str, expiry: str, icc_mk: str | None,
             raise BadInput("give --icc-mk or --imk-ac (one of them)")
         key = (chip.parse_key(icc_mk, "--icc-mk") if icc_mk else
                chip.icc_mk_from_issuer_key(chip.parse_key(imk_ac or "", "--imk-ac"), pan, psn))
-        return chip.ChipCard(_text_field(name, 32, "card name"), pan, psn, expiry, key, atc,
-                             behaviour=behaviour)
+        try:
+            label = values.parse_name(name, "card name")
+        except values.InputError as exc:
+            raise BadInput(str(exc)) from None
+        return chip.ChipCard(label, pan, psn, expiry, key, atc, behaviour=behaviour)
 
     card = _guard(parse)
     _offline(lambda store: chipstore.add_card(store, card))
@@ -557,16 +662,20 @@ def status() -> None:
 
 @main.command("load")
 @click.option("--host", "address", required=True, help="Host address HOST:PORT.")
-@click.option("--terminals", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--duration", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
-              help="Seconds to run.")
-@click.option("--rate", type=click.FloatRange(min=0), default=0.0,
+@click.option("--terminals", type=click.IntRange(1, MAX_LOAD_TERMINALS), default=10,
+              show_default=True, help="How many emulated terminals.")
+@click.option("--duration", type=click.FloatRange(0.1, MAX_SECONDS), default=10.0,
+              show_default=True, help="Seconds to run.")
+@click.option("--rate", type=click.FloatRange(0, MAX_RATE), default=0.0,
               help="Total requests per second (0 = as fast as the host answers).")
-@click.option("--mix", default="sale=80,balance=10,void=5,refund=5", show_default=True)
-@click.option("--report", type=click.Path(dir_okay=False), help="Write the JSON report here.")
+@click.option("--mix", default="sale=80,balance=10,void=5,refund=5", show_default=True,
+              help="Operations and their weights.")
+@click.option("--report", type=click.Path(dir_okay=False), callback=_check_file_option,
+              help="Write the JSON report here (its directory must exist).")
 @click.option("--tid-prefix", default="LT", show_default=True,
               help="TIDs are PREFIX + zero-filled index (8 characters).")
-@click.option("--mid", default="LOADTEST0000001", show_default=True)
+@click.option("--mid", default="LOADTEST0000001", show_default=True,
+              help="Merchant id of the load terminals.")
 @click.option("--tmk", required=True, help="TMK shared by the load terminals (32 hex).")
 @click.option("--track2", required=True, multiple=True,
               help="Card to use (track 2); repeat to spread terminals over several cards.")
@@ -574,8 +683,10 @@ def status() -> None:
 @click.option("--amount", default="1.00", show_default=True, help="Amount of each sale.")
 @click.option("--settle/--no-settle", default=True, show_default=True,
               help="Settle each terminal's batch at the end (next run starts a fresh batch).")
-@click.option("--mac", type=click.Choice(sorted(MAC_ALGORITHMS)), default="x919")
-@click.option("--timeout", type=click.FloatRange(min=0.01), default=10.0, show_default=True)
+@click.option("--mac", type=click.Choice(sorted(MAC_ALGORITHMS)), default="x919",
+              help="MAC algorithm of the load terminals.")
+@click.option("--timeout", type=click.FloatRange(0.01, MAX_SECONDS), default=10.0,
+              show_default=True, help="Seconds to wait for each response.")
 @_tls_options
 @click.option("--chip", is_flag=True,
               help="Sales and balance inquiries by chip: each card is an emulated chip card "
@@ -602,4 +713,6 @@ def load_command(**kwargs: Any) -> None:
         _fail(exc)
     if _opts().as_json:
         click.echo(json.dumps(report, indent=2, sort_keys=True))
+    if report.get("interrupted"):
+        sys.exit(EXIT_INTERRUPTED)
     sys.exit(0 if report["completed"] and not report["errors"] else EXIT_COMMUNICATION)

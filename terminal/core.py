@@ -240,6 +240,8 @@ class Outcome:
     reversal_reason: str | None = None
     problem: str = ""
     sign_on_again: bool = False
+    malfunction: bool = False
+    """A 96 without F64: the host cannot reach its HSM (protocol.md section 4)."""
 
     @property
     def believed(self) -> bool:
@@ -260,6 +262,11 @@ class Outcome:
         return value.strip() if value is not None else None
 
 
+SYSTEM_MALFUNCTION = "96"
+HOST_MALFUNCTION = ("host malfunction: the host answered 96 without a MAC (it cannot reach its"
+                    " HSM); nothing in that answer is believed")
+
+
 def evaluate(request: Mapping[str, str], payload: bytes, pinpad: PinPad | None) -> Outcome:
     """Check a response payload against its request: framing, decoding, MTI + 10, echoed
     3/4/11/41/42/60, approval fields, MAC. Never raises for bad bytes: the outcome says."""
@@ -275,6 +282,9 @@ def evaluate(request: Mapping[str, str], payload: bytes, pinpad: PinPad | None) 
         kind = check_response(req, response)
     except ValidationError as exc:
         reason = REASON_MAC if exc.field == MAC_FIELD else REASON_OTHER
+        if exc.field == MAC_FIELD and code == SYSTEM_MALFUNCTION:
+            return Outcome(req, response, code, reason, HOST_MALFUNCTION, again,
+                           malfunction=True)
         return Outcome(req, response, code, reason, f"response rejected: {exc}", again)
     body = frame.body
     if response_needs_mac(kind, code or "") and (

@@ -57,6 +57,11 @@ class GarbledResponse(NoResponse):
     """Bytes arrived that are not a frame (bad length prefix): the response is undecodable."""
 
 
+class HostMalfunction(CommunicationError):
+    """The host answered 96 without a MAC (protocol.md section 4: it cannot reach its HSM).
+    Nothing in such an answer is believed; pending reversals stay pending."""
+
+
 class ResponseRejected(TerminalError):
     """A response arrived but cannot be believed (MAC, decoding, echo fields)."""
 

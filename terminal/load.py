@@ -13,8 +13,10 @@ from __future__ import annotations
 import json
 import math
 import random
+import signal
 import ssl
 import sys
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -148,6 +150,8 @@ class Stats:
     signed_on: int = 0
     settlements: Counter[str] = field(default_factory=Counter)
     completed: int = 0
+    interrupted: bool = False
+    """Stopped early (Ctrl-C): in-flight requests reversed, batches still settled."""
 
     def record(self, op: str, code: str, seconds: float) -> None:
         self.latencies.setdefault(op, []).append(seconds)
@@ -327,7 +331,7 @@ class LoadTerminal:
         """Drive the mix until ``deadline`` (signed on already), then settle if asked."""
         self.next_at = trio.current_time() + self.rng.random() * interval
         self.index = 0
-        while trio.current_time() < deadline:
+        while trio.current_time() < deadline and not self.stopping:
             with trio.CancelScope() as self.scope:
                 await self.drive(deadline, interval)
             self.scope = None
@@ -337,8 +341,16 @@ class LoadTerminal:
             await self.settle()
         await self.line.aclose()
 
+    stopping = False
+    """Set on an early stop: finish the exchange in flight (or reverse it), then settle."""
+
+    def stop(self) -> None:
+        self.stopping = True
+        if self.scope is not None:
+            self.scope.cancel()
+
     async def drive(self, deadline: float, interval: float) -> None:
-        while trio.current_time() < deadline:
+        while trio.current_time() < deadline and not self.stopping:
             if interval:
                 await trio.sleep_until(self.next_at)
                 self.next_at = max(self.next_at + interval, trio.current_time() - interval)
@@ -518,12 +530,17 @@ def build_report(settings: LoadSettings, stats: Stats, elapsed: float) -> dict[s
         "errors": dict(stats.errors),
         "terminals_signed_on": stats.signed_on,
         "settlements": dict(stats.settlements),
+        "interrupted": stats.interrupted,
     }
 
 
 async def run_load(settings: LoadSettings,
-                   progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Run the load and return the report."""
+                   progress: Callable[[str], None] | None = None,
+                   stop: trio.Event | None = None) -> dict[str, Any]:
+    """Run the load and return the report. ``stop`` set early (Ctrl-C in the CLI) ends the
+    run cleanly: each terminal's request in flight is given up and reversed, its batch
+    settled, so the next run starts from closed batches; the report says ``interrupted``."""
+    stop = stop if stop is not None else trio.Event()
     ATC_COUNTERS.clear()
     stats = Stats()
     seed = random.Random()
@@ -541,20 +558,31 @@ async def run_load(settings: LoadSettings,
         for t in terminals:
             nursery.start_soon(start, t)
     started = trio.current_time()
-    deadline = started + settings.duration
-    async with trio.open_nursery() as nursery:
-        for t in ready:
-            nursery.start_soon(t.run, deadline, interval)
-        if progress is not None:
-            nursery.start_soon(_progress, stats, started, deadline, progress)
+    deadline = started + (settings.duration if ready else 0.0)  # nobody signed on: done
+    with trio.CancelScope() as watching:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_stop_when, stop, stats, ready)
+            async with trio.open_nursery() as running:
+                for t in ready:
+                    running.start_soon(t.run, deadline, interval)
+                if progress is not None:
+                    running.start_soon(_progress, stats, started, deadline, progress, stop)
+            watching.cancel()
     elapsed = min(trio.current_time(), deadline) - started
     return build_report(settings, stats, max(elapsed, 1e-9))
 
 
+async def _stop_when(stop: trio.Event, stats: Stats, terminals: list[LoadTerminal]) -> None:
+    await stop.wait()
+    stats.interrupted = True
+    for t in terminals:
+        t.stop()
+
+
 async def _progress(stats: Stats, started: float, deadline: float,
-                    show: Callable[[str], None]) -> None:
+                    show: Callable[[str], None], stop: trio.Event | None = None) -> None:
     last = 0
-    while trio.current_time() < deadline:
+    while trio.current_time() < deadline and not (stop is not None and stop.is_set()):
         await trio.sleep(PROGRESS_SECONDS)
         now = trio.current_time() - started
         done = stats.completed
@@ -578,7 +606,35 @@ def render_report(report: dict[str, Any]) -> str:
     if report["settlements"]:
         lines.append("settlements: " + ", ".join(
             f"{k} x{v}" for k, v in report["settlements"].items()))
+    if report.get("interrupted"):
+        lines.append("interrupted (Ctrl-C): stopped early; requests in flight reversed,"
+                     " batches settled")
     return "\n".join(lines)
+
+
+async def _interruptible(settings: LoadSettings,
+                         progress: Callable[[str], None] | None) -> dict[str, Any]:
+    """run_load where the first Ctrl-C stops the run cleanly (summary, report, settled
+    batches); a second one stops at once."""
+    stop = trio.Event()
+
+    async def on_interrupt(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+                           ) -> None:
+        with trio.open_signal_receiver(signal.SIGINT) as signals:
+            task_status.started()
+            async for _ in signals:
+                if stop.is_set():
+                    raise KeyboardInterrupt
+                print("interrupted: settling and writing the report (Ctrl-C again to quit"
+                      " at once)", file=sys.stderr, flush=True)
+                stop.set()
+
+    async with trio.open_nursery() as nursery:
+        if threading.current_thread() is threading.main_thread():  # signals: main thread only
+            await nursery.start(on_interrupt)
+        report = await run_load(settings, progress, stop)
+        nursery.cancel_scope.cancel()
+    return report
 
 
 def run_load_cli(settings: LoadSettings) -> dict[str, Any]:
@@ -586,7 +642,7 @@ def run_load_cli(settings: LoadSettings) -> dict[str, Any]:
     def show(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
-    report = trio.run(run_load, settings, show if settings.progress else None)
+    report = trio.run(_interruptible, settings, show if settings.progress else None)
     print(render_report(report), file=sys.stderr)
     if settings.report:
         with open(settings.report, "w", encoding="utf-8") as fh:

@@ -28,6 +28,7 @@ from terminal.core import Original, Outcome
 from terminal.errors import (
     CommunicationError,
     GarbledResponse,
+    HostMalfunction,
     NoResponse,
     NotReady,
     ResponseRejected,
@@ -133,6 +134,8 @@ class Terminal:
 
     @staticmethod
     def _believe(outcome: Outcome, what: str) -> None:
+        if outcome.malfunction:
+            raise HostMalfunction(f"{what}: {outcome.problem}")
         if not outcome.believed:
             raise ResponseRejected(f"{what}: {outcome.problem}")
 
@@ -263,8 +266,9 @@ class Terminal:
             auth = outcome.get("38") if outcome.code == APPROVED else None
             self.store.set_reversal_reason(journal_id, outcome.reversal_reason or "06", auth,
                                            outcome.code)
-            raise ResponseRejected(f"{outcome.problem}; reversal of STAN {request['11']} "
-                                   f"(reason {outcome.reversal_reason}) pending")
+            error = HostMalfunction if outcome.malfunction else ResponseRejected
+            raise error(f"{outcome.problem}; reversal of STAN {request['11']} "
+                        f"(reason {outcome.reversal_reason}) pending")
         status = ST_APPROVED if outcome.approved else DECLINED
         self.store.finish(journal_id, status, _response_fields(outcome),
                           void_of=void_of.id if void_of else None)

@@ -42,10 +42,9 @@ def parse_address(text: str) -> tuple[str, int]:
     >>> parse_address("127.0.0.1:8583")
     ('127.0.0.1', 8583)
     """
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"expected HOST:PORT, got {text!r}")
-    return host.strip("[]"), int(port)
+    from specs.values import parse_address as parse
+
+    return parse(text)  # one address syntax for the three CLIs; InputError is a ValueError
 
 
 def tls_context(ca: str | None = None, cert: str | None = None,

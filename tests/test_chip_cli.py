@@ -83,12 +83,12 @@ async def test_posterm_chip_session(running_host: Any, tmp_path: Path) -> None:
     r = await arun(state, "card", "add", "--name", "stubborn", "--pan", PAN, "--expiry", "3012",
                    "--imk-ac", IMK, "--atc", "1000", "--behaviour", "reject-arpc")
     assert r.exit_code == 0
-    r = await arun(state, "sale", "5.00", "--card", "stubborn", "--no-pin")
+    r = await arun(state, "sale", "5.00", "--card", "stubborn", "--pin", "1234")
     assert r.exit_code == 1 and "SALE  DECLINED BY CARD" in r.output and "AAC" in r.output
     assert "reversal of STAN" in r.output and "(reason 06) sent: 00" in r.output
     r = await arun(state, "reversal")
     assert "nothing pending" in r.output
-    r = await arun(state, "balance", "--card", "demo", "--no-pin", "--json")
+    r = await arun(state, "balance", "--card", "demo", "--pin", "1234", "--json")
     assert json.loads(r.output)["response_code"] == "05"  # ATC 3 after 1001: a replay
     with sqlite3.connect(host.db_path) as conn:  # the void and the reversal restored it all
         assert conn.execute("SELECT balance FROM cards WHERE pan_masked=?",

@@ -121,14 +121,14 @@ async def test_chip_sale_balance_and_void(chip_host: Any, proxy: Proxy, tmp_path
 
 async def test_replayed_atc_and_wrong_arqc_are_05(chip_host: Any, tmp_path: Path) -> None:
     t = await _terminal(chip_host, tmp_path / "t.db")
-    assert (await t.chip_sale("chip", 500, None)).status == "approved"
+    assert (await t.chip_sale("chip", 500, "1234")).status == "approved"
     with t.store.transaction() as db:  # a cloned card: its ATC starts over
         db.execute("UPDATE chip_cards SET atc = 0")
-    replay = await t.chip_sale("chip", 700, None)
+    replay = await t.chip_sale("chip", 700, "1234")
     assert replay.status == "declined" and replay.code == "05"
     assert replay.details["cryptogram_type"] == "AAC"
     chipstore.add_card(t.store, _card("forged", "0123456789ABCDEFFEDCBA9876543210"))
-    forged = await t.chip_sale("forged", 700, None)
+    forged = await t.chip_sale("forged", 700, "1234")
     assert forged.code == "05"
     assert _balance(chip_host) == START - 500 and _atc_high(chip_host) == 1
     await t.transport.aclose()
@@ -148,7 +148,8 @@ def _chip_doc(t: Any, amount: int, f4: int, drop: str | None = None) -> dict[str
         tags.pop(drop)
     stan, batch = t.store.allocate_stan()
     read_card = chip.ChipCardRead(PAN, EXPIRY, None, PSN, encode_tlv(tags))
-    doc = {"t": "0200", "3": "000000", "4": f"{f4:012d}", "11": stan, "22": "052", "23": "001",
+    # contactless (07x) within the no-CVM limit: the PIN card needs no PIN block here
+    doc = {"t": "0200", "3": "000000", "4": f"{f4:012d}", "11": stan, "22": "072", "23": "001",
            "25": "00", "41": t.profile.tid, "42": t.profile.mid, "49": "156",
            "60": f"22{batch}000", **read_card.fields()}
     return doc
@@ -257,12 +258,12 @@ async def test_chip_through_worker_processes(tmp_path: Path) -> None:
                                mid=MID, terminals={TID: (TMK, "x919")})
         await _provision(host)
         t = await _terminal(host, tmp_path / "t.db")
-        assert (await t.chip_sale("chip", 200, None)).status == "approved"
+        assert (await t.chip_sale("chip", 200, "1234")).status == "approved"
         with t.store.transaction() as db:
             db.execute("UPDATE chip_cards SET atc = 0")
         await t.transport.aclose()
         t = reopen(t.store)
-        assert (await t.chip_sale("chip", 300, None)).code == "05"
+        assert (await t.chip_sale("chip", 300, "1234")).code == "05"
         await t.transport.aclose()
         stop.set()
     assert _balance(host) == START - 200 and _atc_high(host) == 1
@@ -342,7 +343,7 @@ def test_kill_9_cannot_let_an_atc_replay_through(tmp_path: Path) -> None:
 
     async def first() -> Any:
         t = await _terminal(host, tmp_path / "t.db")
-        sale = await t.chip_sale("chip", 900, None)
+        sale = await t.chip_sale("chip", 900, "1234")
         await t.transport.aclose()
         return t, sale
 
@@ -357,7 +358,7 @@ def test_kill_9_cannot_let_an_atc_replay_through(tmp_path: Path) -> None:
 
         async def replay() -> Any:
             again = reopen(t.store)
-            result = await again.chip_sale("chip", 900, None)
+            result = await again.chip_sale("chip", 900, "1234")
             await again.transport.aclose()
             return result
 

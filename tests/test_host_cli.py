@@ -32,11 +32,11 @@ def test_provisioning_commands(tmp_path: Path) -> None:
          "--balance", "1000.00", "--limit", "500.50", "--db", db])
     listed = _ok(["card", "list", "--db", db])
     assert "622202*********0128" in listed and "6222021234567890128" not in listed
-    assert "100000" in listed and "50050" in listed
+    assert "1000.00" in listed and "500.50" in listed  # major units, as entered
     terminals = _ok(["terminal", "list", "--db", db])
     assert "TERM0002" in terminals and "cup-ecb" in terminals
-    bad = CliRunner().invoke(main, ["terminal", "add", "--tid", "X", "--mid", "NOPE",
-                                    "--db", db])
+    bad = CliRunner().invoke(main, ["terminal", "add", "--tid", "TERM0009", "--mid",
+                                    "NOPE00000000000", "--db", db])
     assert bad.exit_code == 1 and "does not exist" in bad.output
     assert json.loads(_ok(["txn", "list", "--json", "--db", db])) == []
     _ok(["card", "set", "--pan", "6222021234567890128", "--reset-pin-tries", "--db", db])
@@ -90,4 +90,4 @@ def test_terminal_add_range_names_terminals_as_posterm_load_expects(tmp_path: Pa
     crowded = CliRunner().invoke(main, ["terminal", "add-range", "--prefix", "LTXYZ", "--count",
                                         "1000", "--mid", "MID000000000001", "--tmk",
                                         "0123456789ABCDEFFEDCBA9876543210", "--db", db])
-    assert crowded.exit_code == 1 and "no room" in crowded.output
+    assert crowded.exit_code == 2 and "no room" in crowded.output

@@ -49,7 +49,7 @@ async def test_declines(running_host: RunningHost) -> None:
                                       "6222029999999999999D30121010000000000", 0)
         assert (await t.sale(unknown, 100)).code == "14"
         assert (await t.sale(cards["good"], 100, pin="9999")).code == "55"
-        assert (await t.sale(cards["good"], 100, pin=None)).code == "00"
+        assert (await t.sale(cards["good"], 100, pin=None)).code == "55"  # PIN card, no F52
         assert (await t.sale(cards["good"], 100, manual=True)).code == "00"
 
 

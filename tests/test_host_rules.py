@@ -35,7 +35,9 @@ def sale(**changes: object) -> Txn:
 # amount, card, expiry in the request, PIN result -> code, card movement, new PIN tries
 SALE_TABLE = [
     ("approved", 1_000, CARD, "3012", OK, codes.APPROVED, -1_000, None),
-    ("approved without PIN", 1_000, CARD, None, ABSENT, codes.APPROVED, -1_000, None),
+    ("PIN card without PIN", 1_000, CARD, None, ABSENT, codes.WRONG_PIN, 0, None),
+    ("signature card without PIN", 1_000, replace(CARD, cvm="signature"), None, ABSENT,
+     codes.APPROVED, -1_000, None),
     ("whole balance", 10_000, CARD, "3012", OK, codes.APPROVED, -10_000, None),
     ("zero amount", 0, CARD, "3012", OK, codes.INVALID_AMOUNT, 0, None),
     ("unknown card", 1_000, None, "3012", OK, codes.UNKNOWN_CARD, 0, None),

@@ -79,15 +79,15 @@ def test_init_with_components_prints_only_kcv(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("args, message", [
-    (["sale", "12.345", "--track2", TRACK2, "--no-pin"], "malformed amount"),
-    (["sale", "0", "--track2", TRACK2, "--no-pin"], "amount must be above 0"),
+    (["sale", "12.345", "--track2", TRACK2, "--no-pin"], "not an amount"),
+    (["sale", "0", "--track2", TRACK2, "--no-pin"], "amount must be at least 0.01"),
     (["sale", "1.00", "--track2", "6222021234567890128=3013", "--no-pin"], "expiry"),
     (["sale", "1.00", "--track2", "62220212345X=3012", "--no-pin"], "malformed track 2"),
     (["sale", "1.00", "--no-pin"], "card data missing"),
     (["sale", "1.00", "--track2", TRACK2, "--pan", "6222021234567890128"], "not both"),
     (["sale", "1.00", "--track2", TRACK2, "--pin", "12"], "PIN must be"),
     (["void", "--trace", "abc"], "malformed trace"),
-    (["refund", "1.00"], "give --trace"),
+    (["refund", "1.00"], "give --stan"),
     (["load", "--host", "127.0.0.1:1", "--tmk", TMK, "--track2", TRACK2, "--mix", "x=1"],
      "bad --mix"),
 ])

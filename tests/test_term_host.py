@@ -160,7 +160,7 @@ async def test_full_day(running_host: Any, tmp_path: Path) -> None:
     sale1 = await t.sale(swipe(host), 12345, "1234")
     assert sale1.status == "approved" and sale1.code == "00"
     assert sale1.details["rrn"] and sale1.details["auth_code"]
-    sale2 = await t.sale(keyed(host), 5000, None)
+    sale2 = await t.sale(keyed(host), 5000, "1234")  # a PIN card: no PIN is 55
     assert sale2.status == "approved"
     sale3 = await t.sale(swipe(host), 700, "1234")
     assert card_balance(host, "good") == before - 12345 - 5000 - 700

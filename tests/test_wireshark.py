@@ -77,7 +77,7 @@ async def capture(tmp_path: Path, nursery: trio.Nursery) -> tuple[Path, int]:
     assert (await t.sign_on()).status == "approved"
     good = cards["good"]
     assert (await t.sale(Card.from_track2(good.track2), 12345, good.pin)).status == "approved"
-    keyed = await t.sale(Card.keyed(good.pan, good.expiry), 500, None)
+    keyed = await t.sale(Card.keyed(good.pan, good.expiry), 500, good.pin)  # a PIN card: CVM pin
     assert keyed.status == "approved"
     assert (await t.balance(Card.from_track2(good.track2), good.pin)).status == "approved"
     assert (await t.void(keyed.details["stan"], None, None)).status == "approved"
