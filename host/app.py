@@ -15,11 +15,14 @@ from host.db import PanProtector, open_store
 from host.errors import ConfigError
 from host.hsm import check_lmk, ensure_pvk, open_hsm
 from host.ledger import Ledger, RrnCounter
+from host.metrics import MeasuredHsm, MetricsHub, ProcessMetrics
+from host.observe import HttpSettings, Probes, Site, serve_http
 from host.ops import LocalStore
 from host.server import Server
 from host.service import HostService
 from host.workers import RrnHighWater, WorkerPool, reserve_port
 from host.writer import Writer
+from hsm_sim.client import HsmClient
 
 log = logging.getLogger("poshost")
 
@@ -35,6 +38,8 @@ class HostConfig:
     """Serial line specs (host.serialline.LineSettings) served as terminal connections."""
     workers: int = 0
     """Worker processes for the message path (host/workers.py); 0: all in this process."""
+    http: HttpSettings | None = None
+    """The observability site (metrics, dashboard, health; host/observe.py); None: off."""
 
 
 async def run_host(config: HostConfig, *,
@@ -51,7 +56,7 @@ async def run_host(config: HostConfig, *,
             await check_lmk(conn, hsm)
             pvk = await ensure_pvk(conn, hsm)
             if config.workers:
-                await _run_pool(config, conn, stop, task_status)
+                await _run_pool(config, conn, stop, task_status, hsm=hsm)
                 return
             try:
                 listeners = await trio.open_tcp_listeners(config.listen_port,
@@ -62,9 +67,15 @@ async def run_host(config: HostConfig, *,
             rrns = RrnCounter.load(conn)
             writer = Writer(Path(config.db_path), before_commit=rrns.persist)
             store = LocalStore(writer, Ledger(PanProtector.load(conn)))
-            service = HostService(hsm, store, rrns, conn, pvk)
+            metrics = ProcessMetrics() if config.http else None
+            service = HostService(MeasuredHsm(hsm, metrics) if metrics else hsm, store, rrns,
+                                  conn, pvk, metrics=metrics)
             async with trio.open_nursery() as nursery:
                 await nursery.start(writer.run)
+                if metrics is not None:
+                    await _start_http(config, nursery, MetricsHub(metrics), writer, Probes(
+                        lambda: not stop.is_set(), lambda: writer.submit(_noop),
+                        hsm.lmk_check_value))
                 await nursery.start(serve_serial_lines, config.serial_lines, host, port)
                 log.info("listening on %s:%d (%s)", host, port, info.description)
                 task_status.started((host, port))
@@ -75,7 +86,8 @@ async def run_host(config: HostConfig, *,
 
 
 async def _run_pool(config: HostConfig, conn: sqlite3.Connection, stop: trio.Event,
-                    task_status: trio.TaskStatus[tuple[str, int]]) -> None:
+                    task_status: trio.TaskStatus[tuple[str, int]], *,
+                    hsm: HsmClient | None = None) -> None:
     """The writer here; the message path in ``config.workers`` processes listening on the
     same port (host/workers.py)."""
     try:
@@ -84,22 +96,27 @@ async def _run_pool(config: HostConfig, conn: sqlite3.Connection, stop: trio.Eve
         raise _cannot_listen(config, exc) from None
     with held:
         bound: tuple[str, int] = held.getsockname()[:2]
-        await _serve_pool(config, conn, bound, stop, task_status)
+        await _serve_pool(config, conn, bound, stop, task_status, hsm=hsm)
 
 
 async def _serve_pool(config: HostConfig, conn: sqlite3.Connection, bound: tuple[str, int],
                       stop: trio.Event, task_status: trio.TaskStatus[tuple[str, int]],
-                      ) -> None:
+                      *, hsm: HsmClient | None = None) -> None:
     high_water = RrnHighWater()
     writer = Writer(Path(config.db_path), before_commit=high_water.persist)
     pool = WorkerPool(
         config.workers, LocalStore(writer, Ledger(PanProtector.load(conn))),
         bound,
         {"db_path": str(config.db_path), "hsm": config.hsm, "lmk": config.lmk,
-         "log_level": logging.getLogger().getEffectiveLevel()},
+         "log_level": logging.getLogger().getEffectiveLevel(), "metrics": bool(config.http)},
         RrnCounter.restart_base(conn), high_water)
     async with trio.open_nursery() as nursery:
         await nursery.start(writer.run)
+        if config.http and hsm is not None:
+            pool.metrics = MetricsHub(ProcessMetrics(), config.workers)
+            await _start_http(config, nursery, pool.metrics, writer, Probes(
+                lambda: not stop.is_set() and pool.ready_count > 0,
+                lambda: writer.submit(_noop), hsm.lmk_check_value))
         await nursery.start(pool.run)
         await nursery.start(serve_serial_lines, config.serial_lines, *bound)
         log.info("listening on %s:%d with %d worker processes", *bound, config.workers)
@@ -107,6 +124,17 @@ async def _serve_pool(config: HostConfig, conn: sqlite3.Connection, bound: tuple
         await stop.wait()
         await pool.stop()  # each worker drains its connections
         nursery.cancel_scope.cancel()
+
+
+async def _start_http(config: HostConfig, nursery: trio.Nursery, hub: MetricsHub,
+                      writer: Writer, probes: Probes) -> None:
+    assert config.http is not None
+    writer.on_group = hub.writer_group
+    await nursery.start(serve_http, config.http, Site(hub, Path(config.db_path), probes))
+
+
+def _noop(conn: sqlite3.Connection) -> None:
+    """The health check's job: an empty transaction, committed like any other."""
 
 
 def _cannot_listen(config: HostConfig, exc: OSError) -> ConfigError:

@@ -22,6 +22,7 @@ from host.db import open_store
 from host.demo import init_demo
 from host.errors import HostError
 from host.hsm import TEST_LMK_WARNING_TEXT, open_hsm
+from host.observe import DEFAULT_HTTP_PORT, HttpSettings
 from hsm_sim.client import HsmClient
 from hsm_sim.errors import HsmError
 from specs.view import render_contract
@@ -140,8 +141,12 @@ def _print_demo(rows: list[tuple[str, ...]], listen: str) -> None:
 @click.option("--workers", type=click.IntRange(0, MAX_WORKERS), default=0, show_default=True,
               help="processes for the message path in front of the one writer"
                    " (0: one process; about the number of cores for throughput)")
+@click.option("--http", "http_listen", is_flag=False, flag_value=str(DEFAULT_HTTP_PORT),
+              default=None, metavar="[HOST:]PORT",
+              help="serve /metrics (Prometheus), /healthz and a live dashboard at /"
+                   f" (off by default; alone: 127.0.0.1:{DEFAULT_HTTP_PORT})")
 def serve(listen: str, db_path: Path, hsm: str, lmk: str, demo: bool | None,
-          serial_lines: tuple[str, ...], workers: int) -> None:
+          serial_lines: tuple[str, ...], workers: int, http_listen: str | None) -> None:
     """Run the acquiring host until SIGINT/SIGTERM."""
     host, _, port = listen.rpartition(":")
     if not port.isdigit():
@@ -150,6 +155,11 @@ def serve(listen: str, db_path: Path, hsm: str, lmk: str, demo: bool | None,
     logging.getLogger("hsm_sim.audit").setLevel(logging.WARNING)
     config = HostConfig(host or "127.0.0.1", int(port), db_path, hsm, lmk, serial_lines,
                         workers)
+    if http_listen is not None:
+        try:
+            config.http = HttpSettings.parse(http_listen)
+        except HostError as exc:
+            _fail(str(exc))
     new_db = not db_path.exists()
 
     async def main() -> None:
@@ -164,6 +174,9 @@ def serve(listen: str, db_path: Path, hsm: str, lmk: str, demo: bool | None,
                 click.echo(TEST_LMK_WARNING_TEXT, err=True)
             click.echo(f"poshost ready on {bound[0]}:{bound[1]} (db {db_path}, hsm {hsm})",
                        nl=True)
+            if config.http is not None and config.http.bound is not None:
+                click.echo("dashboard on http://{}:{}/ (metrics at /metrics)".format(
+                    *config.http.bound))
             sys.stdout.flush()
 
     _run(main)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import time
 
 import trio
 
@@ -103,10 +104,15 @@ class Server:
 
     async def _connection(self, stream: trio.SocketStream) -> None:
         self.connections += 1
+        metrics = self.service.metrics
+        if metrics is not None:
+            metrics.connections += 1
         try:
             if not await self._serve_connection(stream):
                 self._admission.give(trio.current_time())  # ended cleanly, unanswered
         except CloseConnection as exc:
+            if metrics is not None:
+                metrics.dropped += 1
             left_out = self._peer_log.admit(trio.current_time())
             if left_out is not None and log.isEnabledFor(logging.WARNING):
                 more = f" ({left_out} more closed since, not logged)" if left_out else ""
@@ -118,6 +124,8 @@ class Server:
             log.exception("peer=%s unexpected failure; connection closed", _peer(stream))
         finally:
             self.connections -= 1
+            if metrics is not None:
+                metrics.connections -= 1
             stream.socket.close()  # what SocketStream.aclose does, without its checkpoint
 
     async def _serve_connection(self, stream: trio.SocketStream) -> bool:
@@ -131,6 +139,7 @@ class Server:
         receive = stream.receive_some
         scope = trio.CancelScope()
         phase = _IDLE
+        metrics = self.service.metrics
         with scope:
             while not self._stopping:
                 payload = _next_payload(decoder)
@@ -159,10 +168,13 @@ class Server:
                             payload = _next_payload(decoder)
                 phase = _HANDLER
                 scope.deadline = now() + HANDLER_TIMEOUT
+                frame_in = time.perf_counter()
                 answer = await self.service.handle(payload)
                 phase = _SEND
                 scope.deadline = now() + SEND_TIMEOUT
                 await stream.send_all(answer)
+                if metrics is not None:
+                    metrics.latency.observe(time.perf_counter() - frame_in)
                 if not proven:
                     proven = True
                     self._admission.give(now())
