@@ -30,12 +30,12 @@ function drawChart(points, now) {
   const w = canvas.width, h = canvas.height, left = 50, bottom = 20;
   ctx.clearRect(0, 0, w, h);
   const recent = points.filter((p) => now - p[0] <= CHART_SECONDS);
-  const top = Math.max(1, ...recent.map((p) => p[1]));
+  const top = Math.ceil(Math.max(4, ...recent.map((p) => p[1])) / 4) * 4;
   ctx.strokeStyle = "#ccd"; ctx.fillStyle = "#667"; ctx.font = "11px sans-serif";
   for (let i = 0; i <= 4; i++) {
     const y = (h - bottom) * (1 - i / 4);
     ctx.beginPath(); ctx.moveTo(left, y); ctx.lineTo(w, y); ctx.stroke();
-    ctx.fillText((top * i / 4).toFixed(top < 4 ? 1 : 0), 4, Math.max(10, y));
+    ctx.fillText(String(top * i / 4), 4, Math.max(10, y));
   }
   ctx.fillText("-10 min", left, h - 4); ctx.fillText("now", w - 24, h - 4);
   if (!recent.length) return;
@@ -68,12 +68,13 @@ function render(s) {
   const health = $("health");
   health.textContent = s.healthy ? "healthy" : "unhealthy: " + s.health;
   health.className = "badge " + (s.healthy ? "ok" : "bad");
-  fillTable("codes", Object.entries(s.codes), ([code, n]) => [code, n], ([code]) => code);
+  const codes = Object.entries(s.codes).sort(([a], [b]) => (a < b ? -1 : 1));
+  fillTable("codes", codes, ([code, n]) => [code, n], ([code]) => code);
   fillTable("terminals", s.terminals.recent,
     (t) => [t.tid, new Date(t.last_seen * 1000).toLocaleTimeString() + " (" + fmt(t.age_s) + " s ago)", t.code],
     (t) => t.tid);
   fillTable("txns", s.recent_txns,
-    (t) => [t.created, t.tid, t.kind, t.pan_masked, (t.amount / 100).toFixed(2), t.rc]);
+    (t) => [String(t.created).slice(11, 19), t.tid, t.kind, t.pan_masked, (t.amount / 100).toFixed(2), t.rc]);
   fillTable("exceptions", s.recent_exceptions, (e) => [e.id, e.tid, e.batch, e.kind, e.trace || ""]);
   drawChart(s.rate, s.now);
   text("updated", new Date(s.now * 1000).toLocaleTimeString());
