@@ -329,8 +329,8 @@ class MetricsHub:
             out.add(figures)
         return out
 
-    def sample(self, now: float | None = None) -> Sample:
-        """Append the current totals to the history (call once a second)."""
+    def sample(self, now: float | None = None, *, record: bool = True) -> Sample:
+        """The current totals, appended to the history when ``record`` (once a second)."""
         figures = self.total()
         financial = approved = 0
         for (kind, code), n in figures.responses.items():
@@ -340,7 +340,8 @@ class MetricsHub:
                     approved += n
         sample = Sample(time.time() if now is None else now, sum(figures.responses.values()),
                         financial, approved, list(figures.latency.counts))
-        self.history.append(sample)
+        if record:
+            self.history.append(sample)
         return sample
 
     def online(self, now: float | None = None) -> int:

@@ -186,10 +186,10 @@ class Site:
         history = list(hub.history)
         rate = [[round(b.at, 1), round((b.responses - a.responses) / max(b.at - a.at, 1e-6), 2)]
                 for a, b in itertools.pairwise(history)]
-        last = history[-1] if history else None
-        first = next((s for s in history if last and last.at - s.at <= WINDOW_SECONDS), last)
+        last = hub.sample(now, record=False)  # the window ends now, not at the last sample
+        first = next((s for s in history if last.at - s.at <= WINDOW_SECONDS), last)
         window: dict[str, Any] = {"seconds": WINDOW_SECONDS}
-        if last is not None and first is not None:
+        if first is not last:
             counts = [b - a for a, b in zip(first.latency, last.latency, strict=True)]
             window |= {f"p{q}_ms": round(quantile(LATENCY_BUCKETS, counts, q / 100) * 1000, 2)
                        for q in (50, 95, 99)}
@@ -211,8 +211,8 @@ class Site:
             "workers": hub.workers,
             "connections": figures.connections,
             "answered": sum(figures.responses.values()),
-            "approved": last.approved if last else 0,
-            "financial": last.financial if last else 0,
+            "approved": last.approved,
+            "financial": last.financial,
             "codes": dict(sorted(codes.items())),
             "kinds": {kind: n for kind, n in sorted(figures.requests.items())},
             "window": window,

@@ -294,8 +294,8 @@ async def test_dashboard_updates_live_in_chromium(tmp_path: Path,
             "Object.fromEntries([...document.querySelectorAll('#codes tbody tr')]"
             ".map(r => [r.cells[0].textContent, r.cells[1].textContent]))")
         assert codes == {"00": "4", "51": "1"}
-        assert await browser.evaluate("document.getElementById('approval').textContent") \
-            == "75.0 %"  # 3 of 4 sales
+        await browser.wait_for(  # 3 of 4 sales
+            "document.getElementById('approval').textContent === '75.0 %'")
         await browser.wait_for("document.querySelectorAll('#txns tbody tr').length === 4")
         tids = await browser.evaluate(
             "[...document.querySelectorAll('#terminals tbody tr')].map(r => r.dataset.key)")
