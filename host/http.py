@@ -110,16 +110,17 @@ class HttpServer:
     async def _answer(self, stream: trio.SocketStream, conn: h11.Connection,
                       request: h11.Request) -> None:
         method = request.method.upper()
-        if method not in (b"GET", b"HEAD"):
-            reply = Reply(405, b"GET or HEAD only\n", headers=[(b"allow", b"GET, HEAD"),
-                                                               (b"connection", b"close")])
-        elif self._rate.take(trio.current_time()):
-            reply = Reply(503, b"busy: too many requests\n", headers=[(b"retry-after", b"1")])
-        elif _has_body(request):
+        if _has_body(request):  # never read: the connection closes after the answer
             reply = Reply(413, b"no request bodies\n", headers=[(b"connection", b"close")])
         else:
             conn.next_event()  # the request's EndOfMessage (no body: no I/O)
-            reply = await self.handler(request.target.decode("ascii", "replace"))
+            if method not in (b"GET", b"HEAD"):
+                reply = Reply(405, b"GET or HEAD only\n", headers=[(b"allow", b"GET, HEAD")])
+            elif self._rate.take(trio.current_time()):
+                reply = Reply(503, b"busy: too many requests\n",
+                              headers=[(b"retry-after", b"1")])
+            else:
+                reply = await self.handler(request.target.decode("ascii", "replace"))
         await _send(stream, conn, reply, head=method == b"HEAD")
 
 

@@ -41,8 +41,8 @@ from prometheus_client.registry import Collector
 from hsm_sim.errors import HsmError
 from specs.catalog import KINDS
 
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                   10.0, 15.0)
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05,
+                   0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0)
 """Upper bounds (seconds) of the request latency histogram, frame in to frame out."""
 HSM_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                1.0, 5.0)

@@ -17,11 +17,13 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from host.app import HostConfig, run_host
-from host.limits import HTTP_MAX_CONNECTIONS, HTTP_MAX_REQUEST
+from host.limits import HTTP_MAX_CONNECTIONS, HTTP_MAX_REQUEST, HTTP_REQUEST_BURST
 from host.observe import HttpSettings
 from hsm_sim.client import HsmClient
 from hsm_sim.commands import HsmEngine
+from hsm_sim.server import serve_hsm
 from specs.composite import NOT_BALANCED, SettlementTotals, Totals, decode_settlement_totals
+from specs.framing import Frame, Header, Tpdu
 from tests.browser import Browser
 from tests.conftest import CARDS, MID, TID, TMK, provision
 from tests.hostkit import TestCard, TestTerminal
@@ -44,12 +46,13 @@ class Observed:
         return TestTerminal(self.host, self.port, TID, MID, TMK, "x919")
 
 
-async def start(tmp_path: Path, nursery: trio.Nursery, workers: int = 0) -> Observed:
+async def start(tmp_path: Path, nursery: trio.Nursery, workers: int = 0,
+                hsm: str = "embedded") -> Observed:
     db_path = tmp_path / "host.db"
     cards = await provision(db_path, HsmClient.in_process(HsmEngine.test()))
     http = HttpSettings(port=0)
     stop = trio.Event()
-    config = HostConfig(listen_port=0, db_path=db_path, workers=workers, http=http)
+    config = HostConfig(listen_port=0, db_path=db_path, workers=workers, http=http, hsm=hsm)
     host, port = await nursery.start(
         lambda task_status: run_host(config, task_status=task_status, stop=stop))
     assert http.bound is not None and http.bound[0] == "127.0.0.1"
@@ -198,6 +201,7 @@ async def test_workers_figures_cover_every_process(tmp_path: Path,
     s = await until(o, lambda s: value(s, "poshost_responses_total", kind="sale", code="00")
                     == sales)
     assert value(s, "poshost_workers") == 2
+    assert (await http_get(o.http, "/healthz"))[0] == 200  # workers ready, writer commits
     assert value(s, "poshost_request_duration_seconds_count") == sales + 1
     assert value(s, "poshost_hsm_command_duration_seconds_count", command="verify_mac") == sales
     # a worker killed outright: the counts it had sent stay in the totals
@@ -209,6 +213,35 @@ async def test_workers_figures_cover_every_process(tmp_path: Path,
     s, _ = await scrape(o)
     assert value(s, "poshost_responses_total", kind="sale", code="00") == sales
     o.stop.set()
+
+
+async def test_hsm_outage_shows_in_metrics_but_not_in_health(
+        tmp_path: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("host.observe.HSM_PROBE_INTERVAL", 0.2)
+    hsm_scope = trio.CancelScope()
+
+    async def hsm_task(*, task_status: trio.TaskStatus[int]) -> None:
+        with hsm_scope:
+            async with trio.open_nursery() as inner:
+                listeners = await inner.start(serve_hsm, HsmEngine.test(), "127.0.0.1", 0, 4)
+                task_status.started(listeners[0].socket.getsockname()[1])
+
+    hsm_port = await nursery.start(hsm_task)
+    o = await start(tmp_path, nursery, hsm=f"tcp://127.0.0.1:{hsm_port}")
+    await until(o, lambda s: value(s, "poshost_hsm_up") == 1)
+    async with o.terminal() as t:
+        assert (await t.sign_on()).code == "00"
+        assert (await t.sale(o.cards["good"], 100)).code == "00"
+        hsm_scope.cancel()  # the HSM goes away: the host answers 96, unMACed
+        request = t.financial("sale", o.cards["good"], 200, o.cards["good"].pin)
+        await t.send_payload(Frame(Tpdu(), Header(), t.encode(request)).payload())
+    s = await until(o, lambda s: value(s, "poshost_hsm_up") == 0)
+    assert value(s, "poshost_responses_total", kind="sale", code="96") == 1
+    errors = sum(v for (name, _), v in s.items() if name == "poshost_hsm_errors_total")
+    assert errors >= 1
+    status, _, body = await http_get(o.http, "/api/state")
+    assert status == 200 and b'"up":false' in body
+    assert (await http_get(o.http, "/healthz"))[0] == 200  # terminals still get answers
 
 
 def _worker_pids(db_path: Path) -> list[int]:
@@ -260,6 +293,23 @@ async def test_hostile_http_clients_do_not_stall_terminals(tmp_path: Path,
     assert answer.startswith(b"HTTP/1.1 431"), answer[:40]
     status, _, _ = await http_get(o.http, "/healthz")
     assert status == 200
+
+
+async def test_http_requests_beyond_the_rate_get_503(tmp_path: Path,
+                                                     nursery: trio.Nursery) -> None:
+    o = await start(tmp_path, nursery)
+    stream = await trio.open_tcp_stream(*o.http)
+    count = HTTP_REQUEST_BURST + 50  # pipelined on one keep-alive connection, at once
+    await stream.send_all(b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * count)
+    data = b""
+    with trio.fail_after(WAIT):
+        while data.count(b"HTTP/1.1 ") < count:
+            data += await stream.receive_some(1 << 16)
+    await stream.aclose()
+    statuses = [int(line.split()[1]) for line in data.split(b"\r\n")
+                if line.startswith(b"HTTP/1.1 ")]
+    assert set(statuses) == {200, 503} and statuses[0] == 200
+    assert HTTP_REQUEST_BURST <= statuses.count(200) < count
 
 
 async def _read_all(stream: trio.SocketStream) -> bytes:
