@@ -7,6 +7,9 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
+import subprocess
+import sys
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -372,3 +375,27 @@ async def test_dashboard_updates_live_in_chromium(tmp_path: Path,
 def test_http_settings_default_to_loopback(text: str, expected: tuple[str, int]) -> None:
     settings = HttpSettings.parse(text)
     assert (settings.host, settings.port) == expected
+
+
+def test_serve_http_from_the_command_line(tmp_path: Path) -> None:
+    """`poshost serve --http 127.0.0.1:0` as a process (the demo database): it says where
+    the dashboard is, /metrics answers, and SIGTERM stops both sides."""
+    exe = Path(sys.executable).parent / "poshost"
+    proc = subprocess.Popen([str(exe), "serve", "--listen", "127.0.0.1:0", "--db",
+                             str(tmp_path / "s.db"), "--http", "127.0.0.1:0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None
+        url = next(line.split()[2] for line in proc.stdout
+                   if line.startswith("dashboard on http://"))
+        with urllib.request.urlopen(url + "metrics", timeout=WAIT) as response:
+            text = response.read().decode()
+        names = {family.name for family in text_string_to_metric_families(text)}
+        assert {"poshost_requests", "poshost_request_duration_seconds",
+                "poshost_terminals_signed_on", "poshost_hsm_up"} <= names
+        with urllib.request.urlopen(url, timeout=WAIT) as response:
+            assert b"/dashboard.js" in response.read()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=WAIT) == 0
+    finally:
+        proc.kill()

@@ -62,6 +62,10 @@ function render(s) {
   text("batches-closed", b.closed || 0); text("batches-unbalanced", b.unbalanced || 0);
   text("exceptions-open", s.exceptions_open);
   text("hsm-commands", s.hsm.commands); text("hsm-errors", s.hsm.errors);
+  fillTable("hsm-commands-table", Object.entries(s.hsm.by_command),
+    ([name, c]) => [name, c.count, fmt(c.p99_ms, 2)]);
+  text("writer-groups", s.writer.groups); text("writer-mean", fmt(s.writer.mean_group, 1));
+  text("workers", s.workers || "none (one process)");
   const hsm = $("hsm-state");
   hsm.textContent = s.hsm.up === null ? "HSM ?" : (s.hsm.up ? "HSM up" : "HSM down");
   hsm.className = "badge " + (s.hsm.up === null ? "" : (s.hsm.up ? "ok" : "bad"));
