@@ -69,6 +69,9 @@ HTTP_REQUEST_BURST = 100
 HTTP_STATE_TTL = 1.0
 """Seconds the dashboard state, the database figures and the health verdict are reused for,
 whatever the number of clients asking."""
+HTTP_RENDER_TTL = 0.5
+"""Seconds a rendered /metrics or /api/state answer is reused for (rendering /metrics takes
+about 1 ms on the event loop; a client flood costs at most two renders a second)."""
 HTTP_HEALTH_TIMEOUT = 2.0
 """Seconds the health check's probe commit (and HSM probe) may take before it counts as
 failed."""

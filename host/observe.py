@@ -22,7 +22,12 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from host.errors import ConfigError
 from host.http import HttpServer, Reply
-from host.limits import HSM_PROBE_INTERVAL, HTTP_HEALTH_TIMEOUT, HTTP_STATE_TTL
+from host.limits import (
+    HSM_PROBE_INTERVAL,
+    HTTP_HEALTH_TIMEOUT,
+    HTTP_RENDER_TTL,
+    HTTP_STATE_TTL,
+)
 from host.metrics import (
     LATENCY_BUCKETS,
     WINDOW_SECONDS,
@@ -97,27 +102,34 @@ class Site:
         self._store_lock = trio.Lock()
         self._health: tuple[float, bool, str] = (-HTTP_STATE_TTL, False, "")
         self._health_lock = trio.Lock()
+        self._rendered: dict[str, tuple[float, Reply]] = {}
         self._files = {path: (resources.files("host.dashboard").joinpath(name).read_bytes(),
                               kind) for path, (name, kind) in STATIC_FILES.items()}
 
     # ---------------------------------------------------------------- routes
     async def handle(self, target: str) -> Reply:
         path = target.split("?", 1)[0]
-        if path == "/metrics":
-            await self.refresh_store()
-            return Reply(200, generate_latest(self.registry), CONTENT_TYPE_LATEST)
         if path == "/healthz":
             ok, text = await self.health()
             return Reply(200 if ok else 503, (text + "\n").encode())
-        if path == "/api/state":
-            await self.refresh_store()
-            ok, text = await self.health()
-            body = json.dumps(self.state(ok, text), separators=(",", ":")).encode()
-            return Reply(200, body, "application/json")
+        if path in ("/metrics", "/api/state"):
+            at, reply = self._rendered.get(path, (-HTTP_RENDER_TTL, None))
+            if reply is None or trio.current_time() - at >= HTTP_RENDER_TTL:
+                reply = await self._render(path)
+                self._rendered[path] = (trio.current_time(), reply)
+            return reply
         if path in self._files:
             body, kind = self._files[path]
             return Reply(200, body, kind)
         return Reply(404, b"not found\n")
+
+    async def _render(self, path: str) -> Reply:
+        await self.refresh_store()
+        if path == "/metrics":
+            return Reply(200, generate_latest(self.registry), CONTENT_TYPE_LATEST)
+        ok, text = await self.health()
+        body = json.dumps(self.state(ok, text), separators=(",", ":")).encode()
+        return Reply(200, body, "application/json")
 
     # ---------------------------------------------------------------- background
     async def run(self) -> None:
