@@ -19,6 +19,8 @@ from host.errors import ConfigError
 from host.exclusive import claim_address, probe_free
 from host.hsm import check_lmk, ensure_pvk, open_hsm
 from host.ledger import Ledger, RrnCounter
+from host.metrics import MeasuredHsm, MetricsHub, ProcessMetrics
+from host.observe import HttpSettings, Probes, Site, serve_http
 from host.ops import LocalStore
 from host.pcap import open_tap
 from host.peers import PeerGuard, guard_for
@@ -26,6 +28,7 @@ from host.server import Server
 from host.service import HostService
 from host.workers import RrnHighWater, WorkerPool, reserve_port
 from host.writer import Writer
+from hsm_sim.client import HsmClient
 from specs.tls import TlsError, server_context
 
 log = logging.getLogger("poshost")
@@ -77,6 +80,8 @@ class HostConfig:
         """The peer guard for these settings, or None when the operator set none."""
         return guard_for(self.allow_peers, self.terminal_peers, self.serial_lines,
                          self.enforce_terminal_peers)
+    http: HttpSettings | None = None
+    """The observability site (metrics, dashboard, health; host/observe.py); None: off."""
 
 
 async def run_host(config: HostConfig, *,
@@ -105,7 +110,7 @@ async def _run_host(config: HostConfig, task_status: trio.TaskStatus[tuple[str, 
             await check_lmk(conn, hsm)
             pvk = await ensure_pvk(conn, hsm)
             if config.workers:
-                await _run_pool(config, conn, stop, task_status)
+                await _run_pool(config, conn, stop, task_status, hsm=hsm)
                 return
             try:
                 listeners = await trio.open_tcp_listeners(config.listen_port,
@@ -118,9 +123,15 @@ async def _run_host(config: HostConfig, task_status: trio.TaskStatus[tuple[str, 
             writer = Writer(Path(config.db_path), before_commit=rrns.persist)
             store = LocalStore(writer, Ledger(PanProtector.load(conn)))
             guard = config.peer_guard()
-            service = HostService(hsm, store, rrns, conn, pvk, guard)
+            metrics = ProcessMetrics() if config.http else None
+            service = HostService(MeasuredHsm(hsm, metrics) if metrics else hsm, store, rrns,
+                                  conn, pvk, guard, metrics=metrics)
             async with trio.open_nursery() as nursery:
                 await nursery.start(writer.run)
+                if metrics is not None:
+                    await _start_http(config, nursery, MetricsHub(metrics), writer, Probes(
+                        lambda: not stop.is_set(), lambda: writer.submit(_noop),
+                        hsm.lmk_check_value))
                 await nursery.start(serve_serial_lines, config.serial_lines, host, port)
                 log.info("listening on %s:%d (%s)", host, port, info.description)
                 if config.tls is not None and config.tls.bound is not None:
@@ -136,7 +147,8 @@ async def _run_host(config: HostConfig, task_status: trio.TaskStatus[tuple[str, 
 
 
 async def _run_pool(config: HostConfig, conn: sqlite3.Connection, stop: trio.Event,
-                    task_status: trio.TaskStatus[tuple[str, int]]) -> None:
+                    task_status: trio.TaskStatus[tuple[str, int]], *,
+                    hsm: HsmClient | None = None) -> None:
     """The writer here; the message path in ``config.workers`` processes listening on the
     same port (host/workers.py)."""
     probe_free(config.listen_host, config.listen_port)  # SO_REUSEPORT would join another host
@@ -156,12 +168,12 @@ async def _run_pool(config: HostConfig, conn: sqlite3.Connection, stop: trio.Eve
                                   f"{config.tls.port}: {exc.strerror or exc}") from None
             holding.enter_context(held_tls)
             config.tls.bound = held_tls.getsockname()[:2]
-        await _serve_pool(config, conn, bound, stop, task_status)
+        await _serve_pool(config, conn, bound, stop, task_status, hsm=hsm)
 
 
 async def _serve_pool(config: HostConfig, conn: sqlite3.Connection, bound: tuple[str, int],
                       stop: trio.Event, task_status: trio.TaskStatus[tuple[str, int]],
-                      ) -> None:
+                      *, hsm: HsmClient | None = None) -> None:
     high_water = RrnHighWater()
     writer = Writer(Path(config.db_path), before_commit=high_water.persist)
     pool = WorkerPool(
@@ -171,10 +183,16 @@ async def _serve_pool(config: HostConfig, conn: sqlite3.Connection, bound: tuple
          "allow_peers": config.allow_peers, "terminal_peers": config.terminal_peers,
          "enforce_terminal_peers": config.enforce_terminal_peers,
          "serial_lines": config.serial_lines,
-         "log_level": logging.getLogger().getEffectiveLevel(), "tls": _tls_settings(config)},
+         "log_level": logging.getLogger().getEffectiveLevel(), "tls": _tls_settings(config),
+         "metrics": bool(config.http)},
         RrnCounter.restart_base(conn), high_water)
     async with trio.open_nursery() as nursery:
         await nursery.start(writer.run)
+        if config.http and hsm is not None:
+            pool.metrics = MetricsHub(ProcessMetrics(), config.workers)
+            await _start_http(config, nursery, pool.metrics, writer, Probes(
+                lambda: not stop.is_set() and pool.ready_count > 0,
+                lambda: writer.submit(_noop), hsm.lmk_check_value))
         await nursery.start(pool.run)
         await nursery.start(serve_serial_lines, config.serial_lines, *bound)
         log.info("listening on %s:%d with %d worker processes", *bound, config.workers)
@@ -206,6 +224,17 @@ async def _open_tls_listeners(tls: TlsListen | None) -> list[trio.SocketListener
                           f" {exc.strerror or exc}") from None
     tls.bound = listeners[0].socket.getsockname()[:2]
     return listeners
+
+
+async def _start_http(config: HostConfig, nursery: trio.Nursery, hub: MetricsHub,
+                      writer: Writer, probes: Probes) -> None:
+    assert config.http is not None
+    writer.on_group = hub.writer_group
+    await nursery.start(serve_http, config.http, Site(hub, Path(config.db_path), probes))
+
+
+def _noop(conn: sqlite3.Connection) -> None:
+    """The health check's job: an empty transaction, committed like any other."""
 
 
 def _cannot_listen(config: HostConfig, exc: OSError) -> ConfigError:

@@ -28,6 +28,7 @@ from host.db import open_store
 from host.demo import init_demo
 from host.errors import HostError
 from host.hsm import TEST_LMK_WARNING_TEXT, open_hsm
+from host.observe import DEFAULT_HTTP_PORT, HttpSettings
 from hsm_sim.client import HsmClient
 from hsm_sim.errors import HsmError
 from shared.errors import SharedError
@@ -338,13 +339,17 @@ def _tls_listen(listen_tls: tuple[str, int] | None, cert: Path | None, key: Path
                    " connection is closed) instead of only alerted.")
 @click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Append the host's log to this file (created 0600) instead of stderr.")
+@click.option("--http", "http_listen", is_flag=False, flag_value=str(DEFAULT_HTTP_PORT),
+              default=None, metavar="[HOST:]PORT",
+              help="Serve /metrics (Prometheus), /healthz and a live dashboard at /"
+                   f" (off by default; alone: 127.0.0.1:{DEFAULT_HTTP_PORT}).")
 @tls_serve_options
 def serve(listen: tuple[str, int], db_path: Path, hsm: str, lmk: str, demo: bool | None,
           serial_lines: tuple[str, ...], workers: int, listen_tls: tuple[str, int] | None,
           tls_cert: Path | None, tls_key: Path | None, tls_client_ca: Path | None,
           pcap: Path | None, allow_peers: tuple[str, ...] = (),
           terminal_peers: tuple[str, ...] = (), enforce_terminal_peers: bool = False,
-          log_file: Path | None = None) -> None:
+          log_file: Path | None = None, http_listen: str | None = None) -> None:
     """Run the acquiring host until SIGINT/SIGTERM (one host per address)."""
     tls = _tls_listen(listen_tls, tls_cert, tls_key, tls_client_ca)
     if log_file is not None:  # private: it names terminals, peers and masked PANs
@@ -357,6 +362,11 @@ def serve(listen: tuple[str, int], db_path: Path, hsm: str, lmk: str, demo: bool
                         tls=tls, pcap=pcap, allow_peers=allow_peers,
                         terminal_peers=terminal_peers,
                         enforce_terminal_peers=enforce_terminal_peers)
+    if http_listen is not None:
+        try:
+            config.http = HttpSettings.parse(http_listen)
+        except HostError as exc:
+            _fail(str(exc), EXIT_USAGE)
     new_db = not db_path.exists()
 
     async def main() -> None:
@@ -375,6 +385,9 @@ def serve(listen: tuple[str, int], db_path: Path, hsm: str, lmk: str, demo: bool
                 tls_note = f", TLS on {tls.bound[0]}:{tls.bound[1]}"
             click.echo(f"poshost ready on {bound[0]}:{bound[1]}{tls_note} (db {db_path},"
                        f" hsm {hsm.partition('?')[0]})", nl=True)
+            if config.http is not None and config.http.bound is not None:
+                click.echo("dashboard on http://{}:{}/ (metrics at /metrics)".format(
+                    *config.http.bound))
             sys.stdout.flush()
 
     _run(main)

@@ -3,7 +3,8 @@ a 4-byte big-endian length, then a pickled tuple. Both ends are this program's o
 over a socketpair the parent made, so pickle is safe here; it never touches a network peer.
 
 Messages (first element names them):
-  worker -> writer: ("ready", index), ("job", id, op, args, rrn_high_water)
+  worker -> writer: ("ready", index), ("job", id, op, args, rrn_high_water),
+                    ("metrics", figures, terminals_seen) (with --http; host/metrics.py)
   writer -> worker: ("listen",), ("done", id, result), ("fail", id, text), ("forget", tid)
 
 >>> decoder = IpcDecoder()

@@ -56,3 +56,27 @@ CURRENCY = CURRENCY_CNY
 """Currency of the issuer simulator's accounts (CNY)."""
 BATCH_FIRST = 1
 BATCH_MAX = 999_999
+
+HTTP_MAX_CONNECTIONS = 16
+"""Connections the observability HTTP side (--http) serves at once; more are closed on
+accept. It shares the event loop with the message path, so it is kept small."""
+HTTP_MAX_REQUEST = 8192
+"""Bytes of an HTTP request line and headers at the most (bodies are refused)."""
+HTTP_REQUEST_TIMEOUT = 10.0
+"""Seconds an HTTP connection may take to send a whole request (idle keep-alive included)."""
+HTTP_SEND_TIMEOUT = 10.0
+"""Seconds an HTTP response may take to be written to a slow reader."""
+HTTP_REQUESTS_PER_SECOND = 50.0
+"""HTTP requests served per second at the most (all clients); more get a 503."""
+HTTP_REQUEST_BURST = 100
+HTTP_STATE_TTL = 1.0
+"""Seconds the dashboard state, the database figures and the health verdict are reused for,
+whatever the number of clients asking."""
+HTTP_RENDER_TTL = 0.5
+"""Seconds a rendered /metrics or /api/state answer is reused for (rendering /metrics takes
+about 1 ms on the event loop; a client flood costs at most two renders a second)."""
+HTTP_HEALTH_TIMEOUT = 2.0
+"""Seconds the health check's probe commit (and HSM probe) may take before it counts as
+failed."""
+HSM_PROBE_INTERVAL = 5.0
+"""Seconds between two HSM probes (a check value request) for the dashboard and /metrics."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import logging
 import ssl
+import time
 from collections.abc import Sequence
 
 import trio
@@ -130,6 +131,9 @@ class Server:
                           tls_context: ssl.SSLContext | None = None) -> None:
         self.connections += 1
         served: trio.abc.Stream = stream
+        metrics = self.service.metrics
+        if metrics is not None:
+            metrics.connections += 1
         try:
             if tls_context is not None:
                 served = await _handshake(stream, tls_context)
@@ -138,6 +142,8 @@ class Server:
             if not await self._serve_connection(served):
                 self._admission.give(trio.current_time())  # ended cleanly, unanswered
         except CloseConnection as exc:
+            if metrics is not None:
+                metrics.dropped += 1
             left_out = self._peer_log.admit(trio.current_time())
             if left_out is not None and log.isEnabledFor(logging.WARNING):
                 more = f" ({left_out} more closed since, not logged)" if left_out else ""
@@ -151,6 +157,8 @@ class Server:
             self.connections -= 1
             if isinstance(served, TappedStream):
                 served.wire.close()
+            if metrics is not None:
+                metrics.connections -= 1
             stream.socket.close()  # what SocketStream.aclose does, without its checkpoint
 
     async def _serve_connection(self, stream: trio.abc.Stream) -> bool:
@@ -165,6 +173,7 @@ class Server:
         scope = trio.CancelScope()
         phase = _IDLE
         peer = _peer_address(stream) if self.guard is not None else None
+        metrics = self.service.metrics
         with scope:
             while not self._stopping:
                 payload = _next_payload(decoder)
@@ -193,10 +202,13 @@ class Server:
                             payload = _next_payload(decoder)
                 phase = _HANDLER
                 scope.deadline = now() + HANDLER_TIMEOUT
+                frame_in = time.perf_counter()
                 answer = await self.service.handle(payload, peer)
                 phase = _SEND
                 scope.deadline = now() + SEND_TIMEOUT
                 await stream.send_all(answer)
+                if metrics is not None:
+                    metrics.latency.observe(time.perf_counter() - frame_in)
                 if not proven:
                     proven = True
                     self._admission.give(now())

@@ -20,6 +20,7 @@ from host.db import Terminal, get_meta, load_card, load_terminal
 from host.errors import CloseConnection, HostError, ProtocolError, StoreError
 from host.ledger import Request, RrnCounter, field60_of_sign_on
 from host.limits import TERMINAL_CACHE_TTL
+from host.metrics import ProcessMetrics
 from host.ops import Store
 from host.peers import PeerGuard
 from host.responses import minimal_response, request_digest, respond
@@ -139,8 +140,13 @@ class HostService:
 
     def __init__(self, hsm: HsmClient, store: Store, rrns: RrnCounter,
                  read_conn: sqlite3.Connection, pvk_lmk: str,
-                 guard: PeerGuard | None = None) -> None:
+                 guard: PeerGuard | None = None,
+                 metrics: ProcessMetrics | None = None) -> None:
+        """``guard``: the operator's peer rules (host/peers.py). ``metrics``: counts answers
+        by kind and code (host/metrics.py); the HSM client given is then usually a MeasuredHsm
+        over the same figures."""
         self.hsm = hsm
+        self.metrics = metrics
         self.store = store
         self.rrns = rrns
         self.read_conn = read_conn
@@ -162,7 +168,12 @@ class HostService:
         ex.peer = peer
         async with self.lanes.hold(ex.request.get("41", "")):
             response = await self._answer(ex)
+            if self.metrics is not None:
+                self.metrics.request(ex.kind.name if ex.kind else None)
             out = await self._encode(ex, response)
+        if self.metrics is not None:
+            self.metrics.answered(ex.kind.name if ex.kind else None, response.get("39", ""),
+                                  ex.terminal.tid if ex.terminal else None)
         if log.isEnabledFor(logging.INFO):
             ms = (time.perf_counter() - started) * 1000
             log.info("%s -> rc=%s ms=%.1f", summarize(ex.request), response.get("39"), ms)

@@ -41,6 +41,7 @@ from host.errors import ConfigError, StoreError
 from host.hsm import apply_key_type_setting, ensure_pvk, open_hsm
 from host.ipc import IPC_RECEIVE_CHUNK, IpcDecoder, IpcError, encode_ipc
 from host.ledger import RrnCounter, persist_rrn_high_water
+from host.metrics import METRICS_PUSH_INTERVAL, MeasuredHsm, MetricsHub, ProcessMetrics
 from host.ops import KEY_CHANGES, LocalStore
 from host.peers import guard_for
 from host.server import Server
@@ -142,6 +143,13 @@ class WorkerPool:
     _ready: set[int] = field(default_factory=set)
     _all_listening: trio.Event = field(default_factory=trio.Event)
     _listening: set[int] = field(default_factory=set)
+    metrics: MetricsHub | None = None
+    """Where the workers' figures add up (``--http``); they send them when set."""
+
+    @property
+    def ready_count(self) -> int:
+        """Workers running and ready (for the health check)."""
+        return len(self._ready)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
                   ) -> None:
@@ -209,6 +217,9 @@ class WorkerPool:
                 jobs.cancel_scope.cancel()  # the worker is gone: its jobs' answers too
         finally:
             self._outboxes.pop(index, None)
+            self._ready.discard(index)
+            if self.metrics is not None:
+                self.metrics.retire(index)  # its counters stay in the totals
             with trio.CancelScope(shield=True):
                 await channel.aclose()
                 with trio.move_on_after(WORKER_EXIT_GRACE):
@@ -250,6 +261,8 @@ class WorkerPool:
                         self._listening.add(index)
                         if len(self._listening) == self.count:
                             self._all_listening.set()
+                    elif message[0] == "metrics" and self.metrics is not None:
+                        self.metrics.worker_figures(index, message[1], message[2])
                     elif message[0] == "ready" and not started:
                         started = True
                         self._ready.add(index)
@@ -351,6 +364,13 @@ class RemoteStore:
                     waiting[0].set()
 
 
+async def _send_metrics(outbox: Outbox, metrics: ProcessMetrics) -> None:
+    """A copy of this worker's figures to the parent every METRICS_PUSH_INTERVAL."""
+    while True:
+        await trio.sleep(METRICS_PUSH_INTERVAL)
+        outbox.put(("metrics", metrics.copy(), metrics.take_seen()))
+
+
 async def _stop_on_signal(stop: trio.Event) -> None:
     """SIGTERM (from the parent) drains this worker. SIGINT is ignored: a Ctrl-C reaches the
     whole process group, and the parent decides when its workers stop."""
@@ -374,9 +394,13 @@ async def serve_worker(config: dict[str, Any]) -> None:
             guard = guard_for(config.get("allow_peers", ()), config.get("terminal_peers", ()),
                               config.get("serial_lines", ()),
                               config.get("enforce_terminal_peers", False))
-            service = HostService(hsm, store, rrns, conn, pvk, guard)
+            metrics = ProcessMetrics() if config.get("metrics") else None
+            service = HostService(MeasuredHsm(hsm, metrics) if metrics else hsm, store, rrns,
+                                  conn, pvk, guard, metrics=metrics)
             stop = trio.Event()
             async with trio.open_nursery() as nursery:
+                if metrics is not None:
+                    nursery.start_soon(_send_metrics, store.outbox, metrics)
                 nursery.start_soon(store.receive, service.terminals)
                 nursery.start_soon(store.outbox.run)  # a broken channel: receive() exits
                 nursery.start_soon(_stop_on_signal, stop)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import sqlite3
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,8 @@ class Writer:
         self._conn: sqlite3.Connection | None = None
         self.groups = 0
         self.jobs = 0
+        self.on_group: Callable[[int, float], None] | None = None
+        """Called after each group with its size and seconds to apply and commit (metrics)."""
 
     async def submit(self, job: Job[T], *, heavy: bool = False) -> T:
         """Apply ``job`` in the next group; return its result once committed. A ``heavy``
@@ -86,10 +89,13 @@ class Writer:
                         group.append(self._recv.receive_nowait())
                     except trio.WouldBlock:
                         break
+                started = time.perf_counter()
                 if all(p.inline for p in group):
                     await self._apply_inline(group)
                 else:
                     await trio.to_thread.run_sync(self._apply_group, group)
+                if self.on_group is not None:
+                    self.on_group(len(group), time.perf_counter() - started)
                 for pending in group:
                     pending.done.set()
         finally:

@@ -27,7 +27,7 @@ import trio
 
 from shared import naming
 from shared.errors import NamingError
-from shared.stats import latency_summary
+from shared.stats import latency_summary, percentile
 from specs.catalog import ECHO_FIELDS, identify_request
 from specs.codes import APPROVED, NO_MAC_CODES
 from specs.composite import BALANCED, NOT_BALANCED
@@ -153,11 +153,19 @@ class Stats:
     interrupted: bool = False
     """Stopped early (Ctrl-C): in-flight requests reversed, batches still settled."""
 
+    recent: list[float] = field(default_factory=list)
+    """Latencies since the progress line last read them (:meth:`take_recent`)."""
+
     def record(self, op: str, code: str, seconds: float) -> None:
         self.latencies.setdefault(op, []).append(seconds)
+        self.recent.append(seconds)
         self.codes[code] += 1
         self.by_operation.setdefault(op, Counter())[code] += 1
         self.completed += 1
+
+    def take_recent(self) -> list[float]:
+        out, self.recent = self.recent, []
+        return out
 
 
 def scan_fields(body: bytes) -> dict[int, bytes]:
@@ -581,14 +589,29 @@ async def _stop_when(stop: trio.Event, stats: Stats, terminals: list[LoadTermina
 
 async def _progress(stats: Stats, started: float, deadline: float,
                     show: Callable[[str], None], stop: trio.Event | None = None) -> None:
-    last = 0
+    last, last_at = 0, started
+    stats.take_recent()
     while trio.current_time() < deadline and not (stop is not None and stop.is_set()):
         await trio.sleep(PROGRESS_SECONDS)
-        now = trio.current_time() - started
-        done = stats.completed
-        show(f"t={now:5.1f}s  done={done}  rate={(done - last) / PROGRESS_SECONDS:.0f}/s  "
-             f"signed on={stats.signed_on}  errors={sum(stats.errors.values())}")
-        last = done
+        show(progress_line(stats, trio.current_time() - started,
+                           stats.completed - last, trio.current_time() - last_at))
+        last, last_at = stats.completed, trio.current_time()
+
+
+def progress_line(stats: Stats, elapsed: float, done: int, seconds: float) -> str:
+    """One progress line: totals, the last interval's rate and p99, response codes so far.
+
+    >>> s = Stats()
+    >>> for ms in (2, 3, 40):
+    ...     s.record("sale", "00" if ms < 40 else "51", ms / 1000)
+    >>> progress_line(s, 1.0, 3, 1.0)
+    't=  1.0s  done=3  rate=3/s  p99=40.0ms  codes 00:2 51:1  signed on=0  errors=0'
+    """
+    recent = sorted(stats.take_recent())
+    codes = " ".join(f"{c}:{n}" for c, n in sorted(stats.codes.items())) or "-"
+    return (f"t={elapsed:5.1f}s  done={stats.completed}  rate={done / max(seconds, 1e-9):.0f}/s"
+            f"  p99={percentile(recent, 0.99) * 1000:.1f}ms  codes {codes}"
+            f"  signed on={stats.signed_on}  errors={sum(stats.errors.values())}")
 
 
 def render_report(report: dict[str, Any]) -> str:
@@ -639,10 +662,17 @@ async def _interruptible(settings: LoadSettings,
 
 def run_load_cli(settings: LoadSettings) -> dict[str, Any]:
     """Run under trio with a progress line on stderr; print and write the report."""
+    live = sys.stderr.isatty()
+
     def show(line: str) -> None:
-        print(line, file=sys.stderr, flush=True)
+        if live:  # one line, rewritten in place
+            print(f"\r{line}\x1b[K", end="", file=sys.stderr, flush=True)
+        else:
+            print(line, file=sys.stderr, flush=True)
 
     report = trio.run(_interruptible, settings, show if settings.progress else None)
+    if live and settings.progress:
+        print(file=sys.stderr)
     print(render_report(report), file=sys.stderr)
     if settings.report:
         with open(settings.report, "w", encoding="utf-8") as fh:

@@ -134,3 +134,20 @@ async def test_load_reverses_what_went_unanswered(running_host: Any, nursery: An
     assert report["operations"]["reversal"]["codes"] == {"00": 1}
     assert set(report["settlements"]) == {"balanced"}  # a full batch settles mid-run too
     assert "0400" in proxy.sent_mtis()
+
+
+async def test_load_progress_line_shows_rate_p99_and_codes(running_host: Any) -> None:
+    tids = terminal_ids("PG", 2)
+    for tid in tids:
+        await running_host.add_terminal(tid)
+    card = running_host.cards["good"]
+    settings = LoadSettings(
+        running_host.host, running_host.port, len(tids), 2.5, 0.0, parse_mix("sale=1"), tids,
+        running_host.mid, bytes.fromhex(LOAD_TMK), [Card.from_track2(card.track2)], card.pin,
+        settle=False)
+    lines: list[str] = []
+    report = await run_load(settings, lines.append)
+    assert lines, "no progress line"
+    assert all("rate=" in line and "p99=" in line and "codes 00:" in line for line in lines)
+    shown = [int(line.split("codes 00:")[1].split()[0]) for line in lines]
+    assert shown == sorted(shown) and 0 < shown[-1] <= report["response_codes"]["00"]

@@ -83,13 +83,16 @@ async def _idle_memory(port: int, server: procs.Server, count: int) -> dict[str,
 
 HOST_WORKERS = [0]
 """``--workers`` of the hosts this run starts (set from the command line)."""
+HOST_HTTP = [False]
+"""Whether those hosts serve ``--http`` (metrics counted on the message path)."""
 
 
 def _host(workdir: Path, template: Path, name: str, profile: Path | None = None) -> procs.Server:
     db = workdir / f"{name}.db"
     fleet_mod.copy_db(template, db)
     port = procs.free_port()
-    return procs.Server(procs.host_argv(port, db, profile_to=profile, workers=HOST_WORKERS[0]),
+    return procs.Server(procs.host_argv(port, db, profile_to=profile, workers=HOST_WORKERS[0],
+                                        http=HOST_HTTP[0]),
                         port, workdir / f"{name}.log")
 
 
@@ -260,9 +263,12 @@ def main(argv: list[str] | None = None) -> int:
                              " process) or the harness's own (in the bench process)")
     parser.add_argument("--workers", type=int, default=0,
                         help="poshost serve --workers (message-path processes; 0: one process)")
+    parser.add_argument("--http", action="store_true",
+                        help="poshost serve --http (metrics and dashboard on: their overhead)")
     parser.add_argument("--out", type=Path, default=procs.ROOT / RESULTS_DIR)
     args = parser.parse_args(argv)
     HOST_WORKERS[0] = args.workers
+    HOST_HTTP[0] = args.http
     quick = args.quick
     sweep = args.terminals or list(QUICK_SWEEP_TERMINALS if quick else SWEEP_TERMINALS)
     seconds = args.seconds or (QUICK_RUN_SECONDS if quick else RUN_SECONDS)

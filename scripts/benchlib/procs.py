@@ -50,7 +50,7 @@ def _serve_options() -> set[str]:
 
 
 def host_argv(port: int, db_path: Path, *, profile_to: Path | None = None,
-              workers: int = 0) -> list[str]:
+              workers: int = 0, http: bool = False) -> list[str]:
     """``poshost serve`` on 127.0.0.1:port with the embedded HSM and the test LMK (and
     ``--workers``); with ``profile_to``, the same under cProfile (stats written on graceful
     stop; the parent process only)."""
@@ -60,6 +60,8 @@ def host_argv(port: int, db_path: Path, *, profile_to: Path | None = None,
         args = ["serve", *listen, "--hsm", "embedded", "--lmk", "test"]
         if workers:
             args += ["--workers", str(workers)]
+        if http:
+            args += ["--http", "127.0.0.1:0"]  # metrics and dashboard on (their overhead)
         if "--demo" in _serve_options():
             args.append("--no-demo")  # the bench provisions its own fleet
         command = [*poshost_command(), *args]
