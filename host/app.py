@@ -44,6 +44,8 @@ class TlsListen:
     key: Path
     client_ca: Path | None = None
     """With a client CA, terminals must present a certificate it issued (mutual TLS)."""
+    bind_tid: bool = False
+    """Each connection's requests must be for the TID its client certificate names (CN)."""
     bound: tuple[str, int] | None = None
     """Filled by ``run_host`` once listening (port 0 picks a free port)."""
 
@@ -138,8 +140,9 @@ async def _run_host(config: HostConfig, task_status: trio.TaskStatus[tuple[str, 
                     log.info("listening for TLS on %s:%d%s", *config.tls.bound,
                              " (mutual TLS)" if config.tls.client_ca else "")
                 task_status.started((host, port))
+                bind = config.tls is not None and config.tls.bind_tid
                 with open_tap(config.pcap) as tap:
-                    await Server(service, tap=tap, guard=guard).serve(
+                    await Server(service, tap=tap, guard=guard, bind_tls_tid=bind).serve(
                         listeners, stop, tls_listeners=tls_listeners, tls_context=tls_context)
                 nursery.cancel_scope.cancel()  # connections drained: stop the writer
     finally:
@@ -211,7 +214,8 @@ def _tls_settings(config: HostConfig) -> dict[str, Any] | None:
     if tls is None or tls.bound is None:
         return None
     return {"listen": list(tls.bound), "cert": str(tls.cert), "key": str(tls.key),
-            "client_ca": str(tls.client_ca) if tls.client_ca else None}
+            "client_ca": str(tls.client_ca) if tls.client_ca else None,
+            "bind_tid": tls.bind_tid}
 
 
 async def _open_tls_listeners(tls: TlsListen | None) -> list[trio.SocketListener]:

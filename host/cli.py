@@ -291,6 +291,10 @@ def tls_serve_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option("--pcap", type=path, default=None,
                      help="write every terminal connection's bytes (after TLS decryption) to"
                           " this pcap file, for Wireshark; holds card data: lab use only")(f)
+    f = click.option("--tls-bind-tid", is_flag=True,
+                     help="With --tls-client-ca: a TLS terminal may only send requests for the"
+                          " TID its certificate names (subject CN); others close the"
+                          " connection with an ALERT line.")(f)
     f = click.option("--tls-client-ca", type=path, default=None,
                      help="CA file: TLS terminals must present a certificate it issued"
                           " (mutual TLS)")(f)
@@ -304,7 +308,9 @@ def tls_serve_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _tls_listen(listen_tls: tuple[str, int] | None, cert: Path | None, key: Path | None,
-                client_ca: Path | None) -> TlsListen | None:
+                client_ca: Path | None, bind_tid: bool = False) -> TlsListen | None:
+    if bind_tid and client_ca is None:
+        raise click.UsageError("--tls-bind-tid needs --tls-client-ca (terminal certificates)")
     if listen_tls is None:
         if cert or key or client_ca:
             raise click.UsageError("--tls-cert/--tls-key/--tls-client-ca need --listen-tls"
@@ -312,7 +318,7 @@ def _tls_listen(listen_tls: tuple[str, int] | None, cert: Path | None, key: Path
         return None
     if cert is None or key is None:
         raise click.UsageError("--listen-tls needs --tls-cert and --tls-key")
-    return TlsListen(listen_tls[0], listen_tls[1], cert, key, client_ca)
+    return TlsListen(listen_tls[0], listen_tls[1], cert, key, client_ca, bind_tid)
 
 
 @main.command()
@@ -349,9 +355,10 @@ def serve(listen: tuple[str, int], db_path: Path, hsm: str, lmk: str, demo: bool
           tls_cert: Path | None, tls_key: Path | None, tls_client_ca: Path | None,
           pcap: Path | None, allow_peers: tuple[str, ...] = (),
           terminal_peers: tuple[str, ...] = (), enforce_terminal_peers: bool = False,
-          log_file: Path | None = None, http_listen: str | None = None) -> None:
+          log_file: Path | None = None, http_listen: str | None = None,
+          tls_bind_tid: bool = False) -> None:
     """Run the acquiring host until SIGINT/SIGTERM (one host per address)."""
-    tls = _tls_listen(listen_tls, tls_cert, tls_key, tls_client_ca)
+    tls = _tls_listen(listen_tls, tls_cert, tls_key, tls_client_ca, tls_bind_tid)
     if log_file is not None:  # private: it names terminals, peers and masked PANs
         os.close(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, LOG_FILE_MODE))
         os.chmod(log_file, LOG_FILE_MODE)

@@ -138,6 +138,8 @@ class Figures:
     """Connections closed for bad input (undecodable frames, timeouts mid-frame)."""
     connections: int = 0
     """Open connections (a gauge: not carried over from a worker that ended)."""
+    peer_alerts: Counter[str] = field(default_factory=Counter)
+    """Management messages (by kind) for a TID from an unexpected peer (host/peers.py)."""
 
     def add(self, other: Figures, *, gauges: bool = True) -> None:
         self.requests.update(other.requests)
@@ -147,6 +149,7 @@ class Figures:
             self.hsm_latency.setdefault(command, Histogram(HSM_BUCKETS)).add(histogram)
         self.hsm_errors.update(other.hsm_errors)
         self.dropped += other.dropped
+        self.peer_alerts.update(other.peer_alerts)
         if gauges:
             self.connections += other.connections
 
@@ -377,6 +380,12 @@ class HostCollector(Collector):
             value=figures.dropped)
         yield GaugeMetricFamily("poshost_connections_open", "Terminal connections open",
                                 value=figures.connections)
+        alerts = CounterMetricFamily(
+            "poshost_peer_alerts", "Sign-ons, sign-offs, settlements and uploads for a TID from"
+            " an unexpected peer address (ALERT lines), by message kind", labels=["kind"])
+        for kind, n in sorted(figures.peer_alerts.items()):
+            alerts.add_metric([kind], n)
+        yield alerts
         hsm = HistogramMetricFamily("poshost_hsm_command_duration_seconds",
                                     "HSM command latency, in seconds", labels=["command"])
         for command, histogram in sorted(figures.hsm_latency.items()):

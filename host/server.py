@@ -59,11 +59,14 @@ class Server:
     those left out."""
 
     def __init__(self, service: HostService, admission_share: float = 1.0,
-                 tap: Tap | None = None, guard: PeerGuard | None = None) -> None:
+                 tap: Tap | None = None, guard: PeerGuard | None = None,
+                 bind_tls_tid: bool = False) -> None:
         """``admission_share``: this server's part of the host's admission rate and burst
         (1/N in each of N worker processes). ``tap``: records every connection's bytes
         (serve --pcap). ``guard``: the operator's allow-list of terminal source addresses
-        (host/peers.py); connections from elsewhere are closed."""
+        (host/peers.py); connections from elsewhere are closed. ``bind_tls_tid``: a TLS
+        connection may only carry requests for the TID its client certificate names."""
+        self.bind_tls_tid = bind_tls_tid
         self.service = service
         self.tap = tap
         self.guard = guard
@@ -135,11 +138,14 @@ class Server:
         if metrics is not None:
             metrics.connections += 1
         try:
+            cert_tid = None
             if tls_context is not None:
                 served = await _handshake(stream, tls_context)
+                if self.bind_tls_tid:
+                    cert_tid = certificate_tid(served)
             if self.tap is not None:
                 served = self.tap.wrap(served, stream.socket)
-            if not await self._serve_connection(served):
+            if not await self._serve_connection(served, cert_tid):
                 self._admission.give(trio.current_time())  # ended cleanly, unanswered
         except CloseConnection as exc:
             if metrics is not None:
@@ -161,7 +167,8 @@ class Server:
                 metrics.connections -= 1
             stream.socket.close()  # what SocketStream.aclose does, without its checkpoint
 
-    async def _serve_connection(self, stream: trio.abc.Stream) -> bool:
+    async def _serve_connection(self, stream: trio.abc.Stream,
+                                cert_tid: str | None = None) -> bool:
         """Frames in, answers out, under one cancel scope whose deadline moves with the phase:
         IDLE_TIMEOUT waiting for a frame's first byte, FRAME_TIMEOUT until it is complete,
         then HANDLER_TIMEOUT and SEND_TIMEOUT (one scope per connection, not per read).
@@ -203,7 +210,7 @@ class Server:
                 phase = _HANDLER
                 scope.deadline = now() + HANDLER_TIMEOUT
                 frame_in = time.perf_counter()
-                answer = await self.service.handle(payload, peer)
+                answer = await self.service.handle(payload, peer, cert_tid)
                 phase = _SEND
                 scope.deadline = now() + SEND_TIMEOUT
                 await stream.send_all(answer)
@@ -235,6 +242,17 @@ async def _handshake(stream: trio.SocketStream, context: ssl.SSLContext) -> trio
     except (trio.BrokenResourceError, ssl.SSLError, OSError) as exc:
         raise CloseConnection(describe_tls_failure(exc)) from None
     return tls
+
+
+def certificate_tid(tls: trio.SSLStream[trio.SocketStream]) -> str:
+    """The TID a terminal's client certificate names: its subject CN ('' without one, which
+    matches no TID). ``poshost tls make-lab-ca --tid`` writes such certificates."""
+    cert = tls.getpeercert() or {}
+    for rdn in cert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return ""
 
 
 def _next_payload(decoder: TcpFrameDecoder) -> bytes | None:

@@ -104,6 +104,8 @@ class Exchange:
     undecodable: bool = False
     peer: str | None = None
     """The source address, when the operator guards peers (host/peers.py)."""
+    cert_tid: str | None = None
+    """The TID the connection's client certificate is bound to (serve --tls-bind-tid)."""
 
 
 class TerminalLanes:
@@ -156,7 +158,8 @@ class HostService:
         self.guard = guard
         self._pan_hash_key: str | None = None
 
-    async def handle(self, payload: bytes, peer: str | None = None) -> bytes:
+    async def handle(self, payload: bytes, peer: str | None = None,
+                     cert_tid: str | None = None) -> bytes:
         """Answer one frame payload; raise CloseConnection when it cannot be answered.
         ``peer``: the source address, for the unexpected-peer alert (host/peers.py)."""
         started = time.perf_counter()
@@ -166,6 +169,7 @@ class HostService:
             raise CloseConnection(str(exc)) from None
         ex = self._decode(frame)
         ex.peer = peer
+        ex.cert_tid = cert_tid
         async with self.lanes.hold(ex.request.get("41", "")):
             response = await self._answer(ex)
             if self.metrics is not None:
@@ -263,10 +267,19 @@ class HostService:
     async def _dispatch(self, ex: Exchange, now: datetime) -> Message:
         kind, doc, terminal = ex.kind, ex.request, ex.terminal
         assert kind is not None and terminal is not None
+        if ex.cert_tid is not None and ex.cert_tid != terminal.tid:
+            log.warning("ALERT tid=%s %s on a TLS connection whose certificate names %r:"
+                        " refused", terminal.tid, kind.name, ex.cert_tid)
+            if self.metrics is not None:
+                self.metrics.peer_alerts[kind.name] += 1
+            raise CloseConnection(f"certificate for {ex.cert_tid!r} used for TID"
+                                  f" {terminal.tid} (--tls-bind-tid)")
         if self.guard is not None and ex.peer is not None:
             alert = self.guard.check(terminal.tid, kind.name, ex.peer)
             if alert is not None:
                 log.warning("%s", alert)
+                if self.metrics is not None:
+                    self.metrics.peer_alerts[kind.name] += 1
                 if self.guard.refuses(terminal.tid):
                     raise CloseConnection(f"{alert}: refused (--enforce-terminal-peers)")
         if kind.name == "sign_on":

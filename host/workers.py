@@ -411,7 +411,8 @@ async def serve_worker(config: dict[str, Any]) -> None:
                 tls_listeners = [await open_shared_listener(*tls["listen"])] if tls else []
                 context = server_context(tls["cert"], tls["key"], tls["client_ca"]) if tls \
                     else None
-                server = Server(service, admission_share=1 / config["count"], guard=guard)
+                server = Server(service, admission_share=1 / config["count"], guard=guard,
+                                bind_tls_tid=bool(tls and tls.get("bind_tid")))
                 store.say_listening(config["index"])
                 await server.serve([listener], stop, tls_listeners=tls_listeners,
                                    tls_context=context)  # returns once drained

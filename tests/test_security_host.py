@@ -116,8 +116,13 @@ async def test_allow_list_closes_connections_from_other_addresses(
 
 async def test_alert_on_management_traffic_from_an_unexpected_peer(
         tmp_path: Path, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture) -> None:
+    from host.observe import HttpSettings
+    from tests.test_host_observability import http_get
+
     caplog.set_level(logging.WARNING, logger="poshost")
-    host, port = await _host(tmp_path, nursery, terminal_peers=(f"{TID}=127.0.0.1",))
+    http = HttpSettings(port=0)
+    host, port = await _host(tmp_path, nursery, terminal_peers=(f"{TID}=127.0.0.1",),
+                             http=http)
     zero = SettlementTotals(Totals(0, 0, 0, 0), Totals(0, 0, 0, 0))
     good = await _terminal_from(host, port, "127.0.0.1")
     try:
@@ -135,6 +140,15 @@ async def test_alert_on_management_traffic_from_an_unexpected_peer(
     alerts = [r.getMessage() for r in caplog.records if "ALERT" in r.getMessage()]
     assert any(f"tid={TID} sign_on from unexpected peer 127.0.0.3" in a for a in alerts)
     assert any(f"tid={TID} settlement from unexpected peer 127.0.0.3" in a for a in alerts)
+    assert http.bound is not None  # and the operator's dashboard counts them
+    for _ in range(50):  # the figures are sampled once a second
+        _, _, body = await http_get(http.bound, "/metrics")
+        if 'poshost_peer_alerts_total{kind="settlement"} 1.0' in body.decode():
+            break
+        await trio.sleep(0.1)
+    text = body.decode()
+    assert 'poshost_peer_alerts_total{kind="sign_on"} 1.0' in text
+    assert 'poshost_peer_alerts_total{kind="settlement"} 1.0' in text
 
 
 async def test_enforced_terminal_peers_leave_a_rogue_sign_on_unanswered(

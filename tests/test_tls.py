@@ -51,10 +51,11 @@ def other_lab(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 async def start_host(nursery: trio.Nursery, db_path: Path, lab: Path, *, mutual: bool,
-                     hsm: str = "embedded", pcap: Path | None = None) -> tuple[int, int]:
+                     hsm: str = "embedded", pcap: Path | None = None,
+                     bind_tid: bool = False) -> tuple[int, int]:
     """A host with a plain and a TLS listener; (plain port, TLS port)."""
     tls = TlsListen("127.0.0.1", 0, lab / "server.pem", lab / "server.key",
-                    lab / "ca.pem" if mutual else None)
+                    lab / "ca.pem" if mutual else None, bind_tid)
     config = HostConfig(listen_port=0, db_path=db_path, hsm=hsm, tls=tls, pcap=pcap)
     _, port = await nursery.start(run_host, config)
     assert tls.bound is not None
@@ -124,6 +125,27 @@ async def test_tls_and_plain_terminals_side_by_side_with_mutual_tls(
     # ... and the host keeps serving both kinds of terminal.
     await sign_on_and_sell(plain, card, 300)
     await sign_on_and_sell(secure, card, 400)
+
+
+async def test_a_terminal_certificate_is_bound_to_its_tid(
+        tmp_path: Path, lab: Path, nursery: trio.Nursery,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The attack: a terminal with a valid certificate (CN TLS00001) signs on, or settles, as
+    another terminal. With --tls-bind-tid the connection is closed unanswered."""
+    db = tmp_path / "host.db"
+    card = await provisioned(db)
+    _, tls_port = await start_host(nursery, db, lab, mutual=True, bind_tid=True)
+    context = tls_context(str(lab / "ca.pem"), str(lab / "terminal.pem"),
+                          str(lab / "terminal.key"))
+    caplog.set_level(logging.WARNING)
+    impostor = terminal(tmp_path / "imp.db", "12345678", tls_port, context)
+    with pytest.raises(NoResponse):
+        await impostor.sign_on()
+    await impostor.transport.aclose()
+    assert "ALERT tid=12345678 sign_on on a TLS connection whose certificate names" \
+           " 'TLS00001': refused" in caplog.text
+    owner = terminal(tmp_path / "own.db", TLS_TID, tls_port, context)
+    await sign_on_and_sell(owner, card, 100)
 
 
 async def test_hostile_handshakes_cost_only_their_connection(
