@@ -208,8 +208,18 @@ class _Cli(click.Group):
         except KeyboardInterrupt:
             click.echo("poshost: interrupted", err=True)
             sys.exit(EXIT_INTERRUPTED)
+        except BrokenPipeError:  # `poshost txn list | head`: the reader has all it wanted
+            _quiet_stdout()
+            sys.exit(0)
         except OSError as exc:
             _fail(f"{exc.strerror or exc}")
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 @click.group(cls=_Cli, epilog="""\b
@@ -652,8 +662,15 @@ def issuer_key() -> None:
     """Issuer master keys for chip cryptograms (MK-AC, key type 109) per BIN prefix."""
 
 
+def _bin_prefix(value: str) -> str:
+    if not (value.isascii() and value.isdigit() and 6 <= len(value) <= 11):
+        raise click.BadParameter(f"must be 6-11 digits, not {value!r}")
+    return value
+
+
 @issuer_key.command("add")
-@click.option("--bin", "bin_prefix", required=True, help="BIN prefix, 6-11 digits.")
+@click.option("--bin", "bin_prefix", required=True, callback=lambda _c, _p, v: _bin_prefix(v),
+              help="BIN prefix, 6-11 digits.")
 @click.option("--imk-ac", default=None,
               help="Clear IMK-AC, 32 hex (test LMK only); else the HSM generates it.")
 @db_option

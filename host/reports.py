@@ -37,9 +37,10 @@ def list_cards(conn: sqlite3.Connection) -> list[dict]:
         for r in rows:
             r["pan"] = mask_pan(r["pan"])
         return rows
-    return _rows(conn, "SELECT pan_masked AS pan, pan_hash AS id, expiry, balance,"
-                       " limit_minor AS 'limit', status, pin_tries, domestic, cvm FROM cards"
-                       " ORDER BY pan_masked")
+    return _rows(conn, "SELECT pan_masked AS pan, cards.pan_hash AS id, expiry, balance,"
+                       " limit_minor AS 'limit', status, pin_tries, domestic, cvm,"
+                       " chip_cards.psn AS chip_psn FROM cards LEFT JOIN chip_cards"
+                       " ON chip_cards.pan_hash = cards.pan_hash ORDER BY pan_masked")
 
 
 def txn_status(row: sqlite3.Row | dict) -> str:

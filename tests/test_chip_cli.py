@@ -32,12 +32,14 @@ def test_poshost_issuer_key_card_and_demo(tmp_path: Path) -> None:
     r = host_cli("issuer-key", "add", "--bin", "622202", "--db", db)
     assert r.exit_code == 1 and "already has an issuer key" in r.output
     r = host_cli("issuer-key", "add", "--bin", "62", "--db", db)
-    assert r.exit_code == 1 and "6-11 digits" in r.output
+    assert r.exit_code == 2 and "6-11 digits" in r.output
     r = host_cli("card", "add", "--pan", PAN, "--expiry", "3012", "--pin", "1234",
                  "--balance", "100.00", "--chip", "--psn", "02", "--db", db)
     assert r.exit_code == 0 and "chip, PSN 02" in r.output and PAN not in r.output
     r = host_cli("issuer-key", "list", "--db", db)
     assert "622202" in r.output and "850571" in r.output
+    r = host_cli("card", "list", "--json", "--db", db)
+    assert [c["chip_psn"] for c in json.loads(r.output)] == ["02"]
 
     demo = str(tmp_path / "demo.db")
     r = host_cli("init", "--demo", "--db", demo)
