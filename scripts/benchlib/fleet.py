@@ -31,9 +31,11 @@ def fleet_of(count: int) -> Fleet:
                  [lab_pan(CARD_PREFIX, i) for i in range(1, count + 1)])
 
 
-async def provision(db_path: Path, count: int, *, balance: int = CARD_BALANCE) -> Fleet:
-    """Provision ``count`` terminals and cards into ``db_path`` (created if absent)."""
-    from host.provision import add_card, add_merchant, add_terminal
+async def provision(db_path: Path, count: int, *, balance: int = CARD_BALANCE,
+                    chip_imk: str | None = None) -> Fleet:
+    """Provision ``count`` terminals and cards into ``db_path`` (created if absent). With
+    ``chip_imk`` (32 hex) the cards are chip cards (PSN 01) of an issuer key for their BIN."""
+    from host.provision import add_card, add_issuer_key, add_merchant, add_terminal
     from hsm_sim.client import HsmClient
     from hsm_sim.commands import HsmEngine
 
@@ -41,9 +43,12 @@ async def provision(db_path: Path, count: int, *, balance: int = CARD_BALANCE) -
     fleet = fleet_of(count)
     try:
         await add_merchant(db_path, BENCH_MID, "bench merchant")
+        if chip_imk is not None:
+            await add_issuer_key(db_path, hsm, CARD_PREFIX[:6], chip_imk)
         for tid, pan in zip(fleet.tids, fleet.pans, strict=True):
             await add_terminal(db_path, hsm, tid, BENCH_MID, tmk_hex=BENCH_TMK_HEX)
-            await add_card(db_path, hsm, pan, CARD_EXPIRY, TEST_PIN, balance)
+            await add_card(db_path, hsm, pan, CARD_EXPIRY, TEST_PIN, balance,
+                           chip_psn="01" if chip_imk else None)
     finally:
         await hsm.aclose()
     return fleet
