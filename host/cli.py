@@ -860,12 +860,18 @@ def settlement() -> None:
               help="Write to this file instead of stdout.")
 @db_option
 def settlement_report(day: str, fmt: str, out: Path | None, db_path: Path) -> None:
-    """The day's reconciliation file: one line per transaction, totals per merchant,
-    per terminal and overall."""
-    report = reports.settlement_report(_read(db_path), day)
-    text = json.dumps(report, indent=2) + "\n" if fmt == "json" else reports.report_csv(report)
+    """The day's reconciliation file: one line per transaction (with its merchant fee and
+    channel cost), totals per merchant, per terminal and overall, then per merchant (net to
+    pay, fees to bill), per fee standard and per channel."""
+    from host.feereport import fee_report_csv, fee_settlement_report
+
+    report = fee_settlement_report(_read(db_path), day)
+    text = json.dumps(report, indent=2) + "\n" if fmt == "json" else fee_report_csv(report)
     if out is None:
         click.echo(text, nl=False)
     else:
         out.write_text(text)
         click.echo(f"{len(report['lines'])} line(s) written to {out}")
+
+
+from host import feecli as _feecli  # noqa: E402,F401  (registers fee, merchant set, settlement merchants)
