@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from host.feestore import TxnFee, ensure_fee_schema, txn_fees
+from host.feestore import TxnFee, txn_fees
 from host.reports import settlement_report
 
 ON_US = "on-us"
@@ -61,7 +61,6 @@ def _line_facts(conn: sqlite3.Connection, date: str) -> list[_Facts]:
 def fee_settlement_report(conn: sqlite3.Connection, date: str) -> dict[str, Any]:
     """host.reports.settlement_report with fee columns on each line and the sections
     ``merchant_days``, ``fee_standards`` and ``channels``."""
-    ensure_fee_schema(conn)
     conn.execute("BEGIN")  # one snapshot for both reads
     try:
         report = settlement_report(conn, date)

@@ -50,6 +50,17 @@ def ensure_fee_schema(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+def has_fee_tables(conn: sqlite3.Connection) -> bool:
+    """Whether the fee tables exist (readers create nothing: a report on a store without
+    fees changes nothing and shows no fee)."""
+    try:
+        conn.execute("SELECT 1 FROM fee_standards WHERE 1=0")
+        conn.execute("SELECT 1 FROM merchant_fees WHERE 1=0")
+    except sqlite3.OperationalError:
+        return False
+    return True
+
+
 def _now() -> str:
     return datetime.now().isoformat(timespec="seconds")
 
@@ -66,8 +77,8 @@ class _Write:
         self.conn = conn
 
     def __enter__(self) -> sqlite3.Connection:
-        ensure_fee_schema(self.conn)
         self.conn.execute("BEGIN IMMEDIATE")
+        ensure_fee_schema(self.conn)  # inside: a refused change leaves no trace
         return self.conn
 
     def __exit__(self, exc_type: object, *_: object) -> None:
@@ -121,14 +132,16 @@ def assign(conn: sqlite3.Connection, mid: str, standard: str | None,
 
 
 def list_standards(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-    ensure_fee_schema(conn)
+    if not has_fee_tables(conn):
+        return []
     return [dict(r) for r in conn.execute(
         "SELECT name, version, model, collect, created, after_txn AS from_txn_after"
         " FROM fee_standards ORDER BY name, version")]
 
 
 def list_assignments(conn: sqlite3.Connection, mid: str | None = None) -> list[dict[str, Any]]:
-    ensure_fee_schema(conn)
+    if not has_fee_tables(conn):
+        return []
     where, args = ("WHERE mid=?", (mid,)) if mid else ("", ())
     rows = [dict(r) for r in conn.execute(
         "SELECT mid, organisation, entry_mode, seq, standard, created,"
@@ -183,13 +196,14 @@ class FeeBook:
     force for a transaction and what it owes."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
-        ensure_fee_schema(conn)
         self._versions: dict[str, list[Standard]] = {}
+        self._assignments: dict[tuple[str, str, str], list[tuple[int, str | None]]] = {}
+        if not has_fee_tables(conn):
+            return
         for r in conn.execute("SELECT * FROM fee_standards ORDER BY name, version"):
             self._versions.setdefault(r["name"], []).append(Standard(
                 r["name"], r["version"], parse_fee_model(r["model"]), r["collect"],
                 r["after_txn"]))
-        self._assignments: dict[tuple[str, str, str], list[tuple[int, str | None]]] = {}
         for r in conn.execute("SELECT * FROM merchant_fees ORDER BY seq"):
             key = (r["mid"], r["organisation"], r["entry_mode"])
             self._assignments.setdefault(key, []).append((r["after_txn"], r["standard"]))
