@@ -32,6 +32,9 @@ ENTRY_MODES: dict[str, tuple[str, ...]] = {
 }
 """Entry mode names a merchant's standard can depend on -> F22's first two digits."""
 
+LOOKUP_CHUNK = 500
+"""Transaction ids per IN (...) lookup (SQLite's bound-parameter limit is 32766 at most)."""
+
 FEE_SCHEMA = (
     "CREATE TABLE IF NOT EXISTS fee_standards ("
     " name TEXT NOT NULL, version INTEGER NOT NULL, model TEXT NOT NULL,"
@@ -252,19 +255,21 @@ def txn_fees(conn: sqlite3.Connection, rows: Iterable[sqlite3.Row | dict]) -> di
     voids and declines."""
     rows = list(rows)
     book = FeeBook(conn)
-    sale_ids = {r["orig_id"] for r in rows if r["kind"] == "refund" and r["orig_id"]}
-    sale_ids |= {r["id"] for r in rows if r["kind"] == "sale"}
-    sales = _by_id(conn, sale_ids)
-    entries = _entry_modes(conn, sale_ids)
+    sales = {r["id"]: r for r in rows if r["kind"] == "sale"}
+    sales.update(_by_id(conn, {r["orig_id"] for r in rows if r["kind"] == "refund"
+                               and r["orig_id"] and r["orig_id"] not in sales}))
+    entries = _entry_modes(conn, list(sales))
+    refunds = [r for r in rows if r["kind"] == "refund" and r["rc"] == APPROVED
+               and r["orig_id"] in sales]
+    before = _refunded_before(conn, refunds)
     out: dict[int, TxnFee] = {}
     for r in rows:
         if r["kind"] == "sale" and is_live(r):
             out[r["id"]] = book.sale_fee(r, entries.get(r["id"], ANY))
-        elif r["kind"] == "refund" and r["rc"] == APPROVED and r["orig_id"] in sales:
+        elif r["id"] in before:
             sale = sales[r["orig_id"]]
             charged = book.sale_fee(sale, entries.get(sale["id"], ANY))
-            before = _refunded_before(conn, sale["id"], r["id"])
-            returned = fee_returned(charged.fee, sale["amount"], before, r["amount"])
+            returned = fee_returned(charged.fee, sale["amount"], before[r["id"]], r["amount"])
             out[r["id"]] = TxnFee(-returned, charged.standard)
         else:
             out[r["id"]] = NO_FEE
@@ -272,6 +277,7 @@ def txn_fees(conn: sqlite3.Connection, rows: Iterable[sqlite3.Row | dict]) -> di
 
 
 def _by_id(conn: sqlite3.Connection, ids: set[int]) -> dict[int, sqlite3.Row]:
+    """Sales refunded on the report's day but made on an earlier one."""
     out = {}
     for txn_id in ids:
         row = conn.execute("SELECT * FROM txns WHERE id=?", (txn_id,)).fetchone()
@@ -280,13 +286,32 @@ def _by_id(conn: sqlite3.Connection, ids: set[int]) -> dict[int, sqlite3.Row]:
     return out
 
 
-def _entry_modes(conn: sqlite3.Connection, ids: set[int]) -> dict[int, str]:
+def _entry_modes(conn: sqlite3.Connection, ids: list[int]) -> dict[int, str]:
     from host.chip import entry_data
 
-    return {i: entry_mode_name(d["entry_mode"]) for i, d in entry_data(conn, list(ids)).items()}
+    out: dict[int, str] = {}
+    for start in range(0, len(ids), LOOKUP_CHUNK):
+        data = entry_data(conn, ids[start:start + LOOKUP_CHUNK])
+        out.update({i: entry_mode_name(d["entry_mode"]) for i, d in data.items()})
+    return out
 
 
-def _refunded_before(conn: sqlite3.Connection, sale_id: int, refund_id: int) -> int:
-    return int(conn.execute(
-        "SELECT COALESCE(SUM(amount), 0) FROM txns WHERE orig_id=? AND kind='refund'"
-        " AND rc=? AND id<?", (sale_id, APPROVED, refund_id)).fetchone()[0])
+def _refunded_before(conn: sqlite3.Connection, refunds: list[sqlite3.Row | dict]
+                     ) -> dict[int, int]:
+    """Per refund: what earlier approved refunds of the same sale came to. One range scan
+    over the primary key (a sale's refunds come after it)."""
+    if not refunds:
+        return {}
+    sale_ids = {r["orig_id"] for r in refunds}
+    wanted = {r["id"] for r in refunds}
+    done: dict[int, int] = {}
+    out: dict[int, int] = {}
+    for txn_id, sale_id, amount in conn.execute(
+            "SELECT id, orig_id, amount FROM txns WHERE id > ? AND id <= ? AND kind='refund'"
+            " AND rc=? ORDER BY id", (min(sale_ids), max(wanted), APPROVED)):
+        if sale_id not in sale_ids:
+            continue
+        if txn_id in wanted:
+            out[txn_id] = done.get(sale_id, 0)
+        done[sale_id] = done.get(sale_id, 0) + amount
+    return out
