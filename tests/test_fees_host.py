@@ -243,3 +243,34 @@ async def test_fee_commands_refuse_clearly(running_host: RunningHost) -> None:
     report = fee_settlement_report(conn, date.today().isoformat())
     conn.close()
     assert [x["fee"] for x in report["lines"]] == [0]
+
+
+async def test_the_readme_day(running_host: RunningHost) -> None:
+    """README, 'A day with two merchants': the numbers a person checks by hand."""
+    db = running_host.db_path
+    await add_merchant(db, MID2, "Book shop")
+    await add_terminal(db, running_host.hsm, TID2, MID2, tmk_hex=TMK)
+    poshost(db, "fee", "add", "--name", "STD-1", "--model", "percent:0.38%,min:0.10,max:25.00")
+    poshost(db, "fee", "add", "--name", "STD-2", "--model",
+            "tiers:100.00=1%/*=0.5%,per-txn:0.10", "--collect", "external")
+    poshost(db, "merchant", "set", "--mid", running_host.mid, "--fee", "STD-1")
+    poshost(db, "merchant", "set", "--mid", MID2, "--fee", "STD-2")
+    good = running_host.cards["good"]
+    a = running_host.terminal()
+    b = TestTerminal(running_host.host, running_host.port, TID2, MID2, TMK)
+    async with a, b:
+        await a.sign_on()
+        await b.sign_on()
+        for amount in (10_000, 1_000):
+            await a.sale(good, amount)
+        voided = await a.sale(good, 5_000)
+        await a.sale(good, 800_000)
+        assert (await a.void(good, voided)).code == "00"
+        await b.sale(good, 10_000)
+        refunded = await b.sale(good, 25_000)
+        assert (await b.refund(good, refunded, 10_000)).code == "00"
+    rows = json.loads(poshost(db, "settlement", "merchants", "--date",
+                              date.today().isoformat(), "--json"))
+    assert [(r["gross"], r["refunds"], r["fees"], r["net_to_pay"], r["fees_to_bill"])
+            for r in rows] == [(811_000, 0, 2_548, 808_452, 0),
+                               (35_000, 10_000, 191, 25_000, 191)]
