@@ -131,7 +131,8 @@ def settlement_merchants(day: str, as_json: bool, db_path: Path) -> None:
         click.echo(json.dumps(rows, indent=2))
         return
     _emit_rows(_major(rows, MONEY), False, ["mid", "name", "sales", "gross", "refunds",
-                                             "fees", "net_to_pay", "fees_to_bill"])
+                                             "fees", "net_to_pay", "fees_to_bill",
+                                             "standards"])
 
 
 @settlement.command("margins")

@@ -25,7 +25,7 @@ ON_US = "on-us"
 FEE_COLUMNS = ("fee_standard", "collect", "fee", "channel", "channel_cost", "margin")
 MERCHANT_COLUMNS = ("mid", "name", "sales", "gross", "refunds_count", "refunds", "fees",
                     "fees_internal", "fees_external", "net_to_pay", "fees_to_bill",
-                    "channel_cost", "margin")
+                    "channel_cost", "margin", "standards")
 MARGIN_COLUMNS = ("count", "revenue", "cost", "margin")
 
 
@@ -102,7 +102,9 @@ def merchant_days(lines: list[dict[str, Any]], names: dict[str, str]) -> list[di
             "refunds_count": len(refunds), "refunds": refunded, "fees": internal + external,
             "fees_internal": internal, "fees_external": external,
             "net_to_pay": gross - refunded - internal, "fees_to_bill": external,
-            "channel_cost": cost, "margin": internal + external - cost})
+            "channel_cost": cost, "margin": internal + external - cost,
+            "standards": " ".join(sorted({x["fee_standard"] for x in mine
+                                          if x["fee_standard"]}))})
     return out
 
 

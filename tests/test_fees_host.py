@@ -121,11 +121,12 @@ async def test_fees_over_a_day_of_sales_voids_refunds_reversals(
         "refunds": 20_000, "fees": 38 + 10 + 76 - 19 - 57 + 10 + 20 + 100,
         "fees_internal": 178, "fees_external": 0,
         "net_to_pay": 44_000 - 20_000 - 178, "fees_to_bill": 0,
-        "channel_cost": 0, "margin": 178}
+        "channel_cost": 0, "margin": 178, "standards": "FOREIGN v1 STD-1 v1 STD-1 v2"}
     assert days[MID2] | {"name": ""} == {
         "mid": MID2, "name": "", "sales": 3, "gross": 20_701, "refunds_count": 1,
         "refunds": 10_000, "fees": 160, "fees_internal": 0, "fees_external": 160,
-        "net_to_pay": 10_701, "fees_to_bill": 160, "channel_cost": 0, "margin": 160}
+        "net_to_pay": 10_701, "fees_to_bill": 160, "channel_cost": 0, "margin": 160,
+        "standards": "KEYED v1 STD-2 v1"}
     assert set(report["fee_standards"]) == {"STD-1 v1", "STD-1 v2", "FOREIGN v1",
                                             "STD-2 v1", "KEYED v1"}
     assert report["channels"] == {"on-us": {"count": 12, "revenue": 338, "cost": 0,
@@ -274,3 +275,23 @@ async def test_the_readme_day(running_host: RunningHost) -> None:
     assert [(r["gross"], r["refunds"], r["fees"], r["net_to_pay"], r["fees_to_bill"])
             for r in rows] == [(811_000, 0, 2_548, 808_452, 0),
                                (35_000, 10_000, 191, 25_000, 191)]
+
+
+async def test_a_refund_on_a_later_day_returns_its_sales_fee(running_host: RunningHost) -> None:
+    """The sale counts on its own day; its refunds return their share on theirs, under the
+    sale's standard version (read back from the earlier day's row)."""
+    await _day(running_host)
+    conn = connect(running_host.db_path)
+    conn.execute("UPDATE txns SET settlement_date='2000-01-02' WHERE kind='sale' AND"
+                 " amount=20000")
+    earlier = fee_settlement_report(conn, "2000-01-02")
+    today = fee_settlement_report(conn, date.today().isoformat())
+    conn.close()
+    assert [(x["type"], x["fee"], x["fee_standard"]) for x in earlier["lines"]] == [
+        ("sale", 76, "STD-1 v1")]
+    refunds = [(x["fee"], x["fee_standard"]) for x in today["lines"] if x["type"] == "refund"]
+    assert refunds == [(-19, "STD-1 v1"), (-57, "STD-1 v1"), (-110, "STD-2 v1")]
+    days = {m["mid"]: m for m in today["merchant_days"]}
+    assert days[running_host.mid]["fees"] == 178 - 76
+    _assert_totals_add_up(today)
+    _assert_totals_add_up(earlier)
