@@ -7,7 +7,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
+import random
 from datetime import date
+from fractions import Fraction
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -295,3 +298,84 @@ async def test_a_refund_on_a_later_day_returns_its_sales_fee(running_host: Runni
     assert days[running_host.mid]["fees"] == 178 - 76
     _assert_totals_add_up(today)
     _assert_totals_add_up(earlier)
+
+
+def _oracle_fee(amount: int) -> int:
+    """STD-1 (0.38 %, min 0.10, max 25.00) written out apart from host/fees.py."""
+    return min(max((amount * 38 * 2 + 10_000) // 20_000, 10), 2_500, amount)
+
+
+def _oracle_share(fee: int, part: int, whole: int) -> int:
+    exact = Fraction(fee * part, whole)
+    return math.floor(exact + Fraction(1, 2))
+
+
+async def test_random_sequences_keep_fees_exact(running_host: RunningHost) -> None:
+    """Seeded random sales, voids, reversals (of sales and of voids) and partial refunds over
+    TCP; every line's fee and every total against a model kept apart from the host's."""
+    db, rng = running_host.db_path, random.Random(21)
+    poshost(db, "fee", "add", "--name", "STD-1", "--model", "percent:0.38%,min:0.10,max:25.00")
+    poshost(db, "merchant", "set", "--mid", running_host.mid, "--fee", "STD-1")
+    good = running_host.cards["good"]
+    sales: list[dict] = []          # answer, amount, live, refunded, void (answer or None)
+    expected: list[list[int]] = []  # per txns row, in order: [fee] (a list: updated later)
+    done: dict[str, int] = {}
+    async with running_host.terminal() as t:
+        await t.sign_on()
+        for _ in range(60):
+            live = [s for s in sales if s["live"]]
+            unrefunded = [s for s in live if not s["refunded"]]
+            voided = [s for s in sales if s["void"] is not None and not s["live"]
+                      and not s["reversed"]]
+            op = rng.choice(["sale"] * 3 + ["void", "refund", "reverse", "unvoid"])
+            if op == "void" and unrefunded:
+                s = rng.choice(unrefunded)
+                s["void"] = await t.void(good, s["answer"])
+                done["void"] = done.get("void", 0) + 1
+                assert s["void"].code == "00"
+                s["live"] = False
+                s["row"][0] = 0
+                expected.append([0])
+            elif op == "refund" and [s for s in live if s["refunded"] < s["amount"]]:
+                s = rng.choice([s for s in live if s["refunded"] < s["amount"]])
+                part = rng.choice([s["amount"] - s["refunded"],
+                                   rng.randint(1, s["amount"] - s["refunded"])])
+                assert (await t.refund(good, s["answer"], part)).code == "00"
+                done["refund"] = done.get("refund", 0) + 1
+                fee = _oracle_fee(s["amount"])
+                back = (_oracle_share(fee, s["refunded"] + part, s["amount"])
+                        - _oracle_share(fee, s["refunded"], s["amount"]))
+                s["refunded"] += part
+                expected.append([-back])
+            elif op == "reverse" and unrefunded:
+                s = rng.choice(unrefunded)
+                assert (await t.reverse(s["answer"].request)).code == "00"
+                done["reverse"] = done.get("reverse", 0) + 1
+                s["live"], s["reversed"] = False, True
+                s["row"][0] = 0
+            elif op == "unvoid" and voided:
+                s = rng.choice(voided)
+                assert (await t.reverse(s["void"].request)).code == "00"
+                done["unvoid"] = done.get("unvoid", 0) + 1
+                s["live"], s["void"] = True, None
+                s["row"][0] = _oracle_fee(s["amount"])
+            else:
+                amount = rng.choice([rng.randint(1, 3_000), rng.randint(1, 1_000_000),
+                                     2_631, 2_632, 657_894, 657_895])
+                answer = await t.sale(good, amount)
+                done["sale"] = done.get("sale", 0) + 1
+                assert answer.code == "00"
+                row = [_oracle_fee(amount)]
+                sales.append({"answer": answer, "amount": amount, "live": True,
+                              "refunded": 0, "void": None, "reversed": False, "row": row})
+                expected.append(row)
+    assert min(done.get(op, 0) for op in ("sale", "void", "refund", "reverse", "unvoid")) >= 2
+    conn = connect(db)
+    report = fee_settlement_report(conn, date.today().isoformat())
+    conn.close()
+    assert [x["fee"] for x in report["lines"]] == [e[0] for e in expected]
+    _assert_totals_add_up(report)
+    (day,) = report["merchant_days"]
+    assert day["fees"] == sum(e[0] for e in expected)
+    assert day["net_to_pay"] == (sum(s["amount"] for s in sales if s["live"])
+                                 - sum(s["refunded"] for s in sales) - day["fees"])
