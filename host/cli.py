@@ -851,6 +851,9 @@ def settlement() -> None:
     """The acquirer's daily reconciliation file."""
 
 
+from host import feecli as _feecli  # noqa: E402,F401  fee, merchant set, settlement merchants|margins
+
+
 @settlement.command("report")
 @click.option("--date", "day", required=True, type=params.DAY,
               help="Settlement date YYYY-MM-DD.")
@@ -872,6 +875,3 @@ def settlement_report(day: str, fmt: str, out: Path | None, db_path: Path) -> No
     else:
         out.write_text(text)
         click.echo(f"{len(report['lines'])} line(s) written to {out}")
-
-
-from host import feecli as _feecli  # noqa: E402,F401  (registers fee, merchant set, settlement merchants)
