@@ -875,6 +875,9 @@ def settlement() -> None:
     """The acquirer's daily reconciliation file."""
 
 
+from host import feecli as _feecli  # noqa: E402,F401  fee, merchant set, settlement merchants|margins
+
+
 @settlement.command("report")
 @click.option("--date", "day", required=True, type=params.DAY,
               help="Settlement date YYYY-MM-DD.")
@@ -884,10 +887,13 @@ def settlement() -> None:
               help="Write to this file instead of stdout.")
 @db_option
 def settlement_report(day: str, fmt: str, out: Path | None, db_path: Path) -> None:
-    """The day's reconciliation file: one line per transaction, totals per merchant,
-    per terminal and overall."""
-    report = reports.settlement_report(_read(db_path), day)
-    text = json.dumps(report, indent=2) + "\n" if fmt == "json" else reports.report_csv(report)
+    """The day's reconciliation file: one line per transaction (with its merchant fee and
+    channel cost), totals per merchant, per terminal and overall, then per merchant (net to
+    pay, fees to bill), per fee standard and per channel."""
+    from host.feereport import fee_report_csv, fee_settlement_report
+
+    report = fee_settlement_report(_read(db_path), day)
+    text = json.dumps(report, indent=2) + "\n" if fmt == "json" else fee_report_csv(report)
     if out is None:
         click.echo(text, nl=False)
     else:

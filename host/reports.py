@@ -193,13 +193,14 @@ def _totals(lines: list[ReportLine], key: str) -> dict[str, dict[str, int]]:
     return {k: _sum(v) for k, v in sorted(groups.items())}
 
 
-def report_csv(report: dict[str, Any]) -> str:
-    """Lines, then one TOTAL row per merchant and per terminal and the grand total."""
+def report_csv(report: dict[str, Any], columns: tuple[str, ...] = REPORT_COLUMNS) -> str:
+    """Lines (``columns`` of each), then one TOTAL row per merchant and per terminal and the
+    grand total."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(REPORT_COLUMNS)
+    writer.writerow(columns)
     for line in report["lines"]:
-        writer.writerow([line[c] for c in REPORT_COLUMNS])
+        writer.writerow([line[c] for c in columns])
     writer.writerow([])
     writer.writerow(["total", "scope", "id", "count", "debit_amount", "debit_count",
                      "credit_amount", "credit_count", "net"])

@@ -47,6 +47,11 @@ POSHOST: dict[str, tuple[dict[str, str], list[str]]] = {
     "init": ({"--db": "{new_db}", **HSM_DOWN}, []),
     "spec": ({}, []),
     "merchant add": ({**DB, "--mid": "999999999999999", "--name": "Shop"}, []),
+    "merchant set": ({**DB, "--mid": "123456789012345", "--fee": "NOPE"}, []),
+    "fee add": ({**DB, "--name": "STD-9", "--model": "percent:0.38%,min:0.10"}, []),
+    "fee change": ({**DB, "--name": "NOPE", "--model": "per-txn:1.00"}, []),
+    "fee list": (dict(DB), []),
+    "fee assignments": ({**DB, "--mid": "123456789012345"}, []),
     "terminal add": ({**DB, **HSM_DOWN, "--tid": "87654321", "--mid": "123456789012345",
                       "--tmk": TMK}, []),
     "terminal add-range": ({**DB, **HSM_DOWN, "--tid-prefix": "LT", "--count": "2",
@@ -65,6 +70,8 @@ POSHOST: dict[str, tuple[dict[str, str], list[str]]] = {
     "exceptions list": (dict(DB), []),
     "exceptions resolve": ({**DB, "--comment": "checked"}, ["99"]),
     "settlement report": ({**DB, "--date": "2026-11-23", "--out": "{tmp}/eod.csv"}, []),
+    "settlement merchants": ({**DB, "--date": "2026-11-23"}, []),
+    "settlement margins": ({**DB, "--date": "2026-11-23"}, []),
     "tls make-lab-ca": ({"--tid": "12345678"}, ["{tmp}/ca"]),
 }
 CARD = {"--track2": TRACK2, "--pin": "1234"}
