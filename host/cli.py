@@ -883,8 +883,9 @@ from host import feecli as _feecli  # noqa: E402,F401  fee, merchant set, settle
               help="Settlement date YYYY-MM-DD.")
 @click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv",
               show_default=True, help="Output format.")
-@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="Write to this file instead of stdout.")
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
+              default=None,
+              help="Write to this file instead of stdout (- : stdout).")
 @db_option
 def settlement_report(day: str, fmt: str, out: Path | None, db_path: Path) -> None:
     """The day's reconciliation file: one line per transaction (with its merchant fee and
@@ -894,7 +895,7 @@ def settlement_report(day: str, fmt: str, out: Path | None, db_path: Path) -> No
 
     report = fee_settlement_report(_read(db_path), day)
     text = json.dumps(report, indent=2) + "\n" if fmt == "json" else fee_report_csv(report)
-    if out is None:
+    if out is None or str(out) == "-":
         click.echo(text, nl=False)
     else:
         out.write_text(text)
