@@ -23,7 +23,7 @@ from host.limits import TERMINAL_CACHE_TTL
 from host.metrics import ProcessMetrics
 from host.ops import Store
 from host.peers import PeerGuard
-from host.responses import minimal_response, request_digest, respond
+from host.responses import minimal_response, request_digest_raw, respond
 from host.rules import PinResult
 from hsm_sim.client import HsmClient
 from hsm_sim.errors import HsmError
@@ -46,12 +46,13 @@ from specs.composite import (
     encode_key_data,
 )
 from specs.errors import DecodeError, FramingError, SpecError, ValidationError
+from specs.fastcodec import Spans
 from specs.fields import MAC_FIELD
 from specs.framing import BODY_OFFSET, SIGN_ON_AGAIN, Frame, encode_frame_tcp
 from specs.messages import (
     Message,
     attach_mac,
-    decode_message,
+    decode_with_spans,
     encode_for_mac,
     encode_message,
     mac_block,
@@ -104,6 +105,9 @@ class Exchange:
     undecodable: bool = False
     peer: str | None = None
     """The source address, when the operator guards peers (host/peers.py)."""
+    spans: Spans | None = None
+    """Where each field lies in ``frame.body`` (for the request digest); None when
+    undecodable."""
 
 
 class TerminalLanes:
@@ -181,7 +185,8 @@ class HostService:
 
     def _decode(self, frame: Frame) -> Exchange:
         try:
-            return Exchange(frame, decode_message(frame.body, offset=BODY_OFFSET))
+            doc, spans = decode_with_spans(frame.body, offset=BODY_OFFSET)
+            return Exchange(frame, doc, spans=spans)
         except DecodeError as exc:
             tid = salvage_tid(exc.partial)
             mti = frame.body[:2].hex()
@@ -276,7 +281,9 @@ class HostService:
                 await self.store.apply("sign_off", terminal.tid)
                 self.terminals.forget(terminal.tid)
             return respond(kind, doc, APPROVED, now, self.rrns.next())
-        req = Request(kind, doc, request_digest(doc), now, self.rrns.next())
+        assert ex.spans is not None
+        req = Request(kind, doc, request_digest_raw(ex.frame.body, ex.spans), now,
+                      self.rrns.next())
         try:
             if kind.name == "settlement":
                 return await self.store.apply("settle", req,
