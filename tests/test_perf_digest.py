@@ -4,11 +4,15 @@ working keys (new PIN block and MAC) is the same request, any other change is no
 
 from __future__ import annotations
 
+import sqlite3
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from host.responses import DIGEST_EXCLUDED, request_digest, request_digest_raw
-from specs.messages import decode_with_spans, encode_message
+from specs.messages import decode_message, decode_with_spans, encode_message
+from tests.conftest import RunningHost
+from tests.test_host_flows import balance_of
 from tests.test_specs_fastcodec import _value, kind_messages
 
 
@@ -48,3 +52,24 @@ def test_pin_block_and_mac_are_left_out_but_the_amount_is_not() -> None:
     pan15 = {**sale, "2": "620000000000000"}  # the same data bytes (0 pad), another prefix
     assert _raw(pan16) != _raw(pan15)
     assert _raw(sale) != _raw({k: v for k, v in sale.items() if k != "53"} | {"52": "00" * 8})
+
+
+async def test_repeat_of_a_request_stored_with_the_json_digest_is_replayed(
+        running_host: RunningHost) -> None:
+    """A request committed by a host before the raw-bytes digest (its idempotence row has the
+    JSON digest) and repeated after the upgrade gets its stored answer, not a 94."""
+    card = running_host.cards["good"]
+    async with running_host.terminal() as t:
+        await t.sign_on()
+        first = await t.sale(card, 555)
+        doc = decode_message(encode_message(first.request))
+        conn = sqlite3.connect(running_host.db_path)
+        with conn:
+            conn.execute("UPDATE idempotence SET digest=? WHERE stan=? AND mti='0200'",
+                         (request_digest(doc), first.request["11"]))
+        conn.close()
+        again = await t.exchange(dict(first.request))
+        assert again.code == "00" and again["37"] == first["37"] and again["38"] == first["38"]
+        assert balance_of(running_host, "good") == card.balance_minor - 555
+        changed = {**first.request, "4": f"{556:012d}"}
+        assert (await t.exchange(changed)).code == "94"
