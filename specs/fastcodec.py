@@ -98,9 +98,9 @@ def decode_fast(body: bytes) -> tuple[dict[str, str], Spans] | None:
     """The message and its field spans as :func:`specs.messages.decode_message` would decode
     them, or None: then the reference decoder must run (it decodes it or says what is wrong)."""
     end_all = len(body)
-    if end_all < _FIELDS_START:
+    if end_all < _FIELDS_START or not isinstance(body, (bytes, bytearray)):
         return None
-    layout = _layout(body[MTI_LENGTH:_FIELDS_START])
+    layout = _layout(bytes(body[MTI_LENGTH:_FIELDS_START]))
     mti = body[:MTI_LENGTH].hex()
     if layout is None or not mti.isdigit():
         return None

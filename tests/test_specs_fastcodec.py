@@ -142,6 +142,7 @@ def test_known_frames_take_the_fast_path_and_keep_error_positions() -> None:
     for name, frame in FRAMES.items():
         body = frame[2 + BODY_OFFSET:]
         assert decode_fast(body) is not None, name
+        assert decode_fast(bytearray(body)) == decode_fast(body)  # what a buffer hands over
         doc, spans = decode_with_spans(body)
         assert doc == _decode_checked(body, 0) and spans == field_spans(body)
     sale = bytearray(FRAMES["sale"][2 + BODY_OFFSET:])
