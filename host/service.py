@@ -8,8 +8,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -23,7 +22,7 @@ from host.limits import TERMINAL_CACHE_TTL
 from host.metrics import ProcessMetrics
 from host.ops import Store
 from host.peers import PeerGuard
-from host.responses import minimal_response, request_digest, respond
+from host.responses import minimal_response, request_digest_raw, respond
 from host.rules import PinResult
 from hsm_sim.client import HsmClient
 from hsm_sim.errors import HsmError
@@ -46,12 +45,13 @@ from specs.composite import (
     encode_key_data,
 )
 from specs.errors import DecodeError, FramingError, SpecError, ValidationError
+from specs.fastcodec import Spans
 from specs.fields import MAC_FIELD
 from specs.framing import BODY_OFFSET, SIGN_ON_AGAIN, Frame, encode_frame_tcp
 from specs.messages import (
     Message,
     attach_mac,
-    decode_message,
+    decode_with_spans,
     encode_for_mac,
     encode_message,
     mac_block,
@@ -106,6 +106,9 @@ class Exchange:
     """The source address, when the operator guards peers (host/peers.py)."""
     cert_tid: str | None = None
     """The TID the connection's client certificate is bound to (serve --tls-bind-tid)."""
+    spans: Spans | None = None
+    """Where each field lies in ``frame.body`` (for the request digest); None when
+    undecodable."""
 
 
 class TerminalLanes:
@@ -113,28 +116,60 @@ class TerminalLanes:
     answer), so two requests in flight under one TID come from a misconfigured twin or a
     hostile peer. Serialising them keeps such a TID from racing itself (a sign-on against a
     sale) and from taking more of the host than one terminal's share, whatever number of
-    connections it opens. Waiters are served in arrival order (trio.Lock is fair)."""
+    connections it opens. Waiters are served in arrival order (trio.Lock is fair). A free
+    lane is taken without a trip through the scheduler (the request's later awaits
+    checkpoint); only a busy one waits."""
 
     def __init__(self) -> None:
-        self._lanes: dict[str, tuple[trio.Lock, list[int]]] = {}
+        self._lanes: dict[str, _Lane] = {}
 
-    @asynccontextmanager
-    async def hold(self, tid: str) -> AsyncIterator[None]:
-        lane = self._lanes.get(tid)
-        if lane is None:
-            lane = self._lanes[tid] = (trio.Lock(), [0])
-        lock, users = lane
-        users[0] += 1
-        try:
-            async with lock:
-                yield
-        finally:
-            users[0] -= 1
-            if not users[0]:
-                del self._lanes[tid]
+    def hold(self, tid: str) -> _Hold:
+        """``async with lanes.hold(tid):`` the TID's lane, for one request."""
+        return _Hold(self._lanes, tid)
 
     def __len__(self) -> int:
         return len(self._lanes)
+
+
+class _Lane:
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = trio.Lock()
+        self.users = 0
+        """Requests holding or waiting for the lane; it is dropped when none is left."""
+
+
+class _Hold:
+    __slots__ = ("_lane", "_lanes", "_tid")
+
+    def __init__(self, lanes: dict[str, _Lane], tid: str) -> None:
+        self._lanes = lanes
+        self._tid = tid
+
+    async def __aenter__(self) -> None:
+        lane = self._lanes.get(self._tid)
+        if lane is None:
+            lane = self._lanes[self._tid] = _Lane()
+        self._lane = lane
+        lane.users += 1
+        try:
+            lane.lock.acquire_nowait()  # WouldBlock while held or while others wait
+        except trio.WouldBlock:
+            try:
+                await lane.lock.acquire()
+            except BaseException:
+                self._leave()
+                raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._lane.lock.release()
+        self._leave()
+
+    def _leave(self) -> None:
+        self._lane.users -= 1
+        if not self._lane.users:
+            del self._lanes[self._tid]
 
 
 class HostService:
@@ -185,7 +220,8 @@ class HostService:
 
     def _decode(self, frame: Frame) -> Exchange:
         try:
-            return Exchange(frame, decode_message(frame.body, offset=BODY_OFFSET))
+            doc, spans = decode_with_spans(frame.body, offset=BODY_OFFSET)
+            return Exchange(frame, doc, spans=spans)
         except DecodeError as exc:
             tid = salvage_tid(exc.partial)
             mti = frame.body[:2].hex()
@@ -289,7 +325,9 @@ class HostService:
                 await self.store.apply("sign_off", terminal.tid)
                 self.terminals.forget(terminal.tid)
             return respond(kind, doc, APPROVED, now, self.rrns.next())
-        req = Request(kind, doc, request_digest(doc), now, self.rrns.next())
+        assert ex.spans is not None
+        req = Request(kind, doc, request_digest_raw(ex.frame.body, ex.spans), now,
+                      self.rrns.next())
         try:
             if kind.name == "settlement":
                 return await self.store.apply("settle", req,

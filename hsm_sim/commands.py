@@ -317,7 +317,10 @@ def _scheme_length(scheme: str) -> int:
     return SCHEME_LENGTHS[scheme]
 
 
+@lru_cache(maxsize=crypto.CIPHER_CACHE_SIZE)
 def _key_scheme_of(key_field: str) -> str:
+    """The scheme of a key field (cached: the hot keys, a terminal's MAK and TPK, come back
+    with every message; a malformed field raises and is not cached)."""
     return parse_key_field(key_field)[0]
 
 

@@ -22,6 +22,7 @@ from specs.codes import APPROVED, NO_MAC_CODES
 from specs.composite import Field60, encode_field60
 from specs.emv import is_chip_entry, parse_chip_request
 from specs.errors import DecodeError, EncodeError, ValidationError
+from specs.fastcodec import Spans, decode_fast, encode_fast
 from specs.fields import FIELDS, MAC_FIELD, MAC_LENGTH, SPEC
 from specs.framing import BITMAP_LENGTH, MTI_LENGTH
 
@@ -78,7 +79,18 @@ def decode_message(body: bytes, *, offset: int = 0) -> Message:
     raises :class:`DecodeError` naming the field and byte position, with the fields decoded
     before the fault in its ``partial``.
     """
-    return _decode_checked(body, offset)
+    return decode_with_spans(body, offset=offset)[0]
+
+
+def decode_with_spans(body: bytes, *, offset: int = 0) -> tuple[Message, Spans]:
+    """:func:`decode_message` and where each field's data lies in ``body`` (as
+    :func:`field_spans`). Well-formed messages take the fast path (specs/fastcodec.py); the
+    rest, and every error, come from the reference decoder."""
+    fast = decode_fast(body)
+    if fast is not None:
+        return fast
+    doc = _decode_checked(body, offset)
+    return doc, field_spans(body)
 
 
 def _decode_checked(body: bytes, offset: int) -> Message:
@@ -175,7 +187,11 @@ def _padded(doc: Mapping[str, str]) -> Message:
 
 
 def encode_message(doc: Mapping[str, str]) -> bytes:
-    """Encode a message (MTI onwards). Raises :class:`EncodeError` naming the field."""
+    """Encode a message (MTI onwards). Raises :class:`EncodeError` naming the field.
+    Well-formed messages take the fast path (specs/fastcodec.py), the rest pyiso8583."""
+    fast = encode_fast(doc)
+    if fast is not None:
+        return fast
     try:
         body, _ = iso8583.encode(_padded(doc), SPEC)
     except iso8583.EncodeError as exc:

@@ -146,3 +146,23 @@ async def test_terminal_lanes_serialise_one_tid_and_leave_nothing_behind() -> No
     assert most == {"A": 1, "B": 1}
     assert order == sorted(order)  # first come, first served
     assert len(lanes) == 0
+
+
+async def test_terminal_lane_waiter_cancelled_leaves_nothing_behind(autojump_clock) -> None:
+    lanes = TerminalLanes()
+    entered: list[str] = []
+
+    async def holder(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with lanes.hold("A"):
+            task_status.started()
+            await trio.sleep(1)
+            entered.append("holder")
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(holder)
+        with trio.move_on_after(0.1):
+            async with lanes.hold("A"):
+                entered.append("waiter")  # never: the lane is busy until cancelled
+        assert len(lanes) == 1
+    assert entered == ["holder"]
+    assert len(lanes) == 0
