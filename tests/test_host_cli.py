@@ -48,10 +48,10 @@ def test_init_demo(tmp_path: Path) -> None:
     assert "12345678" in out and "6222021234567890128" in out
 
 
-def test_serve_prints_ready_and_stops_on_sigterm(tmp_path: Path) -> None:
+def serve_until_ready_then_sigterm(*args: str) -> None:
+    """Run ``poshost serve ARGS`` until it says ready, then SIGTERM: it must exit 0."""
     exe = Path(sys.executable).parent / "poshost"
-    proc = subprocess.Popen([str(exe), "serve", "--listen", "127.0.0.1:0", "--db",
-                             str(tmp_path / "s.db")], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([str(exe), "serve", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
     try:
         assert proc.stdout is not None
@@ -62,6 +62,10 @@ def test_serve_prints_ready_and_stops_on_sigterm(tmp_path: Path) -> None:
         assert proc.wait(timeout=15) == 0
     finally:
         proc.kill()
+
+
+def test_serve_prints_ready_and_stops_on_sigterm(tmp_path: Path) -> None:
+    serve_until_ready_then_sigterm("--listen", "127.0.0.1:0", "--db", str(tmp_path / "s.db"))
 
 
 @pytest.mark.parametrize("workers", ["0", "2"])

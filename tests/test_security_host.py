@@ -298,24 +298,12 @@ async def test_an_old_database_with_clear_pans_is_upgraded(tmp_path: Path) -> No
 
 
 def test_host_log_file_is_private(tmp_path: Path) -> None:
-    import signal
-    import subprocess
-    import sys
 
-    exe = Path(sys.executable).parent / "poshost"
+    from tests.test_host_cli import serve_until_ready_then_sigterm
+
     log = tmp_path / "host.log"
-    proc = subprocess.Popen([str(exe), "serve", "--listen", "127.0.0.1:0", "--db",
-                             str(tmp_path / "s.db"), "--log-file", str(log)],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if line.startswith("poshost ready on"):
-                break
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=15) == 0
-    finally:
-        proc.kill()
+    serve_until_ready_then_sigterm("--listen", "127.0.0.1:0", "--db", str(tmp_path / "s.db"),
+                                   "--log-file", str(log))
     assert mode_of(log) == 0o600 and "listening on" in log.read_text()
 
 

@@ -127,6 +127,32 @@ def posterm_load(port: int, fleet: Fleet, n: int, seconds: float, rate: float | 
             "generator": "posterm"}
 
 
+def measured_point(server: procs.Server, label: str, port: int, fleet: Fleet, n: int,
+                   seconds: float, workdir: Path, extra_args: tuple[str, ...] = ()
+                   ) -> dict[str, Any]:
+    """One closed-loop ``posterm load`` point with the host's CPU per transaction, logged
+    as one line (scripts/bench-tls, scripts/bench-chip)."""
+    cpu0 = server.cpu_seconds()
+    point = posterm_load(port, fleet, n, seconds, None, workdir, extra_args)
+    cpu = server.cpu_seconds() - cpu0
+    result = {"approved_per_s": point["approved_per_s"], "latency_ms": point["latency_ms"],
+              "response_codes": point["response_codes"], "errors": point["errors"],
+              "host_cpu_us_per_txn": round(cpu / max(point["transactions"], 1) * 1e6, 1)}
+    print(f"{label:>5}: {point['approved_per_s']} approved sales/s, p50"
+          f" {point['latency_ms']['p50']} ms, p99 {point['latency_ms']['p99']} ms,"
+          f" host CPU {result['host_cpu_us_per_txn']} us/sale", file=sys.stderr, flush=True)
+    return result
+
+
+def write_results(out_dir: Path, name: str, results: dict[str, Any]) -> Path:
+    """``results`` as bench-results/<name>-<time>.json; the path is logged and returned."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"written {path}", file=sys.stderr, flush=True)
+    return path
+
+
 def _point(server: procs.Server, fleet: Fleet, n: int, seconds: float, warmup: float,
            rate: float | None, generator: str = "builtin",
            workdir: Path | None = None) -> dict[str, Any]:

@@ -10,17 +10,14 @@ Results are printed and written to bench-results/bench-chip-<time>.json.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import trio
 
 from benchlib import procs
-from benchlib.benchmain import posterm_load
+from benchlib.benchmain import measured_point, write_results
 from benchlib.fleet import provision
 from benchlib.limits import RESULTS_DIR
 
@@ -28,10 +25,6 @@ QUICK_TERMINALS, TERMINALS = 10, 50
 QUICK_SECONDS, SECONDS = 3.0, 10.0
 BENCH_IMK_AC = "9E15204313F7318ACB79B90BD986AD29"
 """The issuer key of the fleet's BIN (protocol.md section 8's lab key)."""
-
-
-def _log(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,23 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         with procs.Server(argv_, port, work / "host.log") as server:
             for label, extra in (("swipe", ()),
                                  ("chip", ("--chip", "--imk-ac", BENCH_IMK_AC))):
-                cpu0 = server.cpu_seconds()
-                point = posterm_load(port, fleet, n, seconds, None, work, extra)
-                cpu = server.cpu_seconds() - cpu0
-                results[label] = {"approved_per_s": point["approved_per_s"],
-                                  "latency_ms": point["latency_ms"],
-                                  "response_codes": point["response_codes"],
-                                  "errors": point["errors"],
-                                  "host_cpu_us_per_txn": round(
-                                      cpu / max(point["transactions"], 1) * 1e6, 1)}
-                _log(f"{label:>5}: {point['approved_per_s']} approved sales/s, p50"
-                     f" {point['latency_ms']['p50']} ms, p99 {point['latency_ms']['p99']} ms,"
-                     f" host CPU {results[label]['host_cpu_us_per_txn']} us/sale,"
-                     f" codes {point['response_codes']}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"bench-chip-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(results, indent=2) + "\n")
-    _log(f"written {path}")
+                results[label] = measured_point(server, label, port, fleet, n, seconds, work,
+                                                extra)
+    write_results(args.out, "bench-chip", results)
     return 0
 
 

@@ -11,7 +11,6 @@ written to bench-results/bench-tls-<time>.json.
 from __future__ import annotations
 
 import argparse
-import json
 import ssl
 import sys
 import tempfile
@@ -22,7 +21,7 @@ from typing import Any
 import trio
 
 from benchlib import procs
-from benchlib.benchmain import posterm_load
+from benchlib.benchmain import measured_point, write_results
 from benchlib.fleet import provision
 from benchlib.limits import RESULTS_DIR
 
@@ -98,17 +97,8 @@ def main(argv: list[str] | None = None) -> int:
             for label, target, extra in (
                     ("plain", port, ()),
                     ("tls", tls_port, ("--tls", "--ca", str(lab / "ca.pem")))):
-                cpu0 = server.cpu_seconds()
-                point = posterm_load(target, fleet, n, seconds, None, work, extra)
-                cpu = server.cpu_seconds() - cpu0
-                results[label] = {"approved_per_s": point["approved_per_s"],
-                                  "latency_ms": point["latency_ms"],
-                                  "errors": point["errors"],
-                                  "host_cpu_us_per_txn": round(
-                                      cpu / max(point["transactions"], 1) * 1e6, 1)}
-                _log(f"{label:>5}: {point['approved_per_s']} approved sales/s, p50"
-                     f" {point['latency_ms']['p50']} ms, p99 {point['latency_ms']['p99']} ms,"
-                     f" host CPU {results[label]['host_cpu_us_per_txn']} us/sale")
+                results[label] = measured_point(server, label, target, fleet, n, seconds, work,
+                                                extra)
             results["handshake"] = _handshakes(server, port, tls_port, lab / "ca.pem",
                                                handshakes)
         hs = results["handshake"]
@@ -116,10 +106,7 @@ def main(argv: list[str] | None = None) -> int:
              f" ({hs['plain']['host_cpu_ms_per_connection']} ms host CPU), TLS"
              f" {hs['tls']['wall_ms_mean']} ms ({hs['tls']['host_cpu_ms_per_connection']} ms"
              f" host CPU): a TLS handshake costs the host {hs['tls_extra_host_cpu_ms']} ms CPU")
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"bench-tls-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(results, indent=2) + "\n")
-    _log(f"written {path}")
+    write_results(args.out, "bench-tls", results)
     return 0
 
 
