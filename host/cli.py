@@ -869,3 +869,14 @@ def settlement_report(day: str, fmt: str, out: Path | None, db_path: Path) -> No
     else:
         out.write_text(text)
         click.echo(f"{len(report['lines'])} line(s) written to {out}")
+
+
+def _add_routing_commands() -> None:
+    """`poshost route ...` and `poshost link ...` (host/routecli.py)."""
+    from host.routecli import link, route
+
+    main.add_command(route)
+    main.add_command(link)
+
+
+_add_routing_commands()
