@@ -343,13 +343,16 @@ def _tls_listen(listen_tls: tuple[str, int] | None, cert: Path | None, key: Path
               default=None, metavar="[HOST:]PORT",
               help="Serve /metrics (Prometheus), /healthz and a live dashboard at /"
                    f" (off by default; alone: 127.0.0.1:{DEFAULT_HTTP_PORT}).")
+@click.option("--h2h-listen", type=params.LISTEN, default=None,
+              help="Upstream role: accept host-to-host links (poshost link add) on HOST:PORT.")
 @tls_serve_options
 def serve(listen: tuple[str, int], db_path: Path, hsm: str, lmk: str, demo: bool | None,
           serial_lines: tuple[str, ...], workers: int, listen_tls: tuple[str, int] | None,
           tls_cert: Path | None, tls_key: Path | None, tls_client_ca: Path | None,
           pcap: Path | None, allow_peers: tuple[str, ...] = (),
           terminal_peers: tuple[str, ...] = (), enforce_terminal_peers: bool = False,
-          log_file: Path | None = None, http_listen: str | None = None) -> None:
+          log_file: Path | None = None, http_listen: str | None = None,
+          h2h_listen: tuple[str, int] | None = None) -> None:
     """Run the acquiring host until SIGINT/SIGTERM (one host per address)."""
     tls = _tls_listen(listen_tls, tls_cert, tls_key, tls_client_ca)
     if log_file is not None:  # private: it names terminals, peers and masked PANs
@@ -361,7 +364,7 @@ def serve(listen: tuple[str, int], db_path: Path, hsm: str, lmk: str, demo: bool
     config = HostConfig(listen[0], listen[1], db_path, hsm, lmk, serial_lines, workers,
                         tls=tls, pcap=pcap, allow_peers=allow_peers,
                         terminal_peers=terminal_peers,
-                        enforce_terminal_peers=enforce_terminal_peers)
+                        enforce_terminal_peers=enforce_terminal_peers, h2h_listen=h2h_listen)
     if http_listen is not None:
         try:
             config.http = HttpSettings.parse(http_listen)
@@ -385,6 +388,8 @@ def serve(listen: tuple[str, int], db_path: Path, hsm: str, lmk: str, demo: bool
                 tls_note = f", TLS on {tls.bound[0]}:{tls.bound[1]}"
             click.echo(f"poshost ready on {bound[0]}:{bound[1]}{tls_note} (db {db_path},"
                        f" hsm {hsm.partition('?')[0]})", nl=True)
+            if config.h2h_bound is not None:
+                click.echo("host-to-host links on {}:{}".format(*config.h2h_bound))
             if config.http is not None and config.http.bound is not None:
                 click.echo("dashboard on http://{}:{}/ (metrics at /metrics)".format(
                     *config.http.bound))

@@ -32,6 +32,9 @@ ROUTING_SCHEMA = (
     id INTEGER PRIMARY KEY, route TEXT NOT NULL, rrn TEXT NOT NULL, stan TEXT NOT NULL,
     doc TEXT NOT NULL, reason TEXT NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL
     DEFAULT 0, txn_id INTEGER, created TEXT NOT NULL, done_at TEXT)""",
+    """CREATE TABLE IF NOT EXISTS h2h_sent (
+    outbox_id INTEGER PRIMARY KEY, txn_id INTEGER, doc TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS h2h_sent_txn ON h2h_sent (txn_id)",
     """CREATE TABLE IF NOT EXISTS h2h_txns (
     id INTEGER PRIMARY KEY, link TEXT NOT NULL, acquirer_id TEXT NOT NULL, rrn TEXT NOT NULL,
     stan TEXT NOT NULL, kind TEXT NOT NULL, pan_hash TEXT, pan_masked TEXT,

@@ -1,0 +1,374 @@
+"""Acquirer side of routing: sends off-us sales and balance inquiries upstream over the chosen
+link, records the outcome with its channel, and keeps every 0420 durably until its 0430.
+
+Exactly once across the hop (protocol.md section 9): before a request leaves, an `inflight`
+row is committed to `h2h_outbox`; the upstream's answer is committed with the transaction and
+closes the row in the same transaction, before the terminal hears anything. No answer in time
+(or an answer that fails its MAC, or a 96) -> the terminal gets 91, the row becomes a
+`pending` 0420, and :meth:`Router.run_outbox` sends it with 2 s, 4 s, 8 s ... back-off until a
+0430. A restart turns every `inflight` row into a pending 0420/98 (the process died between
+sending and committing). A terminal's 0400 for a routed sale becomes a 0420/06 to the same
+channel, committed with the local reversal.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from host import rules
+from host.db import Terminal, load_card
+from host.ledger import Ledger, Request
+from host.links import Link, LinkDown
+from host.routestore import load_routes
+from host.routing import NO_CHANNEL, NO_ROUTE, Ask, choose_route, reversal_backoff
+from host.writer import Writer
+from hsm_sim.client import HsmClient
+from hsm_sim.errors import HsmError
+from specs.codes import BATCH_MISMATCH, card_organisation
+from specs.h2h import (
+    REVERSAL_FIELDS,
+    REVERSAL_MAC,
+    REVERSAL_TERMINAL,
+    REVERSAL_TIMEOUT,
+)
+from specs.messages import Message
+
+log = logging.getLogger("poshost.router")
+
+ROUTED_KINDS = frozenset({"sale", "balance"})
+UPSTREAM_FAILURE_CODES = frozenset({"91", "96"})
+"""Answers that count as a failure of the channel (with timeouts, bad MACs, link errors)."""
+ROUTES_REFRESH = 1.0
+"""Seconds between re-reads of the routes table (enable/disable, new routes)."""
+OUTBOX_POLL = 0.5
+STATE_WRITE_EVERY = 1.0
+UPSTREAM_FIELDS = ("2", "3", "4", "14", "22", "23", "25", "35", "41", "42", "49", "53", "55")
+"""Terminal request fields carried upstream as they are (52 is translated, 7/11/12/13/32/33/37
+are the link's own)."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the upstream said (or did not), to record."""
+
+    code: str
+    extra: Mapping[str, str]
+    route: str | None
+    cost: int
+    outbox_id: int | None
+    outbox_state: str | None
+    """'done' (delete the inflight row), 'pending' (reverse upstream), None (no row)."""
+    reason: str = REVERSAL_TIMEOUT
+
+
+def record_routed(ledger: Ledger, conn: sqlite3.Connection, req: Request, out: Outcome
+                  ) -> Message:
+    """Record an off-us transaction with its channel, and settle its outbox row (writer)."""
+    repeat = ledger._repeat(conn, req)
+    if repeat is not None:
+        return repeat
+    if ledger._batch_state(conn, req.tid, req.batch) != "open":
+        return ledger.reply(req, BATCH_MISMATCH)
+    pan = rules.card_pan(req.doc)
+    extra = dict(out.extra)
+    extra["63"] = card_organisation(pan)
+    response = ledger.reply(req, out.code, extra)
+    txn_id = ledger._insert_txn(conn, req, response, pan, req.pan_hash, None, None)
+    conn.execute("UPDATE txns SET route=?, channel_cost=? WHERE id=?",
+                 (out.route, out.cost if out.code == "00" else 0, txn_id))
+    ledger._remember(conn, req, response)
+    if out.outbox_id is not None:
+        conn.execute("UPDATE h2h_sent SET txn_id=? WHERE outbox_id=?", (txn_id, out.outbox_id))
+        if out.outbox_state == "done":
+            conn.execute("UPDATE h2h_outbox SET state='done', reason='', txn_id=?, done_at=?"
+                         " WHERE id=?", (txn_id, req.now.isoformat(timespec="seconds"),
+                                         out.outbox_id))
+        else:
+            conn.execute("UPDATE h2h_outbox SET state='pending', reason=?, txn_id=? WHERE id=?",
+                         (out.reason, txn_id, out.outbox_id))
+    return response
+
+
+def open_inflight(conn: sqlite3.Connection, route: str, doc: Mapping[str, str]) -> int:
+    """The durable 0420 prepared before the request leaves (state inflight)."""
+    stored = {k: doc[k] for k in REVERSAL_FIELDS if k in doc}
+    stored["2"] = stored_pan(doc["2"])
+    cur = conn.execute(
+        "INSERT INTO h2h_outbox (route, rrn, stan, doc, reason, state, created)"
+        " VALUES (?, ?, ?, ?, ?, 'inflight', ?)",
+        (route, doc["37"], doc["11"], json.dumps(stored), REVERSAL_TIMEOUT,
+         datetime.now().isoformat(timespec="seconds")))
+    outbox_id = int(cur.lastrowid or 0)
+    conn.execute("INSERT INTO h2h_sent (outbox_id, doc) VALUES (?, ?)",
+                 (outbox_id, json.dumps(stored)))
+    return outbox_id
+
+
+def stored_pan(pan: str) -> str:
+    """F2 as kept at rest in the outbox: first 6 and last 4, zeros between (no clear PAN at
+    rest; the upstream matches reversals by F32 + F37). See DECISIONS.md.
+
+    >>> stored_pan("6222031234567890")
+    '6222030000007890'
+    """
+    return pan[:6] + "0" * (len(pan) - 10) + pan[-4:]
+
+
+def reverse_routed(ledger: Ledger, conn: sqlite3.Connection, req: Request) -> Message:
+    """A terminal's 0400: the local reversal, and a 0420/06 to the original's channel."""
+    response = ledger.financial(conn, req)
+    row = conn.execute(
+        "SELECT id, route, rrn, reversed FROM txns WHERE tid=? AND batch=? AND stan=?"
+        " AND mti='0200'", (req.tid, req.batch, req.doc["11"])).fetchone()
+    if row is None or not row["route"] or not row["reversed"]:
+        return response
+    if conn.execute("SELECT 1 FROM h2h_outbox WHERE route=? AND rrn=? AND reason!=''",
+                    (row["route"], row["rrn"])).fetchone():
+        return response
+    sent = conn.execute("SELECT doc FROM h2h_sent WHERE txn_id=?", (row["id"],)).fetchone()
+    if sent is None:
+        return response
+    conn.execute(
+        "INSERT INTO h2h_outbox (route, rrn, stan, doc, reason, state, txn_id, created)"
+        " VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
+        (row["route"], row["rrn"], json.loads(sent["doc"])["11"], sent["doc"],
+         REVERSAL_TERMINAL, row["id"], datetime.now().isoformat(timespec="seconds")))
+    return response
+
+
+def _now_fields() -> dict[str, str]:
+    now = datetime.now()
+    return {"7": now.strftime("%m%d%H%M%S"), "12": now.strftime("%H%M%S"),
+            "13": now.strftime("%m%d")}
+
+
+class Router:
+    """Routes off-us requests over the links; owns the links' tasks and the outbox."""
+
+    def __init__(self, hsm: HsmClient, writer: Writer, ledger: Ledger,
+                 read_conn: sqlite3.Connection, db_path: Path) -> None:
+        self.hsm = hsm
+        self.writer = writer
+        self.ledger = ledger
+        self.read_conn = read_conn
+        self.db_path = db_path
+        self.links: dict[str, Link] = {}
+        self._turn = 0
+        self._pans: dict[int, str] = {}
+        """Outbox id -> the PAN, while this process lives (F2 of its 0420)."""
+        self._nursery: trio.Nursery | None = None
+
+    @staticmethod
+    def configured(conn: sqlite3.Connection) -> bool:
+        return bool(load_routes(conn))
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        await self.writer.submit(lambda conn: conn.execute(
+            "UPDATE h2h_outbox SET state='pending', reason=? WHERE state='inflight'",
+            (REVERSAL_TIMEOUT,)))
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await self._refresh()
+            nursery.start_soon(self._refresh_loop)
+            nursery.start_soon(self.run_outbox)
+            task_status.started()
+
+    async def _refresh(self) -> None:
+        assert self._nursery is not None
+        for route, row in load_routes(self.read_conn):
+            link = self.links.get(route.name)
+            if link is None:
+                link = self.links[route.name] = Link(route, row, self.hsm)
+                await self._nursery.start(link.run)
+            else:
+                link.route = route
+
+    async def _refresh_loop(self) -> None:
+        last_state = 0.0
+        while True:
+            await trio.sleep(ROUTES_REFRESH)
+            await self._refresh()
+            now = trio.current_time()
+            if now - last_state >= STATE_WRITE_EVERY:
+                last_state = now
+                self._write_state(now)
+
+    def _write_state(self, now: float) -> None:
+        path = self.db_path.with_name(self.db_path.name + ".routes.json")
+        try:
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(json.dumps({n: link.state(now) for n, link in self.links.items()}))
+            tmp.replace(path)
+        except OSError as exc:
+            log.warning("route state not written: %s", exc)
+
+    # ------------------------------------------------------------------ forwarding
+
+    def _is_local(self, req: Request) -> bool:
+        """On-us card, a repeat, or a closed batch: the local path answers."""
+        if req.pan_hash and load_card(self.read_conn, req.pan_hash) is not None:
+            return True
+        if self.read_conn.execute(
+                "SELECT 1 FROM idempotence WHERE tid=? AND batch=? AND stan=? AND mti=?",
+                req.key).fetchone():
+            return True
+        return self.ledger._batch_state(self.read_conn, req.tid, req.batch) != "open"
+
+    def _used_today(self, pan_hash: str) -> dict[str, int]:
+        rows = self.read_conn.execute(
+            "SELECT route, SUM(amount) FROM txns WHERE pan_hash=? AND settlement_date=? AND"
+            " rc='00' AND kind='sale' AND reversed=0 AND voided_by IS NULL AND route IS NOT"
+            " NULL GROUP BY route", (pan_hash, datetime.now().date().isoformat())).fetchall()
+        return {r[0]: int(r[1]) for r in rows}
+
+    async def forward(self, req: Request, terminal: Terminal) -> Message | None:
+        """The answer for an off-us request, or None when the local path should answer."""
+        if req.kind.name == "reversal":
+            return await self._terminal_reversal(req)
+        if req.kind.name not in ROUTED_KINDS or not self.links or self._is_local(req):
+            return None
+        pan = rules.card_pan(req.doc)
+        amount = int(req.doc.get("4", "0") or 0)
+        routes = [link.route for link in self.links.values()]
+        ask = Ask(pan, amount, datetime.now().time(), trio.current_time(),
+                  self._used_today(req.pan_hash))
+        self._turn += 1
+        choice = choose_route(routes, {n: li.health for n, li in self.links.items()}, ask,
+                              self._turn)
+        if choice.code == NO_ROUTE:
+            return None
+        if choice.route is None:
+            log.warning("tid=%s no channel for an off-us card: %s", req.tid, choice.why)
+            return await self._record(req, Outcome(NO_CHANNEL, {}, None, 0, None, None))
+        return await self._send(req, terminal, self.links[choice.route.name])
+
+    async def _record(self, req: Request, out: Outcome) -> Message:
+        ledger = self.ledger
+        return await self.writer.submit(lambda conn: record_routed(ledger, conn, req, out))
+
+    async def _upstream_doc(self, req: Request, terminal: Terminal, link: Link
+                            ) -> dict[str, str]:
+        doc = req.doc
+        up = {k: doc[k] for k in UPSTREAM_FIELDS if k in doc}
+        up.update(_now_fields())
+        up.update({"t": "0200", "2": rules.card_pan(doc), "11": link.next_stan(),
+                   "32": link.acquirer_id, "33": link.acquirer_id, "37": req.rrn})
+        if "52" in doc and terminal.pik_lmk and link.keys is not None:
+            block = await self.hsm.translate_pin(terminal.pik_lmk, link.keys.zpk,
+                                                 bytes.fromhex(doc["52"]), up["2"])
+            up["52"] = block.hex().upper()
+        return dict(sorted(up.items(), key=lambda kv: (kv[0] != "t", int(kv[0])
+                                                      if kv[0].isdigit() else 0)))
+
+    async def _send(self, req: Request, terminal: Terminal, link: Link) -> Message:
+        route = link.route
+        cost = route.cost(int(req.doc.get("4", "0") or 0))
+        try:
+            up = await self._upstream_doc(req, terminal, link)
+        except HsmError as exc:
+            log.error("tid=%s PIN not translated for %s: %s", req.tid, route.name, exc)
+            return await self._record(req, Outcome("96", {}, route.name, 0, None, None))
+        outbox_id = await self.writer.submit(lambda conn: open_inflight(conn, route.name, up))
+        self._pans[outbox_id] = up["2"]
+        health = link.health
+        health.in_flight += 1
+        if health.check_pending(trio.current_time(), route):
+            log.warning("route %s demoted: %d in flight", route.name, health.in_flight)
+        started = time.perf_counter()
+        answer, mac_ok, reason = None, False, REVERSAL_TIMEOUT
+        try:
+            answer, mac_ok = await link.exchange(up)
+        except (LinkDown, HsmError, trio.BrokenResourceError, OSError) as exc:
+            log.warning("route %s: %s", route.name, exc)
+        finally:
+            health.in_flight -= 1
+        latency = time.perf_counter() - started
+        code = None if answer is None else answer.get("39")
+        if answer is not None and not mac_ok and code not in UPSTREAM_FAILURE_CODES:
+            reason = REVERSAL_MAC
+        ok = answer is not None and mac_ok and code not in UPSTREAM_FAILURE_CODES
+        now = trio.current_time()
+        if ok:
+            health.success(latency, now)
+            assert answer is not None and code is not None
+            extra = {k: answer[k] for k in ("38", "54", "55") if k in answer}
+            out = Outcome(code, extra, route.name, cost, outbox_id, "done")
+        else:
+            if health.failure(latency, now, route):
+                log.warning("route %s demoted for %.0f s after %s", route.name,
+                            health.last_hold, "failures")
+            out = Outcome(NO_CHANNEL, {}, route.name, 0, outbox_id, "pending", reason)
+        return await self._record(req, out)
+
+    async def _terminal_reversal(self, req: Request) -> Message | None:
+        row = self.read_conn.execute(
+            "SELECT id, route FROM txns WHERE tid=? AND batch=? AND stan=? AND mti='0200'",
+            (req.tid, req.batch, req.doc["11"])).fetchone()
+        if row is None or not row["route"]:
+            return None
+        ledger = self.ledger
+        sent = self.read_conn.execute("SELECT outbox_id FROM h2h_sent WHERE txn_id=?",
+                                      (row["id"],)).fetchone()
+        response = await self.writer.submit(lambda conn: reverse_routed(ledger, conn, req))
+        if sent is not None:
+            pan = self._pans.get(sent[0])
+            new = self.read_conn.execute(
+                "SELECT id FROM h2h_outbox WHERE txn_id=? AND state='pending'",
+                (row["id"],)).fetchone()
+            if pan is not None and new is not None:
+                self._pans[new[0]] = pan
+        return response
+
+    # ------------------------------------------------------------------ the outbox
+
+    async def run_outbox(self) -> None:
+        """Send pending 0420s (0421 on repeats) until each has its 0430."""
+        next_at: dict[int, float] = {}
+        while True:
+            await trio.sleep(OUTBOX_POLL)
+            rows = self.read_conn.execute(
+                "SELECT * FROM h2h_outbox WHERE state='pending' ORDER BY id").fetchall()
+            now = trio.current_time()
+            for row in rows:
+                link = self.links.get(row["route"])
+                if link is None or now < next_at.get(row["id"], 0.0) or link.keys is None:
+                    continue
+                await self._send_reversal(row, link, next_at)
+
+    async def _send_reversal(self, row: sqlite3.Row, link: Link,
+                             next_at: dict[int, float]) -> None:
+        doc: dict[str, Any] = json.loads(row["doc"])
+        doc["2"] = self._pans.get(row["id"], doc["2"])
+        doc.update({"t": "0421" if row["attempts"] else "0420", "39": row["reason"]})
+        doc = dict(sorted(doc.items(), key=lambda kv: (kv[0] != "t", int(kv[0])
+                                                      if kv[0].isdigit() else 0)))
+        attempts = int(row["attempts"])
+        answer = None
+        try:
+            answer, mac_ok = await link.exchange(doc)
+        except (LinkDown, HsmError, trio.BrokenResourceError, OSError) as exc:
+            log.info("route %s: 0420 for RRN %s not sent: %s", link.name, row["rrn"], exc)
+        rid = row["id"]
+        if answer is not None and answer.get("t") == "0430" and mac_ok:
+            await self.writer.submit(lambda conn: conn.execute(
+                "UPDATE h2h_outbox SET state='done', attempts=?, done_at=? WHERE id=?",
+                (attempts + 1, datetime.now().isoformat(timespec="seconds"), rid)))
+            self._pans.pop(rid, None)
+            next_at.pop(rid, None)
+            log.info("route %s: reversal of RRN %s acknowledged (0430 %s)", link.name,
+                     row["rrn"], answer.get("39"))
+            return
+        await self.writer.submit(lambda conn: conn.execute(
+            "UPDATE h2h_outbox SET attempts=? WHERE id=?", (attempts + 1, rid)))
+        next_at[rid] = trio.current_time() + reversal_backoff(attempts)

