@@ -85,6 +85,18 @@ class LinkDown(Exception):
     """The link is not up, or was lost while waiting."""
 
 
+LINK_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError, LinkDown, HsmError,
+               SpecError, trio.TooSlowError)
+"""What ends a link's session (it is then reconnected after a back-off)."""
+
+
+def _first(group: BaseExceptionGroup) -> BaseException:
+    leaf: BaseException = group
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    return leaf
+
+
 class Link:
     """One route's link: settings, live health, keys, and the socket while connected."""
 
@@ -124,14 +136,15 @@ class Link:
         task_status.started()
         attempt = 0
         while True:
+            was_up = self.phase is LinkPhase.UP
             try:
                 await self._session()
-                attempt = 0
-            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, LinkDown,
-                    HsmError, SpecError, trio.TooSlowError) as exc:
-                if self.phase is not LinkPhase.DOWN or attempt == 0:
-                    log.warning("route %s link down: %s", self.name, exc)
+            except* LINK_ERRORS as group:
+                if was_up or self.phase is LinkPhase.UP or attempt == 0:
+                    log.warning("route %s link down: %s", self.name, _first(group))
             finally:
+                if self.phase is LinkPhase.UP:
+                    attempt = 0
                 self._lost()
             await trio.sleep(reconnect_backoff(attempt))
             attempt += 1

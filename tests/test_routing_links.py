@@ -140,3 +140,166 @@ async def test_foreign_sale_goes_upstream_cheapest_channel(tmp_path: Path,
     conn = sqlite3.connect(net_a.db)
     assert conn.execute("SELECT rrn, amount, rc FROM h2h_txns").fetchall() == [
         (rows[1]["rrn"], 100, "55")]
+
+
+class Proxy:
+    """A TCP relay between the acquirer and a network that can swallow the network's answers
+    (an upstream that stops answering, while it still acts on requests)."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.drop = False
+
+    async def serve(self, task_status: trio.TaskStatus[tuple[str, int]]) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        task_status.started(listeners[0].socket.getsockname()[:2])
+        await trio.serve_listeners(self._relay, listeners)
+
+    async def _relay(self, client: trio.SocketStream) -> None:
+        try:
+            upstream = await trio.open_tcp_stream(*self.target)
+        except OSError:
+            await client.aclose()
+            return
+        async with client, upstream, trio.open_nursery() as nursery:
+            nursery.start_soon(self._pump, client, upstream, False, nursery.cancel_scope)
+            nursery.start_soon(self._pump, upstream, client, True, nursery.cancel_scope)
+
+    async def _pump(self, src: trio.SocketStream, dst: trio.SocketStream, answers: bool,
+                    scope: trio.CancelScope) -> None:
+        try:
+            while data := await src.receive_some(65536):
+                if not (answers and self.drop):
+                    await dst.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        scope.cancel()
+
+
+class ProxiedNetwork:
+    def __init__(self, net: Network, proxy: Proxy, address: tuple[str, int]) -> None:
+        self.net, self.proxy, self.address = net, proxy, address
+
+
+async def proxied(nursery: trio.Nursery, net: Network) -> ProxiedNetwork:
+    proxy = Proxy(net.address)
+    address = await nursery.start(proxy.serve)
+    return ProxiedNetwork(net, proxy, address)
+
+
+def outbox(db: Path) -> list[sqlite3.Row]:
+    conn = sqlite3.connect(db)
+    conn.row_factory = sqlite3.Row
+    try:
+        return conn.execute("SELECT * FROM h2h_outbox ORDER BY id").fetchall()
+    finally:
+        conn.close()
+
+
+async def networks(tmp_path: Path, nursery: trio.Nursery, *names: str) -> list[Network]:
+    out = []
+    for name in names:
+        (tmp_path / name).mkdir()
+        out.append(await start_network(tmp_path / name, nursery, name))
+    return out
+
+
+async def test_timeout_answers_91_and_reverses_upstream_exactly_once(
+        tmp_path: Path, nursery: trio.Nursery) -> None:
+    (net,) = await networks(tmp_path, nursery, "neta")
+    relay = await proxied(nursery, net)
+    db, term = await start_acquirer(tmp_path, nursery, [
+        ("NET-A", Network(net.db, relay.address, net.cancel), {"timeout": 0.5})])
+    await wait_up(db, ["NET-A"])
+    async with term:
+        await term.sign_on()
+        relay.proxy.drop = True
+        sale = await term.sale(FOREIGN, 2500)
+        assert sale.code == "91"
+        assert net.balance() == FOREIGN.balance_minor - 2500  # the network approved it
+        with trio.fail_after(10):  # the 0420 is retried while answers are lost ...
+            while not outbox(db) or outbox(db)[0]["attempts"] < 1:
+                await trio.sleep(0.1)
+        relay.proxy.drop = False  # ... and acknowledged once they flow again
+        with trio.fail_after(15):
+            while outbox(db)[0]["state"] != "done":
+                await trio.sleep(0.1)
+    assert net.balance() == FOREIGN.balance_minor
+    row = outbox(db)[0]
+    assert row["reason"] == "98" and row["attempts"] >= 2
+    conn = sqlite3.connect(net.db)
+    assert conn.execute("SELECT COUNT(*), MIN(reason) FROM h2h_reversals").fetchone() == (1, "98")
+    assert conn.execute("SELECT reversed FROM h2h_txns").fetchone() == (1,)
+    assert [(r["route"], r["rc"], r["channel_cost"]) for r in txns(db)] == [("NET-A", "91", 0)]
+
+
+async def test_terminal_reversal_of_routed_sale_goes_to_same_channel(
+        tmp_path: Path, nursery: trio.Nursery) -> None:
+    net_a, net_b = await networks(tmp_path, nursery, "neta", "netb")
+    db, term = await start_acquirer(tmp_path, nursery, [
+        ("NET-A", net_a, {"cost_fixed": 5}), ("NET-B", net_b, {"cost_fixed": 9})])
+    await wait_up(db, ["NET-A", "NET-B"])
+    async with term:
+        await term.sign_on()
+        sale = await term.sale(FOREIGN, 7000)
+        assert sale.code == "00"
+        assert net_a.balance() == FOREIGN.balance_minor - 7000
+        reversal = await term.reverse(sale.request, "06")
+        assert reversal.code == "00"
+        again = await term.exchange(term.reversal_of(sale.request, "06"))  # a repeat
+        assert again.code == "00"
+        with trio.fail_after(10):
+            while [r["state"] for r in outbox(db)] != ["done", "done"]:
+                await trio.sleep(0.1)
+    assert net_a.balance() == FOREIGN.balance_minor
+    assert net_b.balance() == FOREIGN.balance_minor
+    assert [r["reason"] for r in outbox(db)] == ["", "06"]
+    assert txns(db)[0]["reversed"] == 1
+
+
+async def test_killed_upstream_traffic_moves(tmp_path: Path, nursery: trio.Nursery) -> None:
+    net_a, net_b = await networks(tmp_path, nursery, "neta", "netb")
+    db, term = await start_acquirer(tmp_path, nursery, [
+        ("NET-A", net_a, {"cost_fixed": 5, "timeout": 1.0}), ("NET-B", net_b, {"cost_fixed": 9})])
+    await wait_up(db, ["NET-A", "NET-B"])
+    codes = []
+    async with term:
+        await term.sign_on()
+        for i in range(12):
+            if i == 4:
+                net_a.cancel.cancel()  # the cheap network dies
+            codes.append((await term.sale(FOREIGN, 100 + i)).code)
+    rows = txns(db)
+    assert codes.count("91") <= 1, codes
+    assert [r["route"] for r in rows[:4]] == ["NET-A"] * 4
+    assert {r["route"] for r in rows[6:]} == {"NET-B"}
+    assert all(c == "00" for c in codes[6:])
+
+
+async def test_failing_upstream_demoted_after_20_and_restored(tmp_path: Path,
+                                                              nursery: trio.Nursery) -> None:
+    net_a, net_b = await networks(tmp_path, nursery, "neta", "netb")
+    relay = await proxied(nursery, net_a)
+    db, term = await start_acquirer(tmp_path, nursery, [
+        ("NET-A", Network(net_a.db, relay.address, net_a.cancel),
+         {"cost_fixed": 5, "timeout": 0.05, "degrade_hold": 3.0}),
+        ("NET-B", net_b, {"cost_fixed": 9})])
+    await wait_up(db, ["NET-A", "NET-B"])
+    async with term:
+        await term.sign_on()
+        relay.proxy.drop = True
+        failed = [(await term.sale(FOREIGN, 100)).code for _ in range(20)]
+        assert failed == ["91"] * 20
+        moved = await term.sale(FOREIGN, 100)
+        assert moved.code == "00"
+        assert txns(db)[-1]["route"] == "NET-B"
+        relay.proxy.drop = False
+        await trio.sleep(3.5)  # the hold passes
+        back = await term.sale(FOREIGN, 100)
+        assert back.code == "00"
+    assert txns(db)[-1]["route"] == "NET-A"
+    with trio.fail_after(20):  # every timed-out sale is reversed at NET-A
+        while any(r["state"] != "done" for r in outbox(db)):
+            await trio.sleep(0.2)
+    assert net_a.balance() == FOREIGN.balance_minor - 100
+    assert net_b.balance() == FOREIGN.balance_minor - 100
