@@ -17,13 +17,15 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import trio
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
 
 from host import rules
 from host.db import Terminal, load_card
@@ -152,6 +154,34 @@ def _now_fields() -> dict[str, str]:
             "13": now.strftime("%m%d")}
 
 
+RUNNING: list[Router] = []
+"""The routers of this process (the metrics collector reads their links)."""
+
+
+def route_families() -> Iterator[Metric]:
+    """Prometheus families of the links: up, degraded, in flight, demotions, success rate."""
+    up = GaugeMetricFamily("poshost_route_up", "1 when the link is signed on with keys",
+                           labels=["route"])
+    degraded = GaugeMetricFamily("poshost_route_degraded", "1 while the route is demoted",
+                                 labels=["route"])
+    in_flight = GaugeMetricFamily("poshost_route_in_flight", "Requests awaiting the upstream",
+                                  labels=["route"])
+    rate = GaugeMetricFamily("poshost_route_success_rate", "Recent success rate",
+                             labels=["route"])
+    trips = CounterMetricFamily("poshost_route_demotions", "Times the route was demoted",
+                                labels=["route"])
+    for router in RUNNING:
+        for name, link in list(router.links.items()):
+            h = link.health
+            up.add_metric([name], 1 if h.up else 0)
+            degraded.add_metric([name], 1 if router.last_state.get(name, {}).get(
+                "state") == "degraded" else 0)
+            in_flight.add_metric([name], h.in_flight)
+            rate.add_metric([name], h.success_rate())
+            trips.add_metric([name], h.trips)
+    yield from (up, degraded, in_flight, rate, trips)
+
+
 class Router:
     """Routes off-us requests over the links; owns the links' tasks and the outbox."""
 
@@ -167,6 +197,8 @@ class Router:
         self._pans: dict[int, str] = {}
         """Outbox id -> the PAN, while this process lives (F2 of its 0420)."""
         self._nursery: trio.Nursery | None = None
+        self.last_state: dict[str, dict[str, Any]] = {}
+        """Each link's state as of the last second (route list, metrics)."""
 
     @staticmethod
     def configured(conn: sqlite3.Connection) -> bool:
@@ -177,6 +209,14 @@ class Router:
         await self.writer.submit(lambda conn: conn.execute(
             "UPDATE h2h_outbox SET state='pending', reason=? WHERE state='inflight'",
             (REVERSAL_TIMEOUT,)))
+        RUNNING.append(self)
+        try:
+            await self._run(task_status=task_status)
+        finally:
+            RUNNING.remove(self)
+
+    async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                   ) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await self._refresh()
@@ -208,7 +248,8 @@ class Router:
         path = self.db_path.with_name(self.db_path.name + ".routes.json")
         try:
             tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(json.dumps({n: link.state(now) for n, link in self.links.items()}))
+            self.last_state = {n: link.state(now) for n, link in self.links.items()}
+            tmp.write_text(json.dumps(self.last_state))
             tmp.replace(path)
         except OSError as exc:
             log.warning("route state not written: %s", exc)

@@ -293,6 +293,17 @@ async def test_failing_upstream_demoted_after_20_and_restored(tmp_path: Path,
         moved = await term.sale(FOREIGN, 100)
         assert moved.code == "00"
         assert txns(db)[-1]["route"] == "NET-B"
+        with trio.fail_after(3):  # shown to `route list` (and the metrics)
+            while True:
+                state = json.loads(db.with_name(db.name + ".routes.json").read_text())["NET-A"]
+                if state["state"] == "degraded":
+                    break
+                await trio.sleep(0.1)
+        assert state["trips"] == 1 and state["degraded_until"] is not None
+        from host.router import route_families
+
+        demotions = {m.name: m.samples for m in route_families()}["poshost_route_demotions"]
+        assert [(s.labels["route"], s.value) for s in demotions] == [("NET-A", 1), ("NET-B", 0)]
         relay.proxy.drop = False
         await trio.sleep(3.5)  # the hold passes
         back = await term.sale(FOREIGN, 100)
