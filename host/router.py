@@ -30,13 +30,16 @@ from prometheus_client.metrics_core import Metric
 from host import rules
 from host.db import Terminal, load_card
 from host.ledger import Ledger, Request
-from host.links import Link, LinkDown
+from host.links import Link, LinkDown, LinkPhase
 from host.routestore import load_routes
 from host.routing import NO_CHANNEL, NO_ROUTE, Ask, choose_route, reversal_backoff
+from host.rules import Txn
 from host.writer import Writer
 from hsm_sim.client import HsmClient
 from hsm_sim.errors import HsmError
 from specs.codes import BATCH_MISMATCH, card_organisation
+from specs.composite import decode_field61
+from specs.errors import SpecError
 from specs.h2h import (
     REVERSAL_FIELDS,
     REVERSAL_MAC,
@@ -55,6 +58,7 @@ ROUTES_REFRESH = 1.0
 OUTBOX_POLL = 0.5
 STATE_WRITE_EVERY = 1.0
 UPSTREAM_FIELDS = ("2", "3", "4", "14", "22", "23", "25", "35", "41", "42", "49", "53", "55")
+"""(A void's 37 is its sale's RRN, as on the terminal side.)"""
 """Terminal request fields carried upstream as they are (52 is translated, 7/11/12/13/32/33/37
 are the link's own)."""
 
@@ -71,6 +75,8 @@ class Outcome:
     outbox_state: str | None
     """'done' (delete the inflight row), 'pending' (reverse upstream), None (no row)."""
     reason: str = REVERSAL_TIMEOUT
+    original: Txn | None = None
+    """The sale a void undoes (marked voided when the upstream approves)."""
 
 
 def record_routed(ledger: Ledger, conn: sqlite3.Connection, req: Request, out: Outcome
@@ -85,9 +91,11 @@ def record_routed(ledger: Ledger, conn: sqlite3.Connection, req: Request, out: O
     extra = dict(out.extra)
     extra["63"] = card_organisation(pan)
     response = ledger.reply(req, out.code, extra)
-    txn_id = ledger._insert_txn(conn, req, response, pan, req.pan_hash, None, None)
+    txn_id = ledger._insert_txn(conn, req, response, pan, req.pan_hash, None, out.original)
     conn.execute("UPDATE txns SET route=?, channel_cost=? WHERE id=?",
                  (out.route, out.cost if out.code == "00" else 0, txn_id))
+    if out.code == "00" and out.original is not None:
+        conn.execute("UPDATE txns SET voided_by=? WHERE id=?", (txn_id, out.original.id))
     ledger._remember(conn, req, response)
     if out.outbox_id is not None:
         conn.execute("UPDATE h2h_sent SET txn_id=? WHERE outbox_id=?", (txn_id, out.outbox_id))
@@ -134,16 +142,17 @@ def reverse_routed(ledger: Ledger, conn: sqlite3.Connection, req: Request) -> Me
         " AND mti='0200'", (req.tid, req.batch, req.doc["11"])).fetchone()
     if row is None or not row["route"] or not row["reversed"]:
         return response
-    if conn.execute("SELECT 1 FROM h2h_outbox WHERE route=? AND rrn=? AND reason!=''",
-                    (row["route"], row["rrn"])).fetchone():
+    if conn.execute("SELECT 1 FROM h2h_outbox WHERE txn_id=? AND reason!=''",
+                    (row["id"],)).fetchone():
         return response
     sent = conn.execute("SELECT doc FROM h2h_sent WHERE txn_id=?", (row["id"],)).fetchone()
     if sent is None:
         return response
+    sent_doc = json.loads(sent["doc"])
     conn.execute(
         "INSERT INTO h2h_outbox (route, rrn, stan, doc, reason, state, txn_id, created)"
         " VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
-        (row["route"], row["rrn"], json.loads(sent["doc"])["11"], sent["doc"],
+        (row["route"], sent_doc["37"], sent_doc["11"], sent["doc"],
          REVERSAL_TERMINAL, row["id"], datetime.now().isoformat(timespec="seconds")))
     return response
 
@@ -277,6 +286,8 @@ class Router:
         """The answer for an off-us request, or None when the local path should answer."""
         if req.kind.name == "reversal":
             return await self._terminal_reversal(req)
+        if req.kind.name == "void" and self.links:
+            return await self._void(req, terminal)
         if req.kind.name not in ROUTED_KINDS or not self.links or self._is_local(req):
             return None
         pan = rules.card_pan(req.doc)
@@ -294,6 +305,34 @@ class Router:
             return await self._record(req, Outcome(NO_CHANNEL, {}, None, 0, None, None))
         return await self._send(req, terminal, self.links[choice.route.name])
 
+    async def _void(self, req: Request, terminal: Terminal) -> Message | None:
+        """A void of a routed sale goes to the sale's channel (F37 = the sale's RRN)."""
+        doc = req.doc
+        try:
+            f61 = decode_field61(doc.get("61", ""))
+        except SpecError:
+            return None
+        original = self.ledger._original(self.read_conn, req.tid, int(f61.batch), f61.trace)
+        row = None if original is None else self.read_conn.execute(
+            "SELECT route FROM txns WHERE id=?", (original.id,)).fetchone()
+        if original is None or row is None or not row["route"] or self._is_repeat(req):
+            return None
+        amount = int(doc.get("4", "0") or 0)
+        check = rules.decide_void(amount, req.pan_hash, original, doc.get("37", "").strip(),
+                                  req.batch, None, req.pin)
+        route = row["route"]
+        if check.code != rules.UNKNOWN_CARD:  # refused here, before going upstream
+            return await self._record(req, Outcome(check.code, {}, route, 0, None, None))
+        link = self.links.get(route)
+        if link is None or link.phase is not LinkPhase.UP:
+            return await self._record(req, Outcome(NO_CHANNEL, {}, route, 0, None, None))
+        return await self._send(req, terminal, link, original)
+
+    def _is_repeat(self, req: Request) -> bool:
+        return self.read_conn.execute(
+            "SELECT 1 FROM idempotence WHERE tid=? AND batch=? AND stan=? AND mti=?",
+            req.key).fetchone() is not None
+
     async def _record(self, req: Request, out: Outcome) -> Message:
         ledger = self.ledger
         return await self.writer.submit(lambda conn: record_routed(ledger, conn, req, out))
@@ -303,8 +342,10 @@ class Router:
         doc = req.doc
         up = {k: doc[k] for k in UPSTREAM_FIELDS if k in doc}
         up.update(_now_fields())
+        original_rrn = doc.get("37", "").strip() if req.kind.name == "void" else None
         up.update({"t": "0200", "2": rules.card_pan(doc), "11": link.next_stan(),
-                   "32": link.acquirer_id, "33": link.acquirer_id, "37": req.rrn})
+                   "32": link.acquirer_id, "33": link.acquirer_id,
+                   "37": original_rrn or req.rrn})
         if "52" in doc and terminal.pik_lmk and link.keys is not None:
             block = await self.hsm.translate_pin(terminal.pik_lmk, link.keys.zpk,
                                                  bytes.fromhex(doc["52"]), up["2"])
@@ -312,7 +353,8 @@ class Router:
         return dict(sorted(up.items(), key=lambda kv: (kv[0] != "t", int(kv[0])
                                                       if kv[0].isdigit() else 0)))
 
-    async def _send(self, req: Request, terminal: Terminal, link: Link) -> Message:
+    async def _send(self, req: Request, terminal: Terminal, link: Link,
+                    original: Txn | None = None) -> Message:
         route = link.route
         cost = route.cost(int(req.doc.get("4", "0") or 0))
         try:
@@ -344,7 +386,7 @@ class Router:
             health.success(latency, now)
             assert answer is not None and code is not None
             extra = {k: answer[k] for k in ("38", "54", "55") if k in answer}
-            out = Outcome(code, extra, route.name, cost, outbox_id, "done")
+            out = Outcome(code, extra, route.name, cost, outbox_id, "done", original=original)
         else:
             if health.failure(latency, now, route):
                 log.warning("route %s demoted for %.0f s after %s", route.name,

@@ -39,11 +39,12 @@ ROUTING_SCHEMA = (
     id INTEGER PRIMARY KEY, link TEXT NOT NULL, acquirer_id TEXT NOT NULL, rrn TEXT NOT NULL,
     stan TEXT NOT NULL, kind TEXT NOT NULL, pan_hash TEXT, pan_masked TEXT,
     amount INTEGER NOT NULL, rc TEXT NOT NULL, auth_code TEXT, reversed INTEGER NOT NULL
-    DEFAULT 0, response TEXT NOT NULL, created TEXT NOT NULL, settlement_date TEXT NOT NULL)""",
+    DEFAULT 0, voided INTEGER NOT NULL DEFAULT 0, response TEXT NOT NULL, created TEXT NOT NULL,
+    settlement_date TEXT NOT NULL)""",
     "CREATE UNIQUE INDEX IF NOT EXISTS h2h_txns_key ON h2h_txns (acquirer_id, rrn, kind)",
     """CREATE TABLE IF NOT EXISTS h2h_reversals (
-    acquirer_id TEXT NOT NULL, rrn TEXT NOT NULL, reason TEXT NOT NULL, rc TEXT NOT NULL,
-    created TEXT NOT NULL, PRIMARY KEY (acquirer_id, rrn))""",
+    acquirer_id TEXT NOT NULL, rrn TEXT NOT NULL, kind TEXT NOT NULL, reason TEXT NOT NULL,
+    rc TEXT NOT NULL, created TEXT NOT NULL, PRIMARY KEY (acquirer_id, rrn, kind))""",
 )
 OUTBOX_STATES = ("inflight", "pending", "done")
 """inflight: a request is out upstream (a restart turns it into a pending 0420/98);

@@ -64,6 +64,7 @@ LINK_IDLE_TIMEOUT = 300.0
 INVALID_MERCHANT = "03"
 SALE_CODE = "000000"
 BALANCE_CODE = "310000"
+VOID_CODE = "200000"
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,8 @@ class LinkRequest:
 def _kind(doc: Mapping[str, str]) -> str:
     if doc["t"] in ("0420", "0421"):
         return "reversal"
-    return {SALE_CODE: "sale", BALANCE_CODE: "balance"}.get(doc.get("3", ""), "other")
+    return {SALE_CODE: "sale", BALANCE_CODE: "balance", VOID_CODE: "void"}.get(doc.get("3", ""),
+                                                                               "other")
 
 
 def _echo(doc: Mapping[str, str], code: str) -> dict[str, str]:
@@ -102,12 +104,14 @@ def apply_link_request(conn: sqlite3.Connection, req: LinkRequest) -> dict[str, 
         return json.loads(row["response"])
     if kind == "other":
         return _echo(doc, "40")
+    if kind == "void":
+        return _void(conn, req)
     amount = int(doc["4"])
     card = load_card(conn, req.pan_hash) if req.pan_hash else None
     today = req.now.strftime("%y%m")
     expiry = rules.expiry_of(doc)
-    if conn.execute("SELECT 1 FROM h2h_reversals WHERE acquirer_id=? AND rrn=?",
-                    (acquirer, rrn)).fetchone():
+    if conn.execute("SELECT 1 FROM h2h_reversals WHERE acquirer_id=? AND rrn=? AND kind=?",
+                    (acquirer, rrn, kind)).fetchone():
         decision = rules.Decision(rules.ALREADY_REVERSED)
     elif kind == "sale":
         no_cvm = rules.no_cvm_allowed(doc.get("22", ""), amount)
@@ -124,6 +128,12 @@ def apply_link_request(conn: sqlite3.Connection, req: LinkRequest) -> dict[str, 
         if decision.pin_tries is not None:
             conn.execute("UPDATE cards SET pin_tries = ? WHERE pan_hash = ?",
                          (decision.pin_tries, req.pan_hash))
+    return _insert(conn, req, kind, decision)
+
+
+def _insert(conn: sqlite3.Connection, req: LinkRequest, kind: str, decision: rules.Decision
+            ) -> dict[str, str]:
+    doc = req.doc
     response = _echo(doc, decision.code)
     response.update(decision.extra)
     if decision.approved:
@@ -132,29 +142,55 @@ def apply_link_request(conn: sqlite3.Connection, req: LinkRequest) -> dict[str, 
         "INSERT INTO h2h_txns (link, acquirer_id, rrn, stan, kind, pan_hash, pan_masked, amount,"
         " rc, auth_code, response, created, settlement_date) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?,"
         " ?, ?, ?, ?)",
-        (req.link, acquirer, rrn, doc["11"], kind, req.pan_hash, mask_pan(doc["2"]), amount,
-         decision.code, response.get("38"), json.dumps(response),
+        (req.link, doc["32"], doc["37"], doc["11"], kind, req.pan_hash, mask_pan(doc["2"]),
+         int(doc["4"]), decision.code, response.get("38"), json.dumps(response),
          req.now.isoformat(timespec="seconds"), req.now.date().isoformat()))
     return response
 
 
+def _void(conn: sqlite3.Connection, req: LinkRequest) -> dict[str, str]:
+    """A void (F3 200000, F37 = the sale's RRN): a live sale of this card and amount."""
+    doc = req.doc
+    sale = conn.execute("SELECT * FROM h2h_txns WHERE acquirer_id=? AND rrn=? AND kind='sale'",
+                        (doc["32"], doc["37"])).fetchone()
+    if sale is None:
+        decision = rules.Decision(rules.ORIGINAL_NOT_FOUND)
+    elif sale["rc"] != APPROVED or sale["reversed"] or sale["voided"] or (
+            sale["pan_hash"] != req.pan_hash):
+        decision = rules.Decision(rules.INVALID_TRANSACTION)
+    elif sale["amount"] != int(doc["4"]):
+        decision = rules.Decision(rules.AMOUNT_MISMATCH)
+    else:
+        decision = rules.Decision(APPROVED)
+        conn.execute("UPDATE h2h_txns SET voided=1 WHERE id=?", (sale["id"],))
+        conn.execute("UPDATE cards SET balance = balance + ? WHERE pan_hash = ?",
+                     (sale["amount"], sale["pan_hash"]))
+    return _insert(conn, req, "void", decision)
+
+
 def _reverse(conn: sqlite3.Connection, req: LinkRequest) -> dict[str, str]:
-    """0420/0421: undo the original sale once; 00 also for an unknown original."""
+    """0420/0421: undo the original (sale, or void when F3 is 200000) once; 00 also for an
+    unknown original (which is then declined if it arrives)."""
     doc = req.doc
     acquirer, rrn = doc["32"], doc["37"]
-    done = conn.execute("SELECT rc FROM h2h_reversals WHERE acquirer_id=? AND rrn=?",
-                        (acquirer, rrn)).fetchone()
+    kind = "void" if doc.get("3") == VOID_CODE else "sale"
+    done = conn.execute("SELECT rc FROM h2h_reversals WHERE acquirer_id=? AND rrn=? AND kind=?",
+                        (acquirer, rrn, kind)).fetchone()
     if done is not None:
         return _echo(doc, done["rc"])
-    sale = conn.execute("SELECT * FROM h2h_txns WHERE acquirer_id=? AND rrn=? AND kind='sale'",
-                        (acquirer, rrn)).fetchone()
-    if sale is not None and sale["rc"] == APPROVED and not sale["reversed"]:
-        conn.execute("UPDATE h2h_txns SET reversed=1 WHERE id=?", (sale["id"],))
-        if sale["pan_hash"]:
+    original = conn.execute("SELECT * FROM h2h_txns WHERE acquirer_id=? AND rrn=? AND kind=?",
+                            (acquirer, rrn, kind)).fetchone()
+    if original is not None and original["rc"] == APPROVED and not original["reversed"]:
+        conn.execute("UPDATE h2h_txns SET reversed=1 WHERE id=?", (original["id"],))
+        sign = 1 if kind == "sale" else -1
+        if kind == "void":
+            conn.execute("UPDATE h2h_txns SET voided=0 WHERE acquirer_id=? AND rrn=? AND"
+                         " kind='sale'", (acquirer, rrn))
+        if original["pan_hash"]:
             conn.execute("UPDATE cards SET balance = balance + ? WHERE pan_hash = ?",
-                         (sale["amount"], sale["pan_hash"]))
-    conn.execute("INSERT INTO h2h_reversals VALUES (?, ?, ?, ?, ?)",
-                 (acquirer, rrn, doc.get("39", ""), APPROVED,
+                         (sign * original["amount"], original["pan_hash"]))
+    conn.execute("INSERT INTO h2h_reversals VALUES (?, ?, ?, ?, ?, ?)",
+                 (acquirer, rrn, kind, doc.get("39", ""), APPROVED,
                   req.now.isoformat(timespec="seconds")))
     return _echo(doc, APPROVED)
 
@@ -273,7 +309,7 @@ class _Conn:
         now = datetime.now()
         pan_hash = ""
         pin = PinResult.ABSENT
-        if doc["t"] == "0200":
+        if doc["t"] == "0200" and "2" in doc:
             key = get_meta(self.s.read_conn, "pan_hash_key_lmk")
             pan_hash = await self.s.hsm.hash_pan(key or "", doc["2"])
             card = load_card(self.s.read_conn, pan_hash)

@@ -257,6 +257,39 @@ async def test_terminal_reversal_of_routed_sale_goes_to_same_channel(
     assert txns(db)[0]["reversed"] == 1
 
 
+async def test_void_follows_its_sale_and_its_reversal_too(tmp_path: Path,
+                                                          nursery: trio.Nursery) -> None:
+    net_a, net_b = await networks(tmp_path, nursery, "neta", "netb")
+    db, term = await start_acquirer(tmp_path, nursery, [
+        ("NET-A", net_a, {"cost_fixed": 5}), ("NET-B", net_b, {"cost_fixed": 9})])
+    await wait_up(db, ["NET-A", "NET-B"])
+    async with term:
+        await term.sign_on()
+        sale = await term.sale(FOREIGN, 4000)
+        assert sale.code == "00"
+        conn = open_store(db)
+        conn.execute("UPDATE routes SET cost_fixed=99 WHERE name='NET-A'")  # A now dearer
+        conn.close()
+        await trio.sleep(1.5)
+        assert (await term.void(FOREIGN, sale, amount=3999)).code == "64"
+        void = await term.void(FOREIGN, sale)
+        assert void.code == "00"  # on NET-A, the sale's channel, though B is now cheaper
+        assert net_a.balance() == FOREIGN.balance_minor
+        assert (await term.void(FOREIGN, sale)).code == "12"  # voided already
+        undo = await term.reverse(void.request, "06")
+        assert undo.code == "00"
+        with trio.fail_after(10):
+            while any(r["state"] != "done" for r in outbox(db)):
+                await trio.sleep(0.1)
+    assert net_a.balance() == FOREIGN.balance_minor - 4000  # the void undone: sale stands
+    assert net_b.balance() == FOREIGN.balance_minor
+    rows = txns(db)
+    assert [(r["kind"], r["route"], r["rc"]) for r in rows] == [
+        ("sale", "NET-A", "00"), ("void", "NET-A", "64"), ("void", "NET-A", "00"),
+        ("void", "NET-A", "12")]
+    assert rows[0]["voided_by"] is None and rows[2]["reversed"] == 1
+
+
 async def test_killed_upstream_traffic_moves(tmp_path: Path, nursery: trio.Nursery) -> None:
     net_a, net_b = await networks(tmp_path, nursery, "neta", "netb")
     db, term = await start_acquirer(tmp_path, nursery, [
