@@ -863,10 +863,28 @@ def settlement() -> None:
               show_default=True, help="Output format.")
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Write to this file instead of stdout.")
+@click.option("--link", default=None,
+              help="Upstream role: the daily file of this acquirer link (JSON), for"
+                   " `recon import` at the acquirer.")
 @db_option
-def settlement_report(day: str, fmt: str, out: Path | None, db_path: Path) -> None:
+def settlement_report(day: str, fmt: str, out: Path | None, db_path: Path,
+                      link: str | None = None) -> None:
     """The day's reconciliation file: one line per transaction, totals per merchant,
     per terminal and overall."""
+    if link is not None:
+        from host.recon import link_daily_file
+
+        try:
+            data = link_daily_file(_read(db_path), link, day)
+        except HostError as exc:
+            _fail(str(exc))
+        text = json.dumps(data, indent=2) + "\n"
+        if out is None:
+            click.echo(text, nl=False)
+        else:
+            out.write_text(text)
+            click.echo(f"{len(data['lines'])} line(s) written to {out}")
+        return
     report = reports.settlement_report(_read(db_path), day)
     text = json.dumps(report, indent=2) + "\n" if fmt == "json" else reports.report_csv(report)
     if out is None:
@@ -878,10 +896,11 @@ def settlement_report(day: str, fmt: str, out: Path | None, db_path: Path) -> No
 
 def _add_routing_commands() -> None:
     """`poshost route ...` and `poshost link ...` (host/routecli.py)."""
-    from host.routecli import link, route
+    from host.routecli import link, recon, route
 
     main.add_command(route)
     main.add_command(link)
+    main.add_command(recon)
 
 
 _add_routing_commands()

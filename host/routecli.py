@@ -210,3 +210,41 @@ def link_add(name: str, acquirer_id: str, zmk: str | None, zmk_components: tuple
         conn.close()
     click.echo(f"link {name} added (acquirer {acquirer_id}), ZMK check value {kcv}")
 
+
+
+@click.group("recon")
+def recon() -> None:
+    """T+1 check of a route against its upstream's daily file."""
+
+
+@recon.command("import")
+@click.option("--route", "route_name", required=True, help="The route the file is for.")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@json_option
+@db_option
+def recon_import(route_name: str, file: Path, as_json: bool, db_path: Path) -> None:
+    """Compare the upstream's file (`settlement report --link`) with this route's standing
+    sales of that date; each difference becomes a reconciliation exception."""
+    from host.recon import import_daily_file
+
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, ValueError) as exc:
+        _fail(f"cannot read {file}: {exc}")
+    conn = _read(db_path)
+    try:
+        diffs = import_daily_file(conn, route_name, data)
+    except (HostError, KeyError, TypeError) as exc:
+        _fail(f"not imported: {exc}")
+    finally:
+        conn.close()
+    rows = [{"kind": d.kind, "rrn": d.rrn, "network_amount": d.network_amount,
+             "acquirer_amount": d.acquirer_amount} for d in diffs]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        click.echo(f"{len(diffs)} difference(s) recorded as exceptions" if diffs
+                   else "route and network agree")
+        for row in rows:
+            click.echo(f"  {row['kind']}: RRN {row['rrn']} network {row['network_amount']}"
+                       f" acquirer {row['acquirer_amount']}")

@@ -347,3 +347,17 @@ async def test_failing_upstream_demoted_after_20_and_restored(tmp_path: Path,
             await trio.sleep(0.2)
     assert net_a.balance() == FOREIGN.balance_minor - 100
     assert net_b.balance() == FOREIGN.balance_minor - 100
+
+
+async def test_limits_respected(tmp_path: Path, nursery: trio.Nursery) -> None:
+    net_a, net_b = await networks(tmp_path, nursery, "neta", "netb")
+    db, term = await start_acquirer(tmp_path, nursery, [
+        ("NET-A", net_a, {"cost_fixed": 1, "limit_txn": 5000, "limit_day": 8000}),
+        ("NET-B", net_b, {"cost_fixed": 9})])
+    await wait_up(db, ["NET-A", "NET-B"])
+    async with term:
+        await term.sign_on()
+        for amount in (6000, 4000, 3000, 2000, 1000):
+            assert (await term.sale(FOREIGN, amount)).code == "00"
+    assert [(r["amount"], r["route"]) for r in txns(db)] == [
+        (6000, "NET-B"), (4000, "NET-A"), (3000, "NET-A"), (2000, "NET-B"), (1000, "NET-A")]

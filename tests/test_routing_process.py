@@ -103,6 +103,25 @@ async def test_two_processes_sale_and_reversal_survive_kill_9(tmp_path: Path,
         assert listed[0]["volume_today"] == 12345 and listed[0]["cost_today"] == 10
         conn = sqlite3.connect(net_db)
         assert conn.execute("SELECT COUNT(*) FROM h2h_reversals").fetchone() == (1,)
+        # T+1: the network's daily file for the link, imported at the acquirer
+        day = rows[0]["settlement_date"]
+        daily = tmp_path / "acq1.json"
+        cli("settlement", "report", "--link", "ACQ1", "--date", day, "--out", str(daily),
+            "--db", str(net_db))
+        assert "agree" in cli("recon", "import", "--route", "NET-A", str(daily), "--db",
+                              str(acq_db))
+        data = json.loads(daily.read_text())
+        assert data["totals"] == {"sales": 1, "amount": 12345}
+        data["lines"][0]["amount"] = 12000
+        data["lines"].append({**data["lines"][0], "rrn": "999999999999", "amount": 5})
+        daily.write_text(json.dumps(data))
+        found = json.loads(cli("recon", "import", "--route", "NET-A", str(daily), "--json",
+                               "--db", str(acq_db)))
+        assert [(d["kind"], d["network_amount"], d["acquirer_amount"]) for d in found] == [
+            ("amount_differs", 12000, 12345), ("only_at_network", 5, None)]
+        exceptions = json.loads(cli("exceptions", "list", "--json", "--db", str(acq_db)))
+        assert {e["kind"] for e in exceptions} == {"route_amount_differs",
+                                                   "route_only_at_network"}
     finally:
         for proc in (acquirer, network):
             if proc is not None and proc.poll() is None:
