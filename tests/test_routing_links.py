@@ -361,3 +361,36 @@ async def test_limits_respected(tmp_path: Path, nursery: trio.Nursery) -> None:
             assert (await term.sale(FOREIGN, amount)).code == "00"
     assert [(r["amount"], r["route"]) for r in txns(db)] == [
         (6000, "NET-B"), (4000, "NET-A"), (3000, "NET-A"), (2000, "NET-B"), (1000, "NET-A")]
+
+
+async def test_upstream_refuses_strangers_and_unkeyed_requests(tmp_path: Path,
+                                                              nursery: trio.Nursery) -> None:
+    from specs.h2h import H2hFrameDecoder, decode_h2h, encode_h2h, field60_management, frame_h2h
+
+    (net,) = await networks(tmp_path, nursery, "neta")
+    stream = await trio.open_tcp_stream(*net.address)
+    decoder = H2hFrameDecoder()
+
+    async def ask(doc: dict[str, str]) -> dict[str, str]:
+        await stream.send_all(frame_h2h(encode_h2h(doc)))
+        with trio.fail_after(5):
+            while True:
+                bodies = decoder.feed(await stream.receive_some(4096))
+                if bodies:
+                    return decode_h2h(bodies[0])
+
+    base = {"7": "1130120000", "11": "000001", "33": "99999999"}
+    stranger = await ask({"t": "0800", **base, "32": "99999999",
+                          "60": field60_management("001")})
+    assert stranger["t"] == "0810" and stranger["39"] == "03"
+    unkeyed = await ask({"t": "0200", "2": FOREIGN.pan, "3": "000000", "4": "000000000100",
+                         "7": "1130120000", "11": "000002", "32": ACQUIRER_ID,
+                         "37": "000000000001", "41": TID, "42": MID, "49": "156",
+                         "64": "0000000000000000"})
+    assert unkeyed["t"] == "0210" and unkeyed["39"] == "A0" and "64" not in unkeyed
+    await stream.send_all(b"\x00\x0dnot a message")  # undecodable: ignored, link stays
+    signed = await ask({"t": "0800", **base, "11": "000003", "32": ACQUIRER_ID,
+                        "60": field60_management("001")})
+    assert signed["39"] == "00"
+    assert net.balance() == FOREIGN.balance_minor
+    await stream.aclose()
