@@ -127,3 +127,50 @@ async def test_two_processes_sale_and_reversal_survive_kill_9(tmp_path: Path,
             if proc is not None and proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(timeout=20)
+
+
+async def test_network_killed_with_a_reversal_owed_applies_it_after_restart(
+        tmp_path: Path, nursery: trio.Nursery) -> None:
+    net_db, acq_db = tmp_path / "net.db", tmp_path / "acq.db"
+    cli("init", "--db", str(net_db))
+    cli("card", "add", "--pan", FOREIGN.pan, "--expiry", FAR_EXPIRY, "--pin", FOREIGN.pin,
+        "--balance", "50000.00", "--db", str(net_db))
+    cli("link", "add", "--name", "ACQ1", "--acquirer-id", "48020000", "--zmk", ZMK,
+        "--db", str(net_db))
+    network, net_at = await trio.to_thread.run_sync(serve, net_db, "--h2h-listen",
+                                                    "127.0.0.1:0")
+    acquirer = None
+    try:
+        proxy = Proxy(address(net_at["h2h"]))
+        relay = await nursery.start(proxy.serve)
+        cli("init", "--db", str(acq_db))
+        cli("merchant", "add", "--mid", MID, "--name", "Lab Coffee Shop", "--db", str(acq_db))
+        cli("terminal", "add", "--tid", TID, "--mid", MID, "--tmk", TMK, "--db", str(acq_db))
+        cli("route", "add", "--name", "NET-A", "--connect", f"{relay[0]}:{relay[1]}",
+            "--bins", "4761", "--zmk", ZMK, "--timeout", "0.5", "--db", str(acq_db))
+        acquirer, acq_at = await trio.to_thread.run_sync(serve, acq_db)
+        await wait_up(acq_db, ["NET-A"])
+        host, port = address(acq_at["terminals"])
+        async with TestTerminal(host, port, TID, MID, TMK) as term:
+            await term.sign_on()
+            proxy.drop = True
+            assert (await term.sale(FOREIGN, 3000)).code == "91"
+            network.send_signal(signal.SIGKILL)  # the network dies owing a reversal
+            network.wait(timeout=10)
+            assert balance(net_db) == 5_000_000 - 3000
+            proxy.drop = False
+            network, _ = await trio.to_thread.run_sync(
+                serve, net_db, "--h2h-listen", net_at["h2h"])
+            with trio.fail_after(30):
+                while outbox(acq_db)[0]["state"] != "done":
+                    await trio.sleep(0.2)
+            await wait_up(acq_db, ["NET-A"])
+            assert (await term.sale(FOREIGN, 1000)).code == "00"
+        assert balance(net_db) == 5_000_000 - 1000
+        conn = sqlite3.connect(net_db)
+        assert conn.execute("SELECT COUNT(*) FROM h2h_reversals").fetchone() == (1,)
+    finally:
+        for proc in (acquirer, network):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=20)
