@@ -56,6 +56,16 @@ def _check_hex_key(_ctx: click.Context, _param: click.Parameter, value: str | No
     return value
 
 
+NAME_MAX = 32
+
+
+def _check_name(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    if not value or len(value) > NAME_MAX or not all(c.isascii() and (c.isalnum() or c in "-_.")
+                                                     for c in value):
+        raise click.BadParameter(f"1-{NAME_MAX} letters, digits, '-', '_' or '.'")
+    return value
+
+
 def zmk_options(f):  # type: ignore[no-untyped-def]
     f = click.option("--zmk-component", "zmk_components", multiple=True,
                      help="A clear ZMK component (32 hex); give two or three.")(f)
@@ -69,7 +79,7 @@ def route() -> None:
 
 
 @route.command("add")
-@click.option("--name", required=True, help="Channel name, e.g. NET-A.")
+@click.option("--name", required=True, callback=_check_name, help="Channel name, e.g. NET-A.")
 @click.option("--connect", "target", required=True, type=params.ADDRESS,
               help="The upstream's h2h address HOST:PORT.")
 @click.option("--bins", required=True, help="BIN prefixes and ranges: 4761,622203-622299.")
@@ -189,7 +199,8 @@ def link() -> None:
 
 
 @link.command("add")
-@click.option("--name", required=True, help="The acquirer's name, e.g. ACQ1.")
+@click.option("--name", required=True, callback=_check_name,
+              help="The acquirer's name, e.g. ACQ1.")
 @click.option("--acquirer-id", required=True, help="Its institution id (F32), 1-11 digits.")
 @zmk_options
 @db_option
