@@ -83,10 +83,15 @@ def record_routed(ledger: Ledger, conn: sqlite3.Connection, req: Request, out: O
                   ) -> Message:
     """Record an off-us transaction with its channel, and settle its outbox row (writer)."""
     repeat = ledger._repeat(conn, req)
-    if repeat is not None:
-        return repeat
-    if ledger._batch_state(conn, req.tid, req.batch) != "open":
-        return ledger.reply(req, BATCH_MISMATCH)
+    refused = repeat if repeat is not None else (
+        ledger.reply(req, BATCH_MISMATCH)
+        if ledger._batch_state(conn, req.tid, req.batch) != "open" else None)
+    if refused is not None:  # nothing recorded here: whatever the upstream did is reversed
+        if out.outbox_id is not None:
+            conn.execute("UPDATE h2h_outbox SET state='pending', reason=? WHERE id=?",
+                         (REVERSAL_TERMINAL if out.outbox_state == "done" else out.reason,
+                          out.outbox_id))
+        return refused
     pan = rules.card_pan(req.doc)
     extra = dict(out.extra)
     extra["63"] = card_organisation(pan)

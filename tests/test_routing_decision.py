@@ -161,3 +161,27 @@ def test_h2h_codec_round_trip_and_framing() -> None:
     assert [decode_h2h(b)["t"] for b in bodies] == ["0200", "0800"]
     assert management_code(decode_h2h(bodies[1])) == "301"
     assert response_mti("0200") == "0210" and response_mti("0421") == "0430"
+
+
+def test_link_state_machine() -> None:
+    from host.links import LinkEvent, LinkPhase, next_phase
+
+    path = [(LinkEvent.CONNECTED, LinkPhase.SIGNING_ON), (LinkEvent.SIGNED_ON, LinkPhase.KEYING),
+            (LinkEvent.KEYED, LinkPhase.UP), (LinkEvent.LOST, LinkPhase.DOWN)]
+    phase = LinkPhase.DOWN
+    for event, expected in path:
+        phase = next_phase(phase, event)
+        assert phase is expected
+    for phase in LinkPhase:  # a refusal or a loss anywhere: down, then reconnect
+        assert next_phase(phase, LinkEvent.REFUSED) is LinkPhase.DOWN
+        assert next_phase(phase, LinkEvent.LOST) is LinkPhase.DOWN
+    assert next_phase(LinkPhase.DOWN, LinkEvent.KEYED) is LinkPhase.DOWN  # out of order
+
+
+def test_recon_compare_table() -> None:
+    from host.recon import compare
+
+    diffs = compare({"A": 100, "B": 50, "C": 9}, {"B": 50, "C": 8, "D": 1})
+    assert [(d.kind, d.rrn, d.network_amount, d.acquirer_amount) for d in diffs] == [
+        ("only_at_network", "A", 100, None), ("amount_differs", "C", 9, 8),
+        ("only_at_acquirer", "D", None, 1)]
