@@ -18,7 +18,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from prometheus_client.metrics_core import Metric
 
 from host import rules
 from host.db import Terminal, load_card
-from host.ledger import Ledger, Request
+from host.ledger import Ledger, Request, _txn
 from host.links import Link, LinkDown, LinkPhase
 from host.routestore import load_routes
 from host.routing import NO_CHANNEL, NO_ROUTE, Ask, choose_route, reversal_backoff
@@ -112,6 +112,28 @@ def record_routed(ledger: Ledger, conn: sqlite3.Connection, req: Request, out: O
             conn.execute("UPDATE h2h_outbox SET state='pending', reason=?, txn_id=? WHERE id=?",
                          (out.reason, txn_id, out.outbox_id))
     return response
+
+
+def record_refund(ledger: Ledger, conn: sqlite3.Connection, req: Request, out: Outcome,
+                  advice: Mapping[str, str]) -> tuple[Message, int | None]:
+    """An approved refund of a routed sale and its 0220 advice, queued durably (writer)."""
+    repeat = ledger._repeat(conn, req)
+    if repeat is not None:
+        return repeat, None
+    response = record_routed(ledger, conn, req, replace(out, original=None))
+    if response.get("39") != "00" or out.original is None:
+        return response, None
+    conn.execute("UPDATE txns SET refunded=refunded+? WHERE id=?",
+                 (int(req.doc["4"]), out.original.id))
+    conn.execute("UPDATE txns SET orig_id=? WHERE tid=? AND batch=? AND stan=? AND mti=?",
+                 (out.original.id, *req.key))
+    stored = {**advice, "2": stored_pan(advice["2"])}
+    cur = conn.execute(
+        "INSERT INTO h2h_outbox (route, rrn, stan, doc, reason, state, created)"
+        " VALUES (?, ?, ?, ?, 'advice', 'pending', ?)",
+        (out.route, advice["37"], advice["11"], json.dumps(stored),
+         datetime.now().isoformat(timespec="seconds")))
+    return response, int(cur.lastrowid or 0)
 
 
 def open_inflight(conn: sqlite3.Connection, route: str, doc: Mapping[str, str]) -> int:
@@ -293,6 +315,8 @@ class Router:
             return await self._terminal_reversal(req)
         if req.kind.name == "void" and self.links:
             return await self._void(req, terminal)
+        if req.kind.name == "refund" and self.links:
+            return await self._refund(req)
         if req.kind.name not in ROUTED_KINDS or not self.links or self._is_local(req):
             return None
         pan = rules.card_pan(req.doc)
@@ -332,6 +356,45 @@ class Router:
         if link is None or link.phase is not LinkPhase.UP:
             return await self._record(req, Outcome(NO_CHANNEL, {}, route, 0, None, None))
         return await self._send(req, terminal, link, original)
+
+    async def _refund(self, req: Request) -> Message | None:
+        """A refund of a routed sale: checked here (25/12/64), approved to the terminal once
+        committed with its 0220 advice, which then goes to the sale's channel until a 0230
+        (store and forward, like the terminal's own advice)."""
+        doc = req.doc
+        original = _txn(self.read_conn.execute("SELECT * FROM txns WHERE rrn=? AND kind='sale'",
+                                               (doc.get("37", "").strip(),)).fetchone())
+        row = None if original is None else self.read_conn.execute(
+            "SELECT route FROM txns WHERE id=?", (original.id,)).fetchone()
+        if original is None or row is None or not row["route"] or self._is_repeat(req):
+            return None
+        link = self.links.get(row["route"])
+        if link is None:
+            return None
+        try:
+            f61 = decode_field61(doc.get("61", ""))
+        except SpecError:
+            return None
+        amount = int(doc.get("4", "0") or 0)
+        mid = self.ledger._terminal_mid(self.read_conn, req.tid)
+        check = rules.decide_refund(amount, req.pan_hash, mid, original, f61.batch, f61.trace,
+                                    None, req.pin)
+        if check.code != rules.UNKNOWN_CARD:
+            return await self._record(req, Outcome(check.code, {}, link.name, 0, None, None))
+        advice = {"t": "0220", "2": rules.card_pan(doc), "3": doc["3"], "4": doc["4"],
+                  **_now_fields(), "11": link.next_stan(), "32": link.acquirer_id,
+                  "33": link.acquirer_id, "37": original.rrn, "41": doc["41"],
+                  "42": doc["42"], "49": doc.get("49", "156")}
+        advice = dict(sorted(advice.items(), key=lambda kv: (kv[0] != "t", int(kv[0])
+                                                             if kv[0].isdigit() else 0)))
+        out = Outcome("00", {}, link.name, link.route.cost(amount), None, None,
+                      original=original)
+        ledger = self.ledger
+        response, outbox_id = await self.writer.submit(
+            lambda conn: record_refund(ledger, conn, req, out, advice))
+        if outbox_id is not None:
+            self._pans[outbox_id] = advice["2"]
+        return response
 
     def _is_repeat(self, req: Request) -> bool:
         return self.read_conn.execute(
@@ -438,7 +501,8 @@ class Router:
                              next_at: dict[int, float]) -> None:
         doc: dict[str, Any] = json.loads(row["doc"])
         doc["2"] = self._pans.get(row["id"], doc["2"])
-        doc.update({"t": "0421" if row["attempts"] else "0420", "39": row["reason"]})
+        if doc.get("t") != "0220":  # an advice is sent again as it is
+            doc.update({"t": "0421" if row["attempts"] else "0420", "39": row["reason"]})
         doc = dict(sorted(doc.items(), key=lambda kv: (kv[0] != "t", int(kv[0])
                                                       if kv[0].isdigit() else 0)))
         attempts = int(row["attempts"])
@@ -448,14 +512,15 @@ class Router:
         except (LinkDown, HsmError, trio.BrokenResourceError, OSError) as exc:
             log.info("route %s: 0420 for RRN %s not sent: %s", link.name, row["rrn"], exc)
         rid = row["id"]
-        if answer is not None and answer.get("t") == "0430" and mac_ok:
+        if answer is not None and answer.get("t") in ("0430", "0230") and mac_ok:
             await self.writer.submit(lambda conn: conn.execute(
                 "UPDATE h2h_outbox SET state='done', attempts=?, done_at=? WHERE id=?",
                 (attempts + 1, datetime.now().isoformat(timespec="seconds"), rid)))
             self._pans.pop(rid, None)
             next_at.pop(rid, None)
-            log.info("route %s: reversal of RRN %s acknowledged (0430 %s)", link.name,
-                     row["rrn"], answer.get("39"))
+            log.info("route %s: %s for RRN %s acknowledged (%s %s)", link.name,
+                     "advice" if answer.get("t") == "0230" else "reversal", row["rrn"],
+                     answer.get("t"), answer.get("39"))
             return
         await self.writer.submit(lambda conn: conn.execute(
             "UPDATE h2h_outbox SET attempts=? WHERE id=?", (attempts + 1, rid)))

@@ -41,7 +41,7 @@ ROUTING_SCHEMA = (
     amount INTEGER NOT NULL, rc TEXT NOT NULL, auth_code TEXT, reversed INTEGER NOT NULL
     DEFAULT 0, voided INTEGER NOT NULL DEFAULT 0, response TEXT NOT NULL, created TEXT NOT NULL,
     settlement_date TEXT NOT NULL)""",
-    "CREATE UNIQUE INDEX IF NOT EXISTS h2h_txns_key ON h2h_txns (acquirer_id, rrn, kind)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS h2h_txns_key ON h2h_txns (acquirer_id, rrn, kind, stan)",
     """CREATE TABLE IF NOT EXISTS h2h_reversals (
     acquirer_id TEXT NOT NULL, rrn TEXT NOT NULL, kind TEXT NOT NULL, reason TEXT NOT NULL,
     rc TEXT NOT NULL, created TEXT NOT NULL, PRIMARY KEY (acquirer_id, rrn, kind))""",

@@ -14,7 +14,7 @@ import json
 import logging
 import sqlite3
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 import trio
@@ -81,6 +81,8 @@ class LinkRequest:
 def _kind(doc: Mapping[str, str]) -> str:
     if doc["t"] in ("0420", "0421"):
         return "reversal"
+    if doc["t"] == "0220":
+        return "refund" if doc.get("3") == VOID_CODE else "other"
     return {SALE_CODE: "sale", BALANCE_CODE: "balance", VOID_CODE: "void"}.get(doc.get("3", ""),
                                                                                "other")
 
@@ -98,14 +100,19 @@ def apply_link_request(conn: sqlite3.Connection, req: LinkRequest) -> dict[str, 
     acquirer, rrn, kind = doc["32"], doc["37"], _kind(doc)
     if kind == "reversal":
         return _reverse(conn, req)
-    row = conn.execute("SELECT response FROM h2h_txns WHERE acquirer_id=? AND rrn=? AND kind=?",
-                       (acquirer, rrn, kind)).fetchone()
+    row = conn.execute("SELECT response FROM h2h_txns WHERE acquirer_id=? AND rrn=? AND kind=?"
+                       " AND stan=?", (acquirer, rrn, kind, doc["11"])
+                       ).fetchone() if kind == "refund" else conn.execute(
+        "SELECT response FROM h2h_txns WHERE acquirer_id=? AND rrn=? AND kind=?",
+        (acquirer, rrn, kind)).fetchone()
     if row is not None:  # a repeat: the first answer
         return json.loads(row["response"])
     if kind == "other":
         return _echo(doc, "40")
     if kind == "void":
         return _void(conn, req)
+    if kind == "refund":
+        return _refund(conn, req)
     amount = int(doc["4"])
     card = load_card(conn, req.pan_hash) if req.pan_hash else None
     today = req.now.strftime("%y%m")
@@ -166,6 +173,31 @@ def _void(conn: sqlite3.Connection, req: LinkRequest) -> dict[str, str]:
         conn.execute("UPDATE cards SET balance = balance + ? WHERE pan_hash = ?",
                      (sale["amount"], sale["pan_hash"]))
     return _insert(conn, req, "void", decision)
+
+
+def _refund(conn: sqlite3.Connection, req: LinkRequest) -> dict[str, str]:
+    """A refund advice (0220, F37 = the sale's RRN): credit the sale's card, never more in
+    all than the sale (64). The card is the sale's (F2 may be truncated after a restart)."""
+    doc = req.doc
+    sale = conn.execute("SELECT * FROM h2h_txns WHERE acquirer_id=? AND rrn=? AND kind='sale'",
+                        (doc["32"], doc["37"])).fetchone()
+    amount = int(doc["4"])
+    if sale is None:
+        decision = rules.Decision(rules.ORIGINAL_NOT_FOUND)
+    elif sale["rc"] != APPROVED or sale["reversed"] or sale["voided"]:
+        decision = rules.Decision(rules.INVALID_TRANSACTION)
+    else:
+        refunded = conn.execute(
+            "SELECT COALESCE(SUM(amount), 0) FROM h2h_txns WHERE acquirer_id=? AND rrn=? AND"
+            " kind='refund' AND rc='00'", (doc["32"], doc["37"])).fetchone()[0]
+        if amount <= 0 or refunded + amount > sale["amount"]:
+            decision = rules.Decision(rules.AMOUNT_MISMATCH)
+        else:
+            decision = rules.Decision(APPROVED)
+            conn.execute("UPDATE cards SET balance = balance + ? WHERE pan_hash = ?",
+                         (amount, sale["pan_hash"]))
+    return _insert(conn, replace(req, pan_hash=sale["pan_hash"] if sale else ""), "refund",
+                   decision)
 
 
 def _reverse(conn: sqlite3.Connection, req: LinkRequest) -> dict[str, str]:
@@ -259,7 +291,7 @@ class _Conn:
             return None  # the acquirer answering our echo (we send none: it does)
         if mti == "0800":
             return encode_h2h(await self._management(doc))
-        if mti not in ("0200", "0420", "0421"):
+        if mti not in ("0200", "0220", "0420", "0421"):
             return encode_h2h(_echo(doc, "40"))
         if self.keys is None or doc.get("32") != self.acquirer:
             return encode_h2h(_echo(doc, MAC_ERROR))
@@ -267,7 +299,7 @@ class _Conn:
             if not await verify_mac_zak(self.s.hsm, self.keys.zak, mac_block_of(body),
                                         mac_of(body)):
                 return encode_h2h(_echo(doc, MAC_ERROR))
-            if mti == "0200":
+            if mti in ("0200", "0220"):
                 check_financial_request(doc)
             response = await self._financial(doc)
             block = mac_block_of(with_mac_bit(response))

@@ -290,6 +290,38 @@ async def test_void_follows_its_sale_and_its_reversal_too(tmp_path: Path,
     assert rows[0]["voided_by"] is None and rows[2]["reversed"] == 1
 
 
+async def test_refund_of_routed_sale_is_advised_to_its_channel(tmp_path: Path,
+                                                               nursery: trio.Nursery) -> None:
+    (net,) = await networks(tmp_path, nursery, "neta")
+    relay = await proxied(nursery, net)
+    db, term = await start_acquirer(tmp_path, nursery, [
+        ("NET-A", Network(net.db, relay.address, net.cancel), {"timeout": 0.5})])
+    await wait_up(db, ["NET-A"])
+    async with term:
+        await term.sign_on()
+        sale = await term.sale(FOREIGN, 9000)
+        assert sale.code == "00"
+        relay.proxy.drop = True  # the advice waits for the network: the terminal does not
+        refund = await term.refund(FOREIGN, sale, 3000)
+        assert refund.code == "00"
+        assert (await term.refund(FOREIGN, sale, 6001)).code == "64"
+        await trio.sleep(1.0)
+        relay.proxy.drop = False
+        with trio.fail_after(15):
+            while any(r["state"] != "done" for r in outbox(db)):
+                await trio.sleep(0.1)
+    assert net.balance() == FOREIGN.balance_minor - 9000 + 3000
+    rows = txns(db)
+    assert [(r["kind"], r["route"], r["rc"]) for r in rows] == [
+        ("sale", "NET-A", "00"), ("refund", "NET-A", "00"), ("refund", "NET-A", "64")]
+    assert rows[0]["refunded"] == 3000 and rows[1]["orig_id"] == rows[0]["id"]
+    advice = outbox(db)[-1]
+    assert advice["reason"] == "advice" and advice["attempts"] >= 2
+    conn = sqlite3.connect(net.db)
+    assert conn.execute("SELECT kind, amount, rc FROM h2h_txns ORDER BY id").fetchall() == [
+        ("sale", 9000, "00"), ("refund", 3000, "00")]
+
+
 async def test_killed_upstream_traffic_moves(tmp_path: Path, nursery: trio.Nursery) -> None:
     net_a, net_b = await networks(tmp_path, nursery, "neta", "netb")
     db, term = await start_acquirer(tmp_path, nursery, [
