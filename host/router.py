@@ -410,6 +410,7 @@ class Router:
         doc = req.doc
         up = {k: doc[k] for k in UPSTREAM_FIELDS if k in doc}
         up.update(_now_fields())
+        up.setdefault("4", "000000000000")  # a balance inquiry: amount 0 (F4 is mandatory)
         original_rrn = doc.get("37", "").strip() if req.kind.name == "void" else None
         up.update({"t": "0200", "2": rules.card_pan(doc), "11": link.next_stan(),
                    "32": link.acquirer_id, "33": link.acquirer_id,

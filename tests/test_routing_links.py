@@ -128,9 +128,12 @@ async def test_foreign_sale_goes_upstream_cheapest_channel(tmp_path: Path,
         assert wrong_pin.code == "55"
         onus = await term.sale(ONUS, 500)
         assert onus.code == "00"
+        inquiry = await term.balance(FOREIGN)
+        assert inquiry.code == "00"  # NET-A (cheaper at 0), whose card has not been charged
+        assert inquiry["54"].endswith(f"{FOREIGN.balance_minor:012d}")
     rows = txns(db)
     assert [(r["route"], r["rc"]) for r in rows] == [("NET-B", "00"), ("NET-A", "55"),
-                                                     (None, "00")]
+                                                     (None, "00"), ("NET-A", "00")]
     assert rows[0]["channel_cost"] == 50 and rows[2]["channel_cost"] == 0
     assert net_b.balance() == FOREIGN.balance_minor - 12345
     assert net_a.balance() == FOREIGN.balance_minor
@@ -139,7 +142,7 @@ async def test_foreign_sale_goes_upstream_cheapest_channel(tmp_path: Path,
         (rows[0]["rrn"], 12345, "00")]
     conn = sqlite3.connect(net_a.db)
     assert conn.execute("SELECT rrn, amount, rc FROM h2h_txns").fetchall() == [
-        (rows[1]["rrn"], 100, "55")]
+        (rows[1]["rrn"], 100, "55"), (rows[3]["rrn"], 0, "00")]
 
 
 class Proxy:
