@@ -94,7 +94,8 @@ def route() -> None:
               help="Variable cost as a fraction of the amount (0.0038 = 0.38%).")
 @click.option("--limit-txn", default=None, help="Largest amount this channel takes.")
 @click.option("--limit-day", default=None, help="Most one card may spend on it per day.")
-@click.option("--maintenance", default=None, help="Daily window HH:MM-HH:MM (not used).")
+@click.option("--maintenance", default=None,
+              help="Daily window HH:MM-HH:MM (local time) when the route takes no traffic.")
 @click.option("--priority", type=int, default=0, show_default=True,
               help="Last tie-breaker (lower first).")
 @click.option("--fail-threshold", type=click.IntRange(1), default=20, show_default=True,
