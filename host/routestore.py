@@ -119,16 +119,19 @@ def route_rows(conn: sqlite3.Connection, day: str) -> list[dict[str, Any]]:
     ensure_routing_schema(conn)
     out = []
     for route, _row in load_routes(conn):
-        volume, cost, count = conn.execute(
-            "SELECT COALESCE(SUM(amount), 0), COALESCE(SUM(channel_cost), 0), COUNT(*)"
-            " FROM txns WHERE route=? AND settlement_date=? AND rc='00'",
+        volume, count = conn.execute(
+            "SELECT COALESCE(SUM(amount), 0), COUNT(*) FROM txns WHERE route=? AND"
+            " settlement_date=? AND rc='00' AND kind='sale' AND reversed=0 AND voided_by IS NULL",
             (route.name, day)).fetchone()
+        cost = conn.execute(
+            "SELECT COALESCE(SUM(channel_cost), 0) FROM txns WHERE route=? AND"
+            " settlement_date=? AND rc='00'", (route.name, day)).fetchone()[0]
         pending = conn.execute("SELECT COUNT(*) FROM h2h_outbox WHERE route=? AND state!='done'",
                                (route.name,)).fetchone()[0]
         out.append({"name": route.name, "connect": f"{route.host}:{route.port}",
                     "bins": format_bins(route.bins), "enabled": route.enabled,
                     "cost_fixed": route.cost_fixed, "cost_rate": route.cost_rate,
-                    "priority": route.priority, "volume_today": volume, "approved_today": count,
+                    "priority": route.priority, "volume_today": volume, "sales_today": count,
                     "cost_today": cost, "reversals_pending": pending})
     return out
 

@@ -101,6 +101,9 @@ async def test_two_processes_sale_and_reversal_survive_kill_9(tmp_path: Path,
             ("NET-A", "00", 10), ("NET-A", "91", 0)]
         listed = json.loads(cli("route", "list", "--json", "--db", str(acq_db)))
         assert listed[0]["volume_today"] == 12345 and listed[0]["cost_today"] == 10
+        listed_txns = json.loads(cli("txn", "list", "--json", "--db", str(acq_db)))
+        assert [(t["route"], t["channel_cost"]) for t in listed_txns] == [
+            ("NET-A", 0), ("NET-A", 10)]
         conn = sqlite3.connect(net_db)
         assert conn.execute("SELECT COUNT(*) FROM h2h_reversals").fetchone() == (1,)
         # T+1: the network's daily file for the link, imported at the acquirer
