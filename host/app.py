@@ -116,6 +116,11 @@ async def _run_host(config: HostConfig, task_status: trio.TaskStatus[tuple[str, 
             await check_lmk(conn, hsm)
             pvk = await ensure_pvk(conn, hsm)
             if config.workers:
+                from host.routestore import load_routes
+
+                if load_routes(conn):
+                    log.warning("routes are not used with --workers N yet: off-us cards are"
+                                " answered by this host's issuer simulator (14)")
                 await _run_pool(config, conn, stop, task_status, hsm=hsm)
                 return
             try:

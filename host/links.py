@@ -274,8 +274,9 @@ class Link:
         return {"state": "degraded" if degraded else self.phase.value,
                 "in_flight": h.in_flight, "success_rate": round(h.success_rate(), 3),
                 "p99_ms": round(h.p99() * 1000, 1), "trips": h.trips,
-                "degraded_until": (datetime.now().timestamp() + h.degraded_until - now)
-                if degraded else None}
+                "degraded_until": datetime.fromtimestamp(
+                    datetime.now().timestamp() + h.degraded_until - now).isoformat(
+                    timespec="seconds") if degraded else None}
 
 
 def _now_mmddhhmmss() -> str:
