@@ -55,11 +55,19 @@ def ensure_routing_schema(conn: sqlite3.Connection) -> None:
     """Create the routing tables and the txns channel columns (idempotent, portable SQL)."""
     for statement in ROUTING_SCHEMA:
         conn.execute(statement)
-    columns = {row[1] for row in conn.execute("PRAGMA table_info(txns)")}
-    if "route" not in columns:
+    if not _has_column(conn, "txns", "route"):
         conn.execute("ALTER TABLE txns ADD COLUMN route TEXT")
-    if "channel_cost" not in columns:
+    if not _has_column(conn, "txns", "channel_cost"):
         conn.execute("ALTER TABLE txns ADD COLUMN channel_cost INTEGER NOT NULL DEFAULT 0")
+
+
+def _has_column(conn: sqlite3.Connection, table: str, column: str) -> bool:
+    """Portable guard for the ALTERs (no PRAGMA): does selecting the column work?"""
+    try:
+        conn.execute(f"SELECT {column} FROM {table} WHERE 1 = 0").fetchall()
+    except sqlite3.OperationalError:
+        return False
+    return True
 
 
 def _now() -> str:
@@ -108,8 +116,8 @@ def route_of(row: sqlite3.Row) -> Route:
 
 
 def load_routes(conn: sqlite3.Connection) -> list[tuple[Route, sqlite3.Row]]:
-    """Every route with its row (keys under the LMK, acquirer id)."""
-    ensure_routing_schema(conn)
+    """Every route with its row (keys under the LMK, acquirer id); the schema is made by
+    `host.db.initialise`."""
     rows = conn.execute("SELECT * FROM routes ORDER BY name").fetchall()
     return [(route_of(r), r) for r in rows]
 
@@ -147,5 +155,4 @@ def insert_link(conn: sqlite3.Connection, name: str, acquirer_id: str, zmk_lmk: 
 
 
 def load_link(conn: sqlite3.Connection, acquirer_id: str) -> sqlite3.Row | None:
-    ensure_routing_schema(conn)
     return conn.execute("SELECT * FROM links WHERE acquirer_id=?", (acquirer_id,)).fetchone()
