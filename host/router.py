@@ -441,7 +441,7 @@ class Router:
         answer, mac_ok, reason = None, False, REVERSAL_TIMEOUT
         try:
             answer, mac_ok = await link.exchange(up)
-        except (LinkDown, HsmError, trio.BrokenResourceError, OSError) as exc:
+        except (LinkDown, HsmError, SpecError, trio.BrokenResourceError, OSError) as exc:
             log.warning("route %s: %s", route.name, exc)
         finally:
             health.in_flight -= 1
@@ -510,7 +510,7 @@ class Router:
         answer = None
         try:
             answer, mac_ok = await link.exchange(doc)
-        except (LinkDown, HsmError, trio.BrokenResourceError, OSError) as exc:
+        except (LinkDown, HsmError, SpecError, trio.BrokenResourceError, OSError) as exc:
             log.info("route %s: 0420 for RRN %s not sent: %s", link.name, row["rrn"], exc)
         rid = row["id"]
         if answer is not None and answer.get("t") in ("0430", "0230") and mac_ok:

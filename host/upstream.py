@@ -21,6 +21,7 @@ import trio
 
 from host import rules
 from host.db import get_meta, load_card
+from host.errors import HostError
 from host.ledger import new_auth_code
 from host.linkkeys import (
     LinkKeys,
@@ -307,8 +308,8 @@ class _Conn:
         except SpecError as exc:
             log.warning("link %s: bad request: %s", self.link, exc)
             return encode_h2h(_echo(doc, FORMAT_ERROR))
-        except HsmError as exc:
-            log.error("link %s: HSM failure: %s", self.link, exc)
+        except (HsmError, HostError) as exc:
+            log.error("link %s: internal failure: %s", self.link, exc)
             return encode_h2h(_echo(doc, SYSTEM_MALFUNCTION))
 
     async def _management(self, doc: dict[str, str]) -> dict[str, str]:

@@ -429,3 +429,29 @@ async def test_upstream_refuses_strangers_and_unkeyed_requests(tmp_path: Path,
     assert signed["39"] == "00"
     assert net.balance() == FOREIGN.balance_minor
     await stream.aclose()
+
+
+async def test_upstream_answering_96_is_demoted_after_20(tmp_path: Path,
+                                                         nursery: trio.Nursery) -> None:
+    net_a, net_b = await networks(tmp_path, nursery, "neta", "netb")
+    db, term = await start_acquirer(tmp_path, nursery, [
+        ("NET-A", net_a, {"cost_fixed": 5, "degrade_hold": 2.0}),
+        ("NET-B", net_b, {"cost_fixed": 9})])
+    await wait_up(db, ["NET-A", "NET-B"])
+    conn = sqlite3.connect(net_a.db, isolation_level=None)
+    key = conn.execute("SELECT value FROM meta WHERE key='pan_hash_key_lmk'").fetchone()[0]
+    conn.execute("DELETE FROM meta WHERE key='pan_hash_key_lmk'")  # NET-A's HSM work fails
+    async with term:
+        await term.sign_on()
+        codes = [(await term.sale(FOREIGN, 100)).code for _ in range(21)]
+        assert codes == ["91"] * 20 + ["00"]
+        assert txns(db)[-1]["route"] == "NET-B"
+        conn.execute("INSERT INTO meta VALUES ('pan_hash_key_lmk', ?)", (key,))
+        await trio.sleep(2.5)
+        assert (await term.sale(FOREIGN, 100)).code == "00"
+    assert txns(db)[-1]["route"] == "NET-A"
+    with trio.fail_after(20):  # each 96 was answered by a 0420/98, acknowledged
+        while any(r["state"] != "done" for r in outbox(db)):
+            await trio.sleep(0.2)
+    assert [r["reason"] for r in outbox(db)].count("98") == 20
+    assert net_a.balance() == FOREIGN.balance_minor - 100
