@@ -17,6 +17,7 @@ import json
 import logging
 import sqlite3
 import time
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -56,6 +57,9 @@ UPSTREAM_FAILURE_CODES = frozenset({"91", "96"})
 ROUTES_REFRESH = 1.0
 """Seconds between re-reads of the routes table (enable/disable, new routes)."""
 OUTBOX_POLL = 0.5
+PANS_KEPT = 10_000
+"""Full PANs kept in memory for the 0420s and advices this process may still send; older
+ones (and all after a restart) go with the truncated F2 kept at rest."""
 STATE_WRITE_EVERY = 1.0
 UPSTREAM_FIELDS = ("2", "3", "4", "14", "22", "23", "25", "35", "41", "42", "49", "53", "55")
 """(A void's 37 is its sale's RRN, as on the terminal side.)"""
@@ -230,8 +234,8 @@ class Router:
         self.db_path = db_path
         self.links: dict[str, Link] = {}
         self._turn = 0
-        self._pans: dict[int, str] = {}
-        """Outbox id -> the PAN, while this process lives (F2 of its 0420)."""
+        self._pans: OrderedDict[int, str] = OrderedDict()
+        """Outbox id -> the PAN (F2 of its 0420), in memory only, the latest PANS_KEPT."""
         self._nursery: trio.Nursery | None = None
         self.last_state: dict[str, dict[str, Any]] = {}
         """Each link's state as of the last second (route list, metrics)."""
@@ -393,8 +397,13 @@ class Router:
         response, outbox_id = await self.writer.submit(
             lambda conn: record_refund(ledger, conn, req, out, advice))
         if outbox_id is not None:
-            self._pans[outbox_id] = advice["2"]
+            self._keep_pan(outbox_id, advice["2"])
         return response
+
+    def _keep_pan(self, outbox_id: int, pan: str) -> None:
+        self._pans[outbox_id] = pan
+        while len(self._pans) > PANS_KEPT:
+            self._pans.popitem(last=False)
 
     def _is_repeat(self, req: Request) -> bool:
         return self.read_conn.execute(
@@ -432,7 +441,7 @@ class Router:
             log.error("tid=%s PIN not translated for %s: %s", req.tid, route.name, exc)
             return await self._record(req, Outcome("96", {}, route.name, 0, None, None))
         outbox_id = await self.writer.submit(lambda conn: open_inflight(conn, route.name, up))
-        self._pans[outbox_id] = up["2"]
+        self._keep_pan(outbox_id, up["2"])
         health = link.health
         health.in_flight += 1
         if health.check_pending(trio.current_time(), route):
@@ -479,7 +488,7 @@ class Router:
                 "SELECT id FROM h2h_outbox WHERE txn_id=? AND state='pending'",
                 (row["id"],)).fetchone()
             if pan is not None and new is not None:
-                self._pans[new[0]] = pan
+                self._keep_pan(new[0], pan)
         return response
 
     # ------------------------------------------------------------------ the outbox
