@@ -84,6 +84,10 @@ class HostConfig:
                          self.enforce_terminal_peers)
     http: HttpSettings | None = None
     """The observability site (metrics, dashboard, health; host/observe.py); None: off."""
+    h2h_listen: tuple[str, int] | None = None
+    """Upstream role: accept host-to-host links from acquirers here (host/upstream.py)."""
+    h2h_bound: tuple[str, int] | None = None
+    """Filled by ``run_host`` once the h2h listener is up (port 0 picks a free port)."""
 
 
 async def run_host(config: HostConfig, *,
@@ -94,6 +98,8 @@ async def run_host(config: HostConfig, *,
     ``task_status.started((host, port))`` once listening; port 0 picks a free port.
     """
     stop = stop if stop is not None else trio.Event()
+    if config.workers and config.h2h_listen is not None:
+        raise ConfigError("--h2h-listen works with --workers 0 only, for now")
     if config.workers and config.pcap is not None:
         raise ConfigError("--pcap works with --workers 0 only, for now")
     with contextlib.ExitStack() as claims:  # one host per address, TLS address included
@@ -112,6 +118,11 @@ async def _run_host(config: HostConfig, task_status: trio.TaskStatus[tuple[str, 
             await check_lmk(conn, hsm)
             pvk = await ensure_pvk(conn, hsm)
             if config.workers:
+                from host.routestore import load_routes
+
+                if load_routes(conn):
+                    log.warning("routes are not used with --workers N yet: off-us cards are"
+                                " answered by this host's issuer simulator (14)")
                 await _run_pool(config, conn, stop, task_status, hsm=hsm)
                 return
             try:
@@ -135,6 +146,7 @@ async def _run_host(config: HostConfig, task_status: trio.TaskStatus[tuple[str, 
                         lambda: not stop.is_set(), lambda: writer.submit(_noop),
                         hsm.lmk_check_value))
                 await nursery.start(serve_serial_lines, config.serial_lines, host, port)
+                await _start_routing(config, nursery, service, hsm, writer, store, conn, pvk)
                 log.info("listening on %s:%d (%s)", host, port, info.description)
                 if config.tls is not None and config.tls.bound is not None:
                     log.info("listening for TLS on %s:%d%s", *config.tls.bound,
@@ -206,6 +218,21 @@ async def _serve_pool(config: HostConfig, conn: sqlite3.Connection, bound: tuple
         await stop.wait()
         await pool.stop()  # each worker drains its connections
         nursery.cancel_scope.cancel()
+
+
+async def _start_routing(config: HostConfig, nursery: trio.Nursery, service: HostService,
+                         hsm: HsmClient, writer: Writer, store: LocalStore,
+                         conn: sqlite3.Connection, pvk: str) -> None:
+    """Links to the configured routes (acquirer side) and the h2h listener (upstream)."""
+    from host.router import Router
+    from host.upstream import UpstreamService
+
+    router = Router(hsm, writer, store.ledger, conn, Path(config.db_path))
+    await nursery.start(router.run)  # routes added later are picked up within a second
+    service.router = router
+    if config.h2h_listen is not None:
+        upstream = UpstreamService(hsm, writer, conn, pvk)
+        config.h2h_bound = await nursery.start(upstream.serve, *config.h2h_listen)
 
 
 def _tls_settings(config: HostConfig) -> dict[str, Any] | None:

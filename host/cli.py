@@ -359,6 +359,8 @@ def _tls_listen(listen_tls: tuple[str, int] | None, cert: Path | None, key: Path
               default=None, metavar="[HOST:]PORT",
               help="Serve /metrics (Prometheus), /healthz and a live dashboard at /"
                    f" (off by default; alone: 127.0.0.1:{DEFAULT_HTTP_PORT}).")
+@click.option("--h2h-listen", type=params.LISTEN, default=None,
+              help="Upstream role: accept host-to-host links (poshost link add) on HOST:PORT.")
 @tls_serve_options
 def serve(listen: tuple[str, int], db_path: Path, hsm: str, lmk: str, demo: bool | None,
           serial_lines: tuple[str, ...], workers: int, listen_tls: tuple[str, int] | None,
@@ -366,7 +368,7 @@ def serve(listen: tuple[str, int], db_path: Path, hsm: str, lmk: str, demo: bool
           pcap: Path | None, allow_peers: tuple[str, ...] = (),
           terminal_peers: tuple[str, ...] = (), enforce_terminal_peers: bool = False,
           log_file: Path | None = None, http_listen: str | None = None,
-          tls_bind_tid: bool = False) -> None:
+          tls_bind_tid: bool = False, h2h_listen: tuple[str, int] | None = None) -> None:
     """Run the acquiring host until SIGINT/SIGTERM (one host per address)."""
     tls = _tls_listen(listen_tls, tls_cert, tls_key, tls_client_ca, tls_bind_tid)
     if log_file is not None:  # private: it names terminals, peers and masked PANs
@@ -378,7 +380,7 @@ def serve(listen: tuple[str, int], db_path: Path, hsm: str, lmk: str, demo: bool
     config = HostConfig(listen[0], listen[1], db_path, hsm, lmk, serial_lines, workers,
                         tls=tls, pcap=pcap, allow_peers=allow_peers,
                         terminal_peers=terminal_peers,
-                        enforce_terminal_peers=enforce_terminal_peers)
+                        enforce_terminal_peers=enforce_terminal_peers, h2h_listen=h2h_listen)
     if http_listen is not None:
         try:
             config.http = HttpSettings.parse(http_listen)
@@ -402,6 +404,8 @@ def serve(listen: tuple[str, int], db_path: Path, hsm: str, lmk: str, demo: bool
                 tls_note = f", TLS on {tls.bound[0]}:{tls.bound[1]}"
             click.echo(f"poshost ready on {bound[0]}:{bound[1]}{tls_note} (db {db_path},"
                        f" hsm {hsm.partition('?')[0]})", nl=True)
+            if config.h2h_bound is not None:
+                click.echo("host-to-host links on {}:{}".format(*config.h2h_bound))
             if config.http is not None and config.http.bound is not None:
                 click.echo("dashboard on http://{}:{}/ (metrics at /metrics)".format(
                     *config.http.bound))
@@ -886,17 +890,48 @@ from host import feecli as _feecli  # noqa: E402,F401  fee, merchant set, settle
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
               default=None,
               help="Write to this file instead of stdout (- : stdout).")
+@click.option("--link", default=None,
+              help="Upstream role: the daily file of this acquirer link (JSON), for"
+                   " `recon import` at the acquirer.")
 @db_option
-def settlement_report(day: str, fmt: str, out: Path | None, db_path: Path) -> None:
+def settlement_report(day: str, fmt: str, out: Path | None, db_path: Path,
+                      link: str | None = None) -> None:
     """The day's reconciliation file: one line per transaction (with its merchant fee and
     channel cost), totals per merchant, per terminal and overall, then per merchant (net to
-    pay, fees to bill), per fee standard and per channel."""
+    pay, fees to bill), per fee standard and per channel. With --link (upstream role): the
+    daily file of that acquirer link."""
     from host.feereport import fee_report_csv, fee_settlement_report
 
+    if link is not None:
+        from host.recon import link_daily_file
+
+        try:
+            data = link_daily_file(_read(db_path), link, day)
+        except HostError as exc:
+            _fail(str(exc))
+        _write_out(json.dumps(data, indent=2) + "\n", out, len(data["lines"]))
+        return
     report = fee_settlement_report(_read(db_path), day)
     text = json.dumps(report, indent=2) + "\n" if fmt == "json" else fee_report_csv(report)
+    _write_out(text, out, len(report["lines"]))
+
+
+def _write_out(text: str, out: Path | None, lines: int) -> None:
+    """``text`` to stdout (no --out, or -) or to the file, saying how many lines it holds."""
     if out is None or str(out) == "-":
         click.echo(text, nl=False)
     else:
         out.write_text(text)
-        click.echo(f"{len(report['lines'])} line(s) written to {out}")
+        click.echo(f"{lines} line(s) written to {out}")
+
+
+def _add_routing_commands() -> None:
+    """`poshost route ...` and `poshost link ...` (host/routecli.py)."""
+    from host.routecli import link, recon, route
+
+    main.add_command(route)
+    main.add_command(link)
+    main.add_command(recon)
+
+
+_add_routing_commands()

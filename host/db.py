@@ -125,6 +125,9 @@ def initialise(conn: sqlite3.Connection) -> None:
     from host.chip import ensure_chip_schema  # the chip side's tables (issuer keys, ATCs)
 
     ensure_chip_schema(conn)
+    from host.routestore import ensure_routing_schema  # routes, links, txns.route (#20)
+
+    ensure_routing_schema(conn)
 
 
 CARDS_COLUMNS = ("pan_hash", "pan_masked", "pan_enc", "expiry", "pvv", "pvki", "balance",

@@ -404,6 +404,9 @@ class HostCollector(Collector):
         yield hub.commit_latency.family("poshost_writer_commit_duration_seconds",
                                         "Time to apply and commit one writer group, in seconds")
         yield from self._store_families()
+        from host.router import route_families  # the links of this process (#20)
+
+        yield from route_families()
         yield GaugeMetricFamily("poshost_terminals_online",
                                 f"Terminals answered within the last {ONLINE_SECONDS:g} s",
                                 value=hub.online())

@@ -62,6 +62,8 @@ def list_txns(conn: sqlite3.Connection, tid: str | None = None, limit: int = 200
         d = dict(r)
         d["status"] = txn_status(r)
         out.append({k: d[k] for k in TXN_COLUMNS})
+        out[-1]["route"] = d.get("route") or ""  # the channel (#20), empty when local
+        out[-1]["channel_cost"] = d.get("channel_cost") or 0
     from host.chip import entry_data  # entry mode, ATC, TVR kept beside each transaction
 
     entries = entry_data(conn, [r["id"] for r in out])

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Any
 
 import trio
 
@@ -192,6 +193,8 @@ class HostService:
         self.lanes = TerminalLanes()
         self.guard = guard
         self._pan_hash_key: str | None = None
+        self.router: Any = None
+        """Off-us routing (host/router.py), set by host/app.py when routes are configured."""
 
     async def handle(self, payload: bytes, peer: str | None = None,
                      cert_tid: str | None = None) -> bytes:
@@ -341,6 +344,10 @@ class HostService:
         except ValidationError as exc:
             raise ProtocolError(str(exc), exc.response_code) from None
         pan_hash = "" if kind.name == "reversal" else await self._pan_hash(rules.card_pan(doc))
+        if self.router is not None:  # off-us cards go upstream (#20)
+            routed = await self.router.forward(replace(req, pan_hash=pan_hash), terminal)
+            if routed is not None:
+                return routed
         facts = await chip.verify_chip_request(self.hsm, self.read_conn, kind, doc)
         pin = await self._verify_pin(terminal, doc, pan_hash)
         response = await self.store.apply("financial", replace(req, pin=pin, pan_hash=pan_hash,

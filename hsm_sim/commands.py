@@ -452,6 +452,29 @@ def cmd_fa(call: Call, f: Fields) -> bytes:
     return (call.lmk.encrypt_key("001", lmk_scheme, zpk) + kcv).encode()
 
 
+def cmd_a6(call: Call, f: Fields) -> bytes:
+    """A6: import a key from under a ZMK to under the LMK (key type 3, ZMK, key under ZMK,
+    LMK scheme 1A) -> key under LMK + KCV 6H. Only what a ZMK may carry (EXPORTABLE_UNDER)."""
+    key_type = f.text(3)
+    check_key_type(key_type)
+    zmk_field, key_field = f.key(), f.key()
+    lmk_scheme = f.text(1)
+    f.finish()
+    if not call.policy.any_export and key_type.upper() not in EXPORTABLE_UNDER["000"]:
+        raise HsmError(f"key type {key_type} may not be imported under a ZMK",
+                       code=KEY_TYPE_NOT_PERMITTED)
+    scheme, ciphertext = parse_key_field(key_field)
+    zmk = call.key("000", zmk_field)
+    clear = decrypt_key_under_kek(zmk, scheme, ciphertext)
+    if not crypto.check_key_parity(clear):
+        raise HsmError("key parity error", code="11")
+    if _scheme_length(lmk_scheme) != len(clear):
+        raise HsmError("LMK scheme does not fit the key", code="27")
+    call.check_scheme(key_type, lmk_scheme)
+    call.kcvs.append(kcv6(clear))
+    return (call.lmk.encrypt_key(key_type, lmk_scheme, clear) + kcv6(clear)).encode()
+
+
 # --------------------------------------------------------------------------- PINs
 
 
@@ -897,6 +920,7 @@ COMMANDS: dict[bytes, Handler] = {
     b"HC": cmd_hc,
     b"HA": cmd_ha,
     b"FA": cmd_fa,
+    b"A6": cmd_a6,
     b"CA": cmd_ca,
     b"CC": cmd_cc,
     b"BA": cmd_ba,

@@ -168,16 +168,12 @@ def _assert_totals_add_up(report: dict) -> None:
 
 
 async def test_channel_costs_from_routing_columns(running_host: RunningHost) -> None:
-    """Routing's interface: off-us rows carry route and channel_cost. Added here by hand (the
-    routing branch adds them) so per-channel revenue, cost and margin are exercised."""
+    """Routing's interface: off-us rows carry route and channel_cost (host/routestore.py).
+    Set here by hand on a local day so per-channel revenue, cost and margin are exercised
+    without upstream hosts (tests/test_routing_*.py route real sales)."""
     await _day(running_host)
     db = running_host.db_path
     conn = connect(db)
-    conn.execute("ALTER TABLE txns ADD COLUMN route TEXT")
-    conn.execute("ALTER TABLE txns ADD COLUMN channel_cost INTEGER")
-    conn.execute("CREATE TABLE IF NOT EXISTS routes (name TEXT PRIMARY KEY, cost_fixed INTEGER,"
-                 " cost_rate TEXT)")
-    conn.execute("INSERT INTO routes VALUES ('VISANET', 5, '0.1%'), ('CUPNET', 2, '0')")
     # the foreign sale went out on VISANET; MID2's sales and refund on CUPNET; the voided
     # sale carries a cost too, but a voided sale moves no money: counted 0
     conn.execute("UPDATE txns SET route='VISANET', channel_cost=6 WHERE pan_masked LIKE '4%'")

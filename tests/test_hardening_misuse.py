@@ -73,6 +73,14 @@ POSHOST: dict[str, tuple[dict[str, str], list[str]]] = {
     "settlement merchants": ({**DB, "--date": "2026-11-23"}, []),
     "settlement margins": ({**DB, "--date": "2026-11-23"}, []),
     "tls make-lab-ca": ({"--tid": "12345678"}, ["{tmp}/ca"]),
+    "route add": ({**DB, **HSM_DOWN, "--name": "NET-X", "--connect": "127.0.0.1:7001",
+                   "--bins": "4761", "--zmk": TMK}, []),
+    "route list": (dict(DB), []),
+    "route disable": (dict(DB), ["NET-X"]),
+    "route enable": (dict(DB), ["NET-X"]),
+    "link add": ({**DB, **HSM_DOWN, "--name": "ACQ9", "--acquirer-id": "48020000",
+                  "--zmk": TMK}, []),
+    "recon import": ({**DB, "--route": "NET-X"}, ["{tmp}/missing.json"]),
 }
 CARD = {"--track2": TRACK2, "--pin": "1234"}
 POSTERM: dict[str, tuple[dict[str, str], list[str]]] = {

@@ -292,7 +292,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--http", action="store_true",
                         help="poshost serve --http (metrics and dashboard on: their overhead)")
     parser.add_argument("--out", type=Path, default=procs.ROOT / RESULTS_DIR)
+    parser.add_argument("--route", action="store_true",
+                        help="only the off-us figures: sales through a host-to-host link")
     args = parser.parse_args(argv)
+    if args.route:
+        from benchlib.routebench import route_bench
+
+        route_bench(args.quick, args.out)
+        return 0
     HOST_WORKERS[0] = args.workers
     HOST_HTTP[0] = args.http
     quick = args.quick
