@@ -19,7 +19,17 @@ from datetime import datetime
 from functools import cached_property
 
 from host import chip, rules
-from host.db import Card, PanProtector, get_meta, load_card, set_meta
+from host.db import (
+    Card,
+    Conn,
+    PanProtector,
+    for_update,
+    get_meta,
+    is_shared,
+    load_card,
+    lock_terminal,
+    set_meta,
+)
 from host.limits import BATCH_FIRST, BATCH_MAX, RRN_RESTART_GAP
 from host.responses import replayed, respond, storable
 from host.rules import PinResult, Txn
@@ -76,8 +86,52 @@ class RrnCounter:
         persist_rrn_high_water(conn, self.high_water)
 
 
-def persist_rrn_high_water(conn: sqlite3.Connection, value: int) -> None:
+def persist_rrn_high_water(conn: Conn, value: int) -> None:
+    if is_shared(conn):
+        return  # PostgreSQL numbers from a sequence (SharedRrnCounter): nothing to persist
     set_meta(conn, "rrn", str(value))
+
+
+RRN_BLOCK = 1000
+"""RRNs a host process takes at once from PostgreSQL's ``rrn_blocks`` sequence."""
+
+
+class SharedRrnCounter(RrnCounter):
+    """RRNs unique across every instance and process on one PostgreSQL database: each
+    process takes blocks of RRN_BLOCK numbers from the ``rrn_blocks`` sequence (one round
+    trip per block, on its own connection) and hands them out in order. A sequence never
+    gives a value twice, committed or not, so a crash skips numbers and never repeats one."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._conn: Conn | None = None
+        self._next = self._end = 0
+        self._lock = threading.Lock()
+        self.high_water = 0
+
+    def next(self) -> str:
+        with self._lock:
+            if self._next >= self._end:
+                if self._conn is None:
+                    from host.db import connect
+                    self._conn = connect(self._url)
+                block = int(self._conn.execute("SELECT nextval('rrn_blocks')").fetchone()[0])
+                self._next, self._end = block * RRN_BLOCK, (block + 1) * RRN_BLOCK
+            value = self._next
+            self._next += 1
+            self.high_water = value
+        return f"{value % 10**RRN_DIGITS:0{RRN_DIGITS}d}"
+
+    def persist(self, conn: Conn) -> None:
+        """Nothing: the sequence is the record."""
+
+
+def rrn_counter_for(db_path: object, conn: Conn, step: int = 1, offset: int = 0) -> RrnCounter:
+    """The RRN counter for this store: a sequence's blocks on PostgreSQL, the persisted
+    high-water mark (this process's residue class of ``step``) on SQLite."""
+    if is_shared(conn):
+        return SharedRrnCounter(str(db_path))
+    return RrnCounter(RrnCounter.restart_base(conn), step, offset)
 
 
 def new_auth_code() -> str:
@@ -186,6 +240,7 @@ class Ledger:
     def sign_on(self, conn: sqlite3.Connection, tid: str, keys: Mapping[str, str],
                 now: datetime) -> int:
         """Store fresh working keys (under LMK) and return the terminal's open batch."""
+        lock_terminal(conn, tid)
         conn.execute(
             "UPDATE terminals SET pik_lmk=?, pik_kcv=?, mak_lmk=?, mak_kcv=?, keys_at=?"
             " WHERE tid=?",
@@ -201,6 +256,7 @@ class Ledger:
         return int(batch)
 
     def sign_off(self, conn: sqlite3.Connection, tid: str) -> None:
+        lock_terminal(conn, tid)
         conn.execute("UPDATE terminals SET pik_lmk=NULL, mak_lmk=NULL, pik_kcv=NULL,"
                      " mak_kcv=NULL WHERE tid=?", (tid,))
 
@@ -218,6 +274,7 @@ class Ledger:
 
     def financial(self, conn: sqlite3.Connection, req: Request) -> Message:
         """Sale, balance inquiry, void, refund or reversal, applied exactly once."""
+        lock_terminal(conn, req.tid)
         repeat = self._repeat(conn, req)
         if repeat is not None:
             return repeat
@@ -266,8 +323,10 @@ class Ledger:
             original = self._original(conn, req.tid, int(f61.batch), f61.trace)
             return rules.decide_void(amount, pan_hash, original, doc["37"].strip(), req.batch,
                                      card, req.pin), original
-        original = _txn(conn.execute("SELECT * FROM txns WHERE rrn=? AND kind='sale'",
-                                     (doc["37"].strip(),)).fetchone())
+        # the sale may be another terminal's (same merchant): its row is locked so that two
+        # refunds on two instances never pass its amount together
+        original = _txn(conn.execute("SELECT * FROM txns WHERE rrn=? AND kind='sale'"
+                                     + for_update(conn), (doc["37"].strip(),)).fetchone())
         mid = self._terminal_mid(conn, req.tid)
         return rules.decide_refund(amount, pan_hash, mid, original, f61.batch, f61.trace,
                                    card, req.pin), original
@@ -276,9 +335,11 @@ class Ledger:
         doc = req.doc
         pan = rules.card_pan(doc)
         pan_hash = req.pan_hash
+        if pan_hash and is_shared(conn):  # balance, PIN tries, ATC: one instance at a time
+            conn.execute("SELECT 1 FROM cards WHERE pan_hash=? FOR UPDATE", (pan_hash,))
         card = load_card(conn, pan_hash) if pan_hash else None
         orphan = conn.execute(
-            "SELECT rowid FROM reversals WHERE tid=? AND batch=? AND stan=? AND txn_id IS NULL"
+            "SELECT stan FROM reversals WHERE tid=? AND batch=? AND stan=? AND txn_id IS NULL"
             " AND processing_code=?", (req.tid, req.batch, doc["11"], doc["3"]),
         ).fetchone() if doc["t"] == "0200" else None
         chip_code = None if req.chip is None else chip.apply_chip_rules(
@@ -299,9 +360,12 @@ class Ledger:
         txn_id = self._insert_txn(conn, req, response, pan, pan_hash, card, original)
         chip.record_entry(conn, txn_id, doc, req.chip)
         if orphan is not None:
-            conn.execute("UPDATE reversals SET txn_id=? WHERE rowid=?", (txn_id, orphan[0]))
+            key = (req.tid, req.batch, doc["11"])
+            conn.execute("UPDATE reversals SET txn_id=? WHERE tid=? AND batch=? AND stan=?",
+                         (txn_id, *key))
             conn.execute("UPDATE txns SET reversed=1, reversal_reason=(SELECT reason FROM"
-                         " reversals WHERE rowid=?) WHERE id=?", (orphan[0], txn_id))
+                         " reversals WHERE tid=? AND batch=? AND stan=?) WHERE id=?",
+                         (*key, txn_id))
         if decision.approved and original is not None:
             if req.kind.name == "void":
                 conn.execute("UPDATE txns SET voided_by=? WHERE id=?", (txn_id, original.id))
@@ -364,6 +428,7 @@ class Ledger:
 
     def settle(self, conn: sqlite3.Connection, req: Request,
                terminal: SettlementTotals) -> Message:
+        lock_terminal(conn, req.tid)
         repeat = self._repeat(conn, req)
         if repeat is not None:
             return repeat
@@ -391,6 +456,7 @@ class Ledger:
     def upload(self, conn: sqlite3.Connection, req: Request,
                records: list[UploadRecord], hashes: list[str] | None = None) -> Message:
         """Store a 0320's records; ``hashes`` are their PANs' keyed hashes (HSM), in order."""
+        lock_terminal(conn, req.tid)
         repeat = self._repeat(conn, req)
         if repeat is not None:
             return repeat
@@ -408,6 +474,7 @@ class Ledger:
         return response
 
     def upload_end(self, conn: sqlite3.Connection, req: Request, total: int) -> Message:
+        lock_terminal(conn, req.tid)
         repeat = self._repeat(conn, req)
         if repeat is not None:
             return repeat

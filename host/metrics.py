@@ -248,8 +248,13 @@ RECENT_ROWS = 10
 def read_store_figures(db_path: Path) -> StoreFigures:
     """Batch, exception and terminal figures, and the latest rows (masked PANs only), over a
     read-only connection of its own (run it on a worker thread)."""
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=1.0)
-    conn.row_factory = sqlite3.Row
+    from host.pgstore import PgConnection, is_pg
+    conn: Any
+    if is_pg(db_path):
+        conn = PgConnection(str(db_path))
+    else:
+        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=1.0)
+        conn.row_factory = sqlite3.Row
     try:
         out = StoreFigures()
         for row in conn.execute("SELECT state, count(*) FROM batches GROUP BY state"):
