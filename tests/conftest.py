@@ -119,7 +119,14 @@ def store() -> str:
 
 BOTH_STORES = ("sqlite", "pg")
 """A module runs its scenarios on both stores with ``@pytest.fixture(params=BOTH_STORES)
-def store(request): return request.param``."""
+def store(request): return chosen_store(request)``."""
+
+
+def chosen_store(request: pytest.FixtureRequest) -> str:
+    """The store parameter; "pg" skips (one clear line) when there is no test cluster."""
+    if request.param == "pg":
+        pg_url_or_skip()
+    return str(request.param)
 
 
 def store_target(store: str, tmp_path: Path) -> Path | str:

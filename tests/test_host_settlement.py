@@ -21,14 +21,14 @@ from specs.composite import (
     decode_field60,
     decode_settlement_totals,
 )
-from tests.conftest import BOTH_STORES, RunningHost
+from tests.conftest import BOTH_STORES, RunningHost, chosen_store
 from tests.hostkit import Answer, TestTerminal
 
 
 @pytest.fixture(params=BOTH_STORES)
 def store(request: pytest.FixtureRequest) -> str:
     """These scenarios run on SQLite and on PostgreSQL."""
-    return request.param
+    return chosen_store(request)
 
 
 def totals(debit: list[int], credit: list[int], foreign: list[int] | None = None
