@@ -235,6 +235,9 @@ class HostService:
             return
         terminal = ex.terminal
         if not terminal.has_working_keys or terminal.mak_lmk is None:
+            self._reloaded(ex)  # signed on since cached (another process or instance)?
+            terminal = ex.terminal
+        if not terminal.has_working_keys or terminal.mak_lmk is None:
             raise ProtocolError("no working keys: sign on first", MAC_ERROR)
         body = ex.frame.body
         ok = await self.hsm.verify_mac(terminal.mak_lmk, mac_block(body), message_mac(body),
