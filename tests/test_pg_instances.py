@@ -6,6 +6,7 @@ original, refunds within the sale, one batch state, unique RRNs, keys and PIN tr
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import trio
@@ -19,6 +20,7 @@ from specs.codes import PIN_TRIES_EXCEEDED, WRONG_PIN
 from tests.conftest import MID, TID, TMK, new_pg_database, provision
 from tests.hostkit import Answer, TestCard, TestTerminal
 from tests.test_host_settlement import totals
+from tests.test_term_cli import arun
 
 OTHER_TID = "87654321"
 
@@ -203,3 +205,34 @@ async def test_pin_tries_shared(two_hosts: TwoHosts) -> None:
         await move(t, two_hosts.b)
         codes.append((await t.sale(good, 10)).code)  # the right PIN, too late
     assert codes == [WRONG_PIN, WRONG_PIN, WRONG_PIN, PIN_TRIES_EXCEEDED]
+
+
+async def test_posterm_fails_over_to_the_second_instance(nursery: trio.Nursery,
+                                                         tmp_path: Path) -> None:
+    """posterm init --host A,B: signs on at A; A dies; the next sale reaches B, which knows
+    the keys A gave (one database); B's approval is on record once."""
+    url = new_pg_database()
+    hsm = HsmClient.in_process(HsmEngine.test())
+    cards = await provision(url, hsm)
+    b = await nursery.start(run_host, HostConfig(listen_port=0, db_path=url))
+    state = tmp_path / "t.db"
+    async with trio.open_nursery() as a_nursery:
+        a = await a_nursery.start(run_host, HostConfig(listen_port=0, db_path=url))
+        hosts = f"127.0.0.1:{a[1]},127.0.0.1:{b[1]}"
+        r = await arun(state, "init", "--tid", TID, "--mid", MID, "--tmk", TMK, "--host",
+                       hosts, "--timeout", "5", "--backoff", "0.01")
+        assert r.exit_code == 0, r.output
+        assert hosts in r.output
+        assert (await arun(state, "signon")).exit_code == 0
+        a_nursery.cancel_scope.cancel()  # host A stops: its port refuses connections
+    with pytest.raises(OSError):
+        await trio.open_tcp_stream(*a)
+    good = cards["good"]
+    r = await arun(state, "sale", "1.00", "--track2", good.track2, "--pin", good.pin)
+    assert r.exit_code == 0 and "SALE  APPROVED" in r.output, r.output
+    conn = connect(url)
+    try:
+        assert [tuple(x) for x in conn.execute(
+            "SELECT kind, rc FROM txns").fetchall()] == [("sale", "00")]
+    finally:
+        conn.close()
