@@ -19,7 +19,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from host.pgstore import SCHEMA_LOCK, PgConnection, is_pg
+from host.pgstore import SCHEMA_LOCK, PgConnection, is_pg, split_script
 from specs.pretty import mask_pan
 
 Conn = sqlite3.Connection | PgConnection
@@ -182,7 +182,8 @@ def migrate(conn: Conn) -> int:
             continue
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.executescript(script)
+            for statement in split_script(script):  # (sqlite3's executescript would commit)
+                conn.execute(statement)
             set_meta(conn, "schema", str(number))
             conn.execute("COMMIT")
         except BaseException:
