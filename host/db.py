@@ -329,11 +329,14 @@ class Card:
     """Cardholder verification the issuer requires: pin, signature or none."""
 
 
-def load_card(conn: sqlite3.Connection, pan_hash: str) -> Card | None:
-    """The card whose PAN has this keyed hash (`HsmClient.hash_pan`); its `pan` is masked."""
+def load_card(conn: Conn, pan_hash: str, *, lock: bool = False) -> Card | None:
+    """The card whose PAN has this keyed hash (`HsmClient.hash_pan`); its `pan` is masked.
+    ``lock``: on PostgreSQL its row stays locked until the transaction ends (balance, PIN
+    tries and the chip ATC: one instance at a time)."""
     row = conn.execute(
         "SELECT pan_masked, expiry, pvv, pvki, balance, limit_minor, status, pin_tries,"
-        " domestic, cvm FROM cards WHERE pan_hash = ?", (pan_hash,),
+        " domestic, cvm FROM cards WHERE pan_hash = ?" + (for_update(conn) if lock else ""),
+        (pan_hash,),
     ).fetchone()
     if row is None:
         return None

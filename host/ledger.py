@@ -335,9 +335,8 @@ class Ledger:
         doc = req.doc
         pan = rules.card_pan(doc)
         pan_hash = req.pan_hash
-        if pan_hash and is_shared(conn):  # balance, PIN tries, ATC: one instance at a time
-            conn.execute("SELECT 1 FROM cards WHERE pan_hash=? FOR UPDATE", (pan_hash,))
-        card = load_card(conn, pan_hash) if pan_hash else None
+        # locked on PostgreSQL: balance, PIN tries and ATC, one instance at a time
+        card = load_card(conn, pan_hash, lock=True) if pan_hash else None
         orphan = conn.execute(
             "SELECT stan FROM reversals WHERE tid=? AND batch=? AND stan=? AND txn_id IS NULL"
             " AND processing_code=?", (req.tid, req.batch, doc["11"], doc["3"]),

@@ -174,8 +174,10 @@ class PgConnection:
         query, returns_id = self._translate(sql)
         if not query:
             return _Result(None)
+        # without parameters: the simple protocol, which also takes "A; B" in one round trip
+        args = tuple(params) if params or "%" in query else None
         try:
-            cur = self.raw.execute(query, tuple(params))
+            cur = self.raw.execute(query, args)
         except psycopg.Error as exc:
             raise _translate_error(exc) from None
         lastrowid = None

@@ -79,6 +79,9 @@ class Writer:
         self.before_commit = before_commit
         self._send, self._recv = trio.open_memory_channel[_Pending[Any]](WRITER_QUEUE)
         self._conn: Conn | None = None
+        self._shared = False
+        self._released = True
+        """No job savepoint is open (PostgreSQL: see _apply_one)."""
         self.retries = 0
         """Groups applied again after a deadlock with another instance (PostgreSQL)."""
         self.groups = 0
@@ -155,8 +158,9 @@ class Writer:
         for attempt in range(GROUP_RETRIES + 1):
             try:
                 _begin_waiting(conn)
+                self._released = True
                 for pending in group:
-                    self._apply_one(conn, pending)
+                    self._apply_one(conn, pending, first=self._released)
                 if self.before_commit is not None:
                     self.before_commit(conn)
                 conn.execute("COMMIT")
@@ -187,9 +191,12 @@ class Writer:
             pending.result = None
             pending.error = StoreError(f"store failure: {exc}")
 
-    @staticmethod
-    def _apply_one(conn: Conn, pending: _Pending[Any]) -> None:
-        conn.execute("SAVEPOINT job")
+    def _apply_one(self, conn: Conn, pending: _Pending[Any], first: bool = True) -> None:
+        """The job under its own savepoint. On PostgreSQL a job that succeeded leaves its
+        savepoint for the next job to release in the same round trip (``RELEASE job;
+        SAVEPOINT job``), and COMMIT releases the last: one round trip per job fewer."""
+        shared = self._shared
+        conn.execute("SAVEPOINT job" if first or not shared else "RELEASE job; SAVEPOINT job")
         try:
             pending.result = pending.job(conn)
         except Retry:
@@ -198,6 +205,13 @@ class Writer:
             conn.execute("ROLLBACK TO job")
             log.exception("job failed and was rolled back")
             pending.error = exc
+            if shared:
+                conn.execute("RELEASE job")
+                self._released = True
+                return
+        if shared:
+            self._released = False
+            return
         conn.execute("RELEASE job")
 
     @property

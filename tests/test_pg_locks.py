@@ -119,3 +119,81 @@ async def test_repeat_on_second_instance_waits_then_replays() -> None:
     card = load_card(first, hashes["good"])
     assert card is not None and card.balance == good.balance_minor - 500
     first.close()
+
+
+async def test_pg_writer_groups_a_failing_job_rolls_back_alone() -> None:
+    """The writer on PostgreSQL: jobs grouped on its thread, a failing job (after writing)
+    rolled back alone, each submitter released once its group is committed."""
+    import trio
+
+    from host.writer import Writer
+    url = new_pg_database()
+    conn = connect(url)
+    conn.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
+    writer = Writer(url)
+    seen: dict[int, object] = {}
+
+    def insert(k: int) -> Callable[[Any], int]:
+        def job(c: Any) -> int:
+            c.execute("INSERT INTO t VALUES (?, ?)", (k, f"v{k}"))
+            if k % 7 == 3:
+                raise ValueError(f"job {k} fails after writing")
+            return k
+        return job
+
+    async def one(k: int) -> None:
+        try:
+            seen[k] = await writer.submit(insert(k))
+            assert conn.execute("SELECT v FROM t WHERE k=?", (k,)).fetchone()[0] == f"v{k}"
+        except ValueError as exc:
+            seen[k] = exc
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        async with trio.open_nursery() as clients:
+            for k in range(40):
+                clients.start_soon(one, k)
+        nursery.cancel_scope.cancel()
+    rows = dict(conn.execute("SELECT k, v FROM t").fetchall())
+    conn.close()
+    for k in range(40):
+        if k % 7 == 3:
+            assert isinstance(seen[k], ValueError) and k not in rows
+        else:
+            assert seen[k] == k and rows[k] == f"v{k}"
+    assert writer.groups < 40
+
+
+async def test_pg_writer_applies_a_deadlocked_group_again() -> None:
+    """Two writers (two instances) locking two rows in opposite orders: PostgreSQL fails
+    one group with a deadlock; that writer rolls back and applies it again; both commit."""
+    import trio
+
+    from host.writer import Writer
+    url = new_pg_database()
+    conn = connect(url)
+    conn.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, n INTEGER NOT NULL)")
+    conn.execute("INSERT INTO t VALUES (1, 0), (2, 0)")
+    first, second = Writer(url), Writer(url)
+    barrier = threading.Barrier(2, timeout=5)
+    waited: set[int] = set()
+
+    def crosswise(a: int, b: int) -> Callable[[Any], None]:
+        def job(c: Any) -> None:
+            c.execute("UPDATE t SET n = n + 1 WHERE k=?", (a,))
+            if a not in waited:  # the first time only: the retry runs alone
+                waited.add(a)
+                barrier.wait()  # both hold their first row: the second lock deadlocks
+            c.execute("UPDATE t SET n = n + 1 WHERE k=?", (b,))
+        return job
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(first.run)
+        await nursery.start(second.run)
+        async with trio.open_nursery() as clients:
+            clients.start_soon(lambda: first.submit(crosswise(1, 2), heavy=True))
+            clients.start_soon(lambda: second.submit(crosswise(2, 1), heavy=True))
+        nursery.cancel_scope.cancel()
+    assert dict(conn.execute("SELECT k, n FROM t").fetchall()) == {1: 2, 2: 2}
+    assert first.retries + second.retries >= 1
+    conn.close()
