@@ -25,6 +25,7 @@ autocommit: transactions are the explicit BEGIN/COMMIT the writer issues, as on 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 import sqlite3
@@ -39,6 +40,8 @@ PG_SCHEMES = ("postgresql://", "postgres://")
 CONNECT_TIMEOUT_S = 10
 LOCK_TIMEOUT_MS = 10_000
 """Longest wait for a row or advisory lock another instance holds (then the group fails)."""
+CONNECT_KWARGS = {"connect_timeout": CONNECT_TIMEOUT_S,
+                  "options": f"-c lock_timeout={LOCK_TIMEOUT_MS}"}
 SCHEMA_LOCK = 0x706F73686F7374
 """Advisory lock key serialising schema creation and migrations across instances."""
 
@@ -146,16 +149,18 @@ class _Result:
 class PgConnection:
     """A psycopg connection speaking the sqlite3 subset the store uses (see module note)."""
 
-    def __init__(self, url: str) -> None:
-        try:
-            self.raw = psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S,
-                                       row_factory=_row_factory)
-        except psycopg.Error as exc:
-            raise _translate_error(exc) from None
+    def __init__(self, url: str, raw: psycopg.Connection[Any] | None = None) -> None:
+        """Connect to ``url``, or wrap ``raw`` (a pooled connection, see :func:`pooled`)."""
+        if raw is None:
+            try:
+                raw = psycopg.connect(url, autocommit=True, row_factory=_row_factory,
+                                      **CONNECT_KWARGS)
+            except psycopg.Error as exc:
+                raise _translate_error(exc) from None
+        self.raw = raw
         self.url = url
         self._tables: dict[str, tuple[list[str], list[str], str | None]] = {}
         self._sql: dict[str, tuple[str, bool]] = {}
-        self.raw.execute(f"SET lock_timeout = {LOCK_TIMEOUT_MS}")
 
     # ------------------------------------------------------------------ sqlite3 interface
 
@@ -264,3 +269,26 @@ class PgConnection:
 
 def connect(url: str) -> PgConnection:
     return PgConnection(url)
+
+
+POOL_MAX = 4
+"""Connections a process keeps for occasional readers (metrics, dashboard) per database."""
+_pools: dict[str, Any] = {}
+
+
+@contextlib.contextmanager
+def pooled(url: str) -> Iterator[PgConnection]:
+    """A connection from this process's psycopg_pool for ``url`` (readers that come and go,
+    such as the metrics site's store figures; the writer and the message path keep their own
+    connection)."""
+    from psycopg_pool import ConnectionPool
+    pool = _pools.get(url)
+    if pool is None:
+        pool = _pools[url] = ConnectionPool(
+            url, min_size=0, max_size=POOL_MAX, open=True,
+            kwargs={"autocommit": True, "row_factory": _row_factory, **CONNECT_KWARGS})
+    try:
+        with pool.connection(timeout=CONNECT_TIMEOUT_S) as raw:
+            yield PgConnection(url, raw)
+    except psycopg.Error as exc:
+        raise _translate_error(exc) from None

@@ -75,6 +75,10 @@ async def test_db_copy_moves_a_sqlite_lab_to_postgresql_and_back(
         again = await t.exchange(sale.request)  # the repeat is known on the new store
         assert again.code == "00" and again["37"] == sale["37"]
         assert (await t.sale(good, 100)).code == "00"  # keys and batch came along
+    from host.metrics import read_store_figures
+    figures = await trio.to_thread.run_sync(read_store_figures, url)  # pooled connection
+    assert [r["amount"] for r in figures.recent_txns] == [100, 1_234]
+    assert figures.terminals == 1 and figures.signed_on == 1
     back = tmp_path / "back.db"
     code, out = await trio.to_thread.run_sync(
         lambda: poshost("db", "copy", "--from", url, "--to", str(back)))
