@@ -39,6 +39,7 @@ from specs.codes import (
     BATCH_MISMATCH,
     DOMESTIC_ORGANISATION,
     DUPLICATE,
+    MAC_ERROR,
     card_organisation,
 )
 from specs.composite import (
@@ -155,11 +156,14 @@ class Request:
     await it); empty when the request carries no PAN."""
     chip: chip.ChipFacts | None = None
     """What the message path learned from a chip request's ARQC (KW), None otherwise."""
+    mak_lmk: str = ""
+    """The MAC key (under LMK) the request was verified with; on a shared store the ledger
+    refuses it (A0) when another instance has signed the terminal on since."""
 
     def __reduce__(self) -> tuple[object, tuple[object, ...]]:
         """Pickled by kind name (what crosses from a worker process to the writer)."""
         return (_request, (self.kind.name, self.doc, self.digest, self.now, self.rrn,
-                           self.pin, self.pan_hash, self.chip))
+                           self.pin, self.pan_hash, self.chip, self.mak_lmk))
 
     @cached_property
     def tid(self) -> str:
@@ -176,8 +180,8 @@ class Request:
 
 def _request(kind: str, doc: Message, digest: str, now: datetime, rrn: str,
              pin: PinResult, pan_hash: str = "",
-             chip_facts: chip.ChipFacts | None = None) -> Request:
-    return Request(KINDS[kind], doc, digest, now, rrn, pin, pan_hash, chip_facts)
+             chip_facts: chip.ChipFacts | None = None, mak_lmk: str = "") -> Request:
+    return Request(KINDS[kind], doc, digest, now, rrn, pin, pan_hash, chip_facts, mak_lmk)
 
 
 def _txn(row: sqlite3.Row | None) -> Txn | None:
@@ -223,6 +227,23 @@ class Ledger:
             " WHERE b.tid = ? AND b.batch = ?", (tid, batch),
         ).fetchone()
         return None if row is None else row[0]
+
+    def _admit(self, conn: Conn, req: Request, states: tuple[str, ...]) -> Message | None:
+        """The refusal of a request whose batch is not in one of ``states`` (77), or, on a
+        shared store, whose MAC key is no longer the terminal's (A0: another instance signed
+        it on since this one cached the keys); None to go on. One statement for both."""
+        row = conn.execute(
+            "SELECT b.state, t.mak_lmk FROM batches b JOIN terminals t ON t.tid = b.tid AND"
+            " t.batch = b.batch WHERE b.tid = ? AND b.batch = ?", (req.tid, req.batch),
+        ).fetchone()
+        if req.mak_lmk and is_shared(conn):
+            current = row[1] if row is not None else conn.execute(
+                "SELECT mak_lmk FROM terminals WHERE tid = ?", (req.tid,)).fetchone()[0]
+            if current != req.mak_lmk:
+                return self.reply(req, MAC_ERROR)
+        if row is None or row[0] not in states:
+            return self.reply(req, BATCH_MISMATCH)
+        return None
 
     def _terminal_mid(self, conn: sqlite3.Connection, tid: str) -> str:
         return conn.execute("SELECT mid FROM terminals WHERE tid = ?", (tid,)).fetchone()[0]
@@ -278,8 +299,9 @@ class Ledger:
         repeat = self._repeat(conn, req)
         if repeat is not None:
             return repeat
-        if self._batch_state(conn, req.tid, req.batch) != "open":
-            return self.reply(req, BATCH_MISMATCH)
+        refused = self._admit(conn, req, ("open",))
+        if refused is not None:
+            return refused
         if req.kind.name == "reversal":
             response = self._reversal(conn, req)
         else:
@@ -431,9 +453,9 @@ class Ledger:
         repeat = self._repeat(conn, req)
         if repeat is not None:
             return repeat
-        state = self._batch_state(conn, req.tid, req.batch)
-        if state not in ("open", "uploading"):
-            return self.reply(req, BATCH_MISMATCH)
+        refused = self._admit(conn, req, ("open", "uploading"))
+        if refused is not None:
+            return refused
         rows = self._batch_txns(conn, req.tid, req.batch)
         host = rules.batch_totals(t for t in map(_txn, rows) if t is not None)
         result = rules.settlement_result(host, terminal)
@@ -459,8 +481,9 @@ class Ledger:
         repeat = self._repeat(conn, req)
         if repeat is not None:
             return repeat
-        if self._batch_state(conn, req.tid, req.batch) != "uploading":
-            return self.reply(req, BATCH_MISMATCH)
+        refused = self._admit(conn, req, ("uploading",))
+        if refused is not None:
+            return refused
         conn.executemany(
             "INSERT INTO uploads VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [(req.tid, req.batch, r.trace, h, self.pans.mask(r.pan), r.amount, r.organisation,
@@ -477,8 +500,9 @@ class Ledger:
         repeat = self._repeat(conn, req)
         if repeat is not None:
             return repeat
-        if self._batch_state(conn, req.tid, req.batch) != "uploading":
-            return self.reply(req, BATCH_MISMATCH)
+        refused = self._admit(conn, req, ("uploading",))
+        if refused is not None:
+            return refused
         self._close_upload(conn, req.tid, req.batch, total, req.now)
         response = self.reply(req, APPROVED)
         self._remember(conn, req, response)

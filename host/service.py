@@ -279,7 +279,8 @@ class HostService:
                 await self.store.apply("sign_off", terminal.tid)
                 self.terminals.forget(terminal.tid)
             return respond(kind, doc, APPROVED, now, self.rrns.next())
-        req = Request(kind, doc, request_digest(doc), now, self.rrns.next())
+        req = Request(kind, doc, request_digest(doc), now, self.rrns.next(),
+                      mak_lmk=(terminal.mak_lmk or "") if kind.mac else "")
         try:
             if kind.name == "settlement":
                 return await self.store.apply("settle", req,

@@ -188,9 +188,14 @@ async def test_sign_on_on_a_gives_b_the_new_keys(two_hosts: TwoHosts) -> None:
         await t.sign_on()  # first keys, made on A
         await move(t, two_hosts.b)
         assert (await t.sale(good, 10)).code == "00"  # B caches these keys
+        old_keys = t.pik, t.mak
         await move(t, two_hosts.a)
         await t.sign_on()  # new keys, made on A
         await move(t, two_hosts.b)
+        new_keys = t.pik, t.mak
+        t.pik, t.mak = old_keys  # a device still holding the old keys: B knows they are gone
+        assert (await t.sale(good, 10)).code == "A0"
+        t.pik, t.mak = new_keys
         assert (await t.sale(good, 10)).code == "00"
 
 
