@@ -29,7 +29,7 @@ from host.demo import init_demo
 from host.errors import HostError
 from host.hsm import TEST_LMK_WARNING_TEXT, open_hsm
 from host.observe import DEFAULT_HTTP_PORT, HttpSettings
-from host.pgstore import PgUrl, is_pg
+from host.pgstore import PgUrl, Unreachable, is_pg
 from hsm_sim.client import HsmClient
 from hsm_sim.errors import HsmError
 from shared.errors import SharedError
@@ -230,6 +230,8 @@ class _Cli(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except Unreachable as exc:
+            _fail(f"cannot reach PostgreSQL: {exc}")
         except sqlite3.DatabaseError as exc:
             _fail(f"the database cannot be used (damaged, truncated or not a poshost"
                   f" database?): {exc}")

@@ -60,8 +60,16 @@ def is_pg(target: object) -> bool:
     return isinstance(target, str) and target.startswith(PG_SCHEMES)
 
 
+class Unreachable(sqlite3.OperationalError):
+    """PostgreSQL refused or did not answer the connection (the CLI says so, exit 1)."""
+
+
 class Retry(sqlite3.OperationalError):
     """A deadlock or serialization failure: apply the whole transaction again."""
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _translate_error(exc: psycopg.Error) -> sqlite3.Error:
@@ -156,7 +164,7 @@ class PgConnection:
                 raw = psycopg.connect(url, autocommit=True, row_factory=_row_factory,
                                       **CONNECT_KWARGS)
             except psycopg.Error as exc:
-                raise _translate_error(exc) from None
+                raise Unreachable(_first_line(exc)) from None
         self.raw = raw
         self.url = url
         self._tables: dict[str, tuple[list[str], list[str], str | None]] = {}

@@ -66,6 +66,7 @@ POSHOST: dict[str, tuple[dict[str, str], list[str]]] = {
     "exceptions resolve": ({**DB, "--comment": "checked"}, ["99"]),
     "settlement report": ({**DB, "--date": "2026-11-23", "--out": "{tmp}/eod.csv"}, []),
     "tls make-lab-ca": ({"--tid": "12345678"}, ["{tmp}/ca"]),
+    "db copy": ({"--from": "{db}", "--to": "{tmp}/copy.db"}, []),
 }
 CARD = {"--track2": TRACK2, "--pin": "1234"}
 POSTERM: dict[str, tuple[dict[str, str], list[str]]] = {

@@ -88,3 +88,13 @@ async def test_db_copy_moves_a_sqlite_lab_to_postgresql_and_back(
         assert [r[0] for r in conn.execute("SELECT amount FROM txns ORDER BY id")] == [1_234, 100]
     finally:
         conn.close()
+
+
+def test_unreachable_postgresql_is_one_line_and_exit_1() -> None:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there
+    code, out = poshost("terminal", "list", "--db", f"postgresql://lab@127.0.0.1:{port}/x")
+    assert code == 1 and out.startswith("poshost: cannot reach PostgreSQL:"), out
+    assert "Traceback" not in out and len(out.splitlines()) == 1
