@@ -241,3 +241,31 @@ async def test_posterm_fails_over_to_the_second_instance(nursery: trio.Nursery,
             "SELECT kind, rc FROM txns").fetchall()] == [("sale", "00")]
     finally:
         conn.close()
+
+
+async def test_worker_processes_on_postgresql_beside_another_instance(
+        nursery: trio.Nursery) -> None:
+    """An instance with --workers 2 (each worker numbering RRNs from the sequence) and a
+    plain one, on one database: RRNs unique, every sale once."""
+    url = new_pg_database()
+    hsm = HsmClient.in_process(HsmEngine.test())
+    cards = await provision(url, hsm)
+    await add_terminal(url, hsm, OTHER_TID, MID, tmk_hex=TMK)
+    a = await nursery.start(run_host, HostConfig(listen_port=0, db_path=url, workers=2))
+    b = await nursery.start(run_host, HostConfig(listen_port=0, db_path=url))
+    hosts = TwoHosts(url, a, b, cards)
+    good = cards["good"]
+
+    async def sell(at: str, tid: str) -> None:
+        async with hosts.terminal(at, tid) as t:
+            await t.sign_on()
+            for _ in range(10):
+                assert (await t.sale(good, 10)).code == "00"
+                await t.reconnect()  # a new connection: possibly the other worker
+
+    async with trio.open_nursery() as clients:
+        clients.start_soon(sell, "a", TID)
+        clients.start_soon(sell, "b", OTHER_TID)
+    rrns = hosts.column("SELECT rrn FROM txns")
+    assert len(rrns) == len(set(rrns)) == 20
+    assert hosts.balance_of("good") == good.balance_minor - 200
