@@ -17,6 +17,8 @@ from host.provision import add_terminal
 from hsm_sim.client import HsmClient
 from hsm_sim.commands import HsmEngine
 from specs.codes import PIN_TRIES_EXCEEDED, WRONG_PIN
+from specs.pretty import mask_pan
+from terminal import chipstore
 from tests.conftest import MID, TID, TMK, new_pg_database, provision
 from tests.hostkit import Answer, TestCard, TestTerminal
 from tests.test_host_settlement import totals
@@ -269,3 +271,34 @@ async def test_worker_processes_on_postgresql_beside_another_instance(
     rrns = hosts.column("SELECT rrn FROM txns")
     assert len(rrns) == len(set(rrns)) == 20
     assert hosts.balance_of("good") == good.balance_minor - 200
+
+
+async def test_chip_atc_high_water_shared(two_hosts: TwoHosts, tmp_path: Path) -> None:
+    """A chip card's highest ATC is one record: a clone replaying ATC 1 at B after the real
+    card used it at A is declined (05); the balance moved once."""
+    from tests.conftest import RunningHost
+    from tests.test_host_chip import PAN, START, _card, _provision
+    from tests.test_term_host import make_terminal
+    hsm = HsmClient.in_process(HsmEngine.test())
+    views = [RunningHost(*at, two_hosts.url, TID, MID, TMK, "x919", two_hosts.cards, hsm,
+                         {TID: (TMK, "x919")}) for at in (two_hosts.a, two_hosts.b)]
+    await _provision(views[0])
+    results = []
+    for i, view in enumerate(views):  # the card at A, then its clone (ATC from 1 again) at B
+        t = make_terminal(view, tmp_path / f"t{i}.db")
+        assert (await t.sign_on()).status == "approved"
+        chipstore.add_card(t.store, _card())
+        for _ in range(5 * i):  # the clone's terminal is further on: not a repeat (94)
+            t.store.allocate_stan()
+        results.append(await t.chip_sale("chip", 500, "1234"))
+        await t.transport.aclose()
+    assert results[0].status == "approved"
+    assert results[1].status == "declined" and results[1].code == "05", results[1]
+    conn = connect(two_hosts.url)
+    try:
+        assert conn.execute("SELECT atc_high FROM chip_cards").fetchone()[0] == 1
+        balance = conn.execute("SELECT balance FROM cards WHERE pan_masked=?",
+                               (mask_pan(PAN),)).fetchone()[0]
+    finally:
+        conn.close()
+    assert balance == START - 500
