@@ -193,14 +193,16 @@ def main(argv: list[str] | None = None) -> int:
     plan = CrashPlan(terminals=args.terminals, kills=args.kills, seed=args.seed,
                      workers=args.workers, pg=args.pg, instances=args.instances)
     workdir = Path(tempfile.mkdtemp(prefix="poshost-crash-"))
-    result = run(plan, workdir)
-    print(json.dumps(result, indent=2))
-    if args.keep:
-        print(f"work directory: {workdir}", file=sys.stderr)
-    else:
-        import shutil
+    try:
+        result = run(plan, workdir)
+        print(json.dumps(result, indent=2))
+    finally:
+        if args.keep:
+            print(f"work directory: {workdir}", file=sys.stderr)
+        else:
+            import shutil
 
-        shutil.rmtree(workdir, ignore_errors=True)
+            shutil.rmtree(workdir, ignore_errors=True)
     print("crash test " + ("PASSED" if result["ok"] else "FAILED"), file=sys.stderr)
     return 0 if result["ok"] else 1
 
