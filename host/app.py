@@ -14,11 +14,11 @@ from typing import Any
 import trio
 
 from host.bridge import serve_serial_lines
-from host.db import PanProtector, open_store
+from host.db import PanProtector, is_shared, open_store
 from host.errors import ConfigError
 from host.exclusive import claim_address, probe_free
 from host.hsm import check_lmk, ensure_pvk, open_hsm
-from host.ledger import Ledger, RrnCounter
+from host.ledger import Ledger, RrnCounter, rrn_counter_for
 from host.metrics import MeasuredHsm, MetricsHub, ProcessMetrics
 from host.observe import HttpSettings, Probes, Site, serve_http
 from host.ops import LocalStore
@@ -132,8 +132,8 @@ async def _run_host(config: HostConfig, task_status: trio.TaskStatus[tuple[str, 
                 raise _cannot_listen(config, exc) from None
             host, port = listeners[0].socket.getsockname()[:2]
             tls_listeners = await _open_tls_listeners(config.tls)
-            rrns = RrnCounter.load(conn)
-            writer = Writer(Path(config.db_path), before_commit=rrns.persist)
+            rrns = rrn_counter_for(config.db_path, conn)
+            writer = Writer(config.db_path, before_commit=rrns.persist)
             store = LocalStore(writer, Ledger(PanProtector.load(conn)))
             guard = config.peer_guard()
             metrics = ProcessMetrics() if config.http else None
@@ -190,7 +190,7 @@ async def _serve_pool(config: HostConfig, conn: sqlite3.Connection, bound: tuple
                       stop: trio.Event, task_status: trio.TaskStatus[tuple[str, int]],
                       *, hsm: HsmClient | None = None) -> None:
     high_water = RrnHighWater()
-    writer = Writer(Path(config.db_path), before_commit=high_water.persist)
+    writer = Writer(config.db_path, before_commit=high_water.persist)
     pool = WorkerPool(
         config.workers, LocalStore(writer, Ledger(PanProtector.load(conn))),
         bound,
@@ -200,7 +200,7 @@ async def _serve_pool(config: HostConfig, conn: sqlite3.Connection, bound: tuple
          "serial_lines": config.serial_lines,
          "log_level": logging.getLogger().getEffectiveLevel(), "tls": _tls_settings(config),
          "metrics": bool(config.http)},
-        RrnCounter.restart_base(conn), high_water)
+        0 if is_shared(conn) else RrnCounter.restart_base(conn), high_water)
     async with trio.open_nursery() as nursery:
         await nursery.start(writer.run)
         if config.http and hsm is not None:
@@ -261,7 +261,12 @@ async def _start_http(config: HostConfig, nursery: trio.Nursery, hub: MetricsHub
                       writer: Writer, probes: Probes) -> None:
     assert config.http is not None
     writer.on_group = hub.writer_group
-    await nursery.start(serve_http, config.http, Site(hub, Path(config.db_path), probes))
+    await nursery.start(serve_http, config.http, Site(hub, _site_db(config.db_path), probes))
+
+
+def _site_db(db_path: Path | str) -> Path | str:
+    from host.pgstore import is_pg
+    return db_path if is_pg(db_path) else Path(db_path)
 
 
 def _noop(conn: sqlite3.Connection) -> None:

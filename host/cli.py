@@ -29,6 +29,7 @@ from host.demo import init_demo
 from host.errors import HostError
 from host.hsm import TEST_LMK_WARNING_TEXT, open_hsm
 from host.observe import DEFAULT_HTTP_PORT, HttpSettings
+from host.pgstore import PgUrl, Unreachable, is_pg
 from hsm_sim.client import HsmClient
 from hsm_sim.errors import HsmError
 from shared.errors import SharedError
@@ -79,8 +80,24 @@ def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
     return out
 
 
-def _check_db_path(ctx: click.Context, param: click.Parameter, value: Path) -> Path:
+class _DbTarget(click.ParamType):
+    """``--db``: a SQLite file's path, or a ``postgresql://USER@HOST:PORT/DBNAME`` URL."""
+
+    name = "PATH|URL"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Path | PgUrl:
+        if isinstance(value, (Path, PgUrl)):
+            return value
+        text = str(value)
+        return PgUrl(text) if is_pg(text) else Path(text)
+
+
+def _check_db_path(ctx: click.Context, param: click.Parameter,
+                   value: Path | PgUrl) -> Path | PgUrl:
     """The database's directory must exist and, for a new database, be writable."""
+    if isinstance(value, PgUrl):
+        return value
     if value.is_dir():
         raise click.BadParameter(f"{value} is a directory, not a database file")
     parent = value.parent if str(value.parent) else Path(".")
@@ -91,8 +108,10 @@ def _check_db_path(ctx: click.Context, param: click.Parameter, value: Path) -> P
     return value
 
 
-db_option = click.option("--db", "db_path", type=click.Path(path_type=Path), default=DEFAULT_DB,
-                         show_default=True, callback=_check_db_path, help="SQLite database.")
+db_option = click.option("--db", "db_path", type=_DbTarget(), default=DEFAULT_DB,
+                         envvar="POSHOST_DB", show_default=True, callback=_check_db_path,
+                         help="SQLite database file, or postgresql://USER@HOST:PORT/DBNAME"
+                              " (several hosts on one database; also POSHOST_DB).")
 
 
 def hsm_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -143,7 +162,22 @@ def _table(rows: list[dict], columns: list[str] | None = None) -> None:
         click.echo("  ".join(v.ljust(w) for v, w in zip(cells, widths, strict=True)))
 
 
+def _exists(db_path: Path | PgUrl) -> bool:
+    """A SQLite file exists; a PostgreSQL database counts once ``poshost init`` bound it to
+    an LMK."""
+    if isinstance(db_path, PgUrl):
+        from host.db import get_meta
+        conn = open_store(db_path)
+        try:
+            return get_meta(conn, "lmk_kcv") is not None
+        finally:
+            conn.close()
+    return db_path.exists()
+
+
 def _read(db_path: Path) -> Any:
+    if isinstance(db_path, PgUrl):
+        return open_store(db_path)
     if not db_path.exists():
         _fail(f"no database at {db_path}")
     return open_store(db_path)
@@ -196,6 +230,8 @@ class _Cli(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except Unreachable as exc:
+            _fail(f"cannot reach PostgreSQL: {exc}")
         except sqlite3.DatabaseError as exc:
             _fail(f"the database cannot be used (damaged, truncated or not a poshost"
                   f" database?): {exc}")
@@ -237,6 +273,10 @@ def main() -> None:
 # --------------------------------------------------------------------------- serve / init
 
 
+def _shown(db_path: Path | PgUrl) -> str:
+    return db_path.display if isinstance(db_path, PgUrl) else str(db_path)
+
+
 def _print_demo(rows: list[tuple[str, ...]], listen: str) -> None:
     """``init --demo``'s one-time output: the lab values, marked as such (never logged)."""
     click.echo(lab_banner("the demo data set, shown once"))
@@ -258,7 +298,10 @@ def _demo_summary(db_path: Path) -> str:
 
 async def _create_db(db_path: Path, build: Callable[[Path], Awaitable[T]]) -> T:
     """Build a new database beside ``db_path`` and move it into place only once ``build``
-    has succeeded: a setup command that fails leaves no half-built database."""
+    has succeeded: a setup command that fails leaves no half-built database. On PostgreSQL
+    the schema is made (or upgraded) in place and ``build`` runs there."""
+    if isinstance(db_path, PgUrl):
+        return await build(db_path)
     tmp = db_path.with_name(f".{db_path.name}.{os.getpid()}.tmp")
     try:
         result = await build(tmp)
@@ -386,7 +429,7 @@ def serve(listen: tuple[str, int], db_path: Path, hsm: str, lmk: str, demo: bool
             config.http = HttpSettings.parse(http_listen)
         except HostError as exc:
             _fail(str(exc), EXIT_USAGE)
-    new_db = not db_path.exists()
+    new_db = not _exists(db_path)
 
     async def main() -> None:
         if new_db and (demo or (demo is None and lmk == "test" and hsm == "embedded")):
@@ -402,7 +445,7 @@ def serve(listen: tuple[str, int], db_path: Path, hsm: str, lmk: str, demo: bool
             tls_note = ""
             if tls is not None and tls.bound is not None:
                 tls_note = f", TLS on {tls.bound[0]}:{tls.bound[1]}"
-            click.echo(f"poshost ready on {bound[0]}:{bound[1]}{tls_note} (db {db_path},"
+            click.echo(f"poshost ready on {bound[0]}:{bound[1]}{tls_note} (db {_shown(db_path)},"
                        f" hsm {hsm.partition('?')[0]})", nl=True)
             if config.h2h_bound is not None:
                 click.echo("host-to-host links on {}:{}".format(*config.h2h_bound))
@@ -454,7 +497,16 @@ def init(db_path: Path, hsm: str, lmk: str, demo: bool, authorise: bool = False,
     All or nothing: if the HSM refuses or cannot be reached, no database is left behind.
     Under a live LMK the demo terminal's TMK is generated by the HSM and its two clear
     components are shown once (clear key import is a test-LMK extension)."""
-    if db_path.exists():
+    if isinstance(db_path, PgUrl) and _exists(db_path):
+        from host.db import migrate
+        from host.db import open_store as upgrade
+        conn = upgrade(db_path)
+        try:
+            click.echo(f"schema up to date (version {migrate(conn)}): {db_path.display}")
+        finally:
+            conn.close()
+        return
+    if isinstance(db_path, Path) and db_path.exists():
         _fail(f"{db_path} already exists (init creates a new database; use --db for another)")
 
     async def go(client: HsmClient) -> None:
@@ -462,8 +514,42 @@ def init(db_path: Path, hsm: str, lmk: str, demo: bool, authorise: bool = False,
                                                                     separate_002))
         if rows:
             _print_demo(rows, DEFAULT_LISTEN)
-        click.echo(f"database ready: {db_path}")
+        click.echo(f"database ready: {_shown(db_path)}")
     with_hsm(go, hsm, lmk, authorise)
+
+
+@main.group("db")
+def db_group() -> None:
+    """The database itself: copy a lab from SQLite to PostgreSQL (or back)."""
+
+
+@db_group.command("copy")
+@click.option("--from", "source", type=_DbTarget(), required=True, metavar="PATH|URL",
+              help="The database to copy (left unchanged).")
+@click.option("--to", "target", type=_DbTarget(), required=True, metavar="PATH|URL",
+              help="A new database: a SQLite file not there yet, or an empty PostgreSQL one.")
+def db_copy(source: Path | PgUrl, target: Path | PgUrl) -> None:
+    """Copy every table (terminals, keys under the LMK, cards, transactions, batches) from one
+    store to the other; the target is created with the current schema."""
+    from host.db import CopyError, copy_store
+    if isinstance(source, Path) and not source.exists():
+        _fail(f"no database at {source}")
+    if isinstance(target, Path) and target.exists():
+        _fail(f"{target} already exists (the copy makes a new database)")
+    src = open_store(source)
+    try:
+        dst = open_store(target)
+        try:
+            counts = copy_store(src, dst)
+        except CopyError as exc:
+            _fail(str(exc))
+        finally:
+            dst.close()
+    finally:
+        src.close()
+    total = sum(counts.values())
+    click.echo(f"copied {total} rows ({', '.join(f'{t} {n}' for t, n in counts.items() if n)})"
+               f" to {_shown(target)}")
 
 
 # --------------------------------------------------------------------------- provisioning

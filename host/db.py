@@ -19,7 +19,12 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+from host.pgstore import SCHEMA_LOCK, PgConnection, is_pg, split_script
 from specs.pretty import mask_pan
+
+Conn = sqlite3.Connection | PgConnection
+"""A store connection: a SQLite file's, or PostgreSQL's behind the same interface
+(host/pgstore.py)."""
 
 BUSY_TIMEOUT_MS = 10_000
 DB_FILE_MODE = 0o600
@@ -78,7 +83,28 @@ CREATE TABLE IF NOT EXISTS exceptions (
 """
 
 
-def connect(db_path: Path | str, *, check_same_thread: bool = True) -> sqlite3.Connection:
+MIGRATIONS: list[tuple[int, str, str]] = []
+"""Versioned schema changes after SCHEMA (version 1), applied in order by ``initialise`` on
+either store, each once (``meta.schema`` holds the version reached). To add a table or a
+column, append ``(next version, "what", "CREATE TABLE IF NOT EXISTS ...; ALTER TABLE txns ADD
+COLUMN route TEXT")`` in SQLite's spelling with portable types (TEXT, INTEGER; ``id INTEGER
+PRIMARY KEY`` for a numbered row): host/pgstore.py turns it into PostgreSQL's (identity
+column, BIGINT). Statements are separated by ';'."""
+PG_ONLY = """
+CREATE SEQUENCE IF NOT EXISTS rrn_blocks
+"""
+"""PostgreSQL objects SQLite has no counterpart for: the RRN block sequence (host/ledger.py)."""
+
+
+def connect(db_path: Path | str, *, check_same_thread: bool = True) -> Conn:
+    """A store connection: PostgreSQL for a ``postgresql://`` URL (host/pgstore.py), else the
+    SQLite file (below)."""
+    if is_pg(db_path):
+        return PgConnection(str(db_path))
+    return connect_sqlite(db_path, check_same_thread=check_same_thread)
+
+
+def connect_sqlite(db_path: Path | str, *, check_same_thread: bool = True) -> sqlite3.Connection:
     """A connection in WAL mode with synchronous=FULL, autocommit (explicit BEGIN).
 
     The file is created 0600 (SQLite gives -wal and -shm the database file's mode); an older
@@ -115,8 +141,21 @@ def make_private(db_path: Path | str, *, side_files: bool = False) -> None:
             continue
 
 
-def initialise(conn: sqlite3.Connection) -> None:
-    """Create the schema and the per-database PAN-hash salt (idempotent)."""
+def initialise(conn: Conn) -> None:
+    """Create the schema or bring it up to date, and the per-database PAN-hash salt
+    (idempotent). On PostgreSQL under an advisory lock: instances starting together
+    create it once."""
+    if isinstance(conn, PgConnection):
+        conn.execute("SELECT pg_advisory_lock(?)", (SCHEMA_LOCK,))
+        try:
+            _initialise(conn)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(?)", (SCHEMA_LOCK,))
+        return
+    _initialise(conn)
+
+
+def _initialise(conn: Conn) -> None:
     conn.executescript(SCHEMA)
     conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
     conn.execute("INSERT OR IGNORE INTO meta VALUES ('pan_salt', ?)", (secrets.token_hex(16),))
@@ -128,6 +167,56 @@ def initialise(conn: sqlite3.Connection) -> None:
     from host.routestore import ensure_routing_schema  # routes, links, txns.route (#20)
 
     ensure_routing_schema(conn)
+    from host.feestore import ensure_fee_schema  # fee standards and assignments (#21)
+
+    ensure_fee_schema(conn)
+    if isinstance(conn, PgConnection):
+        conn.executescript(PG_ONLY)
+    migrate(conn)
+
+
+def schema_version(conn: Conn) -> int:
+    return int(get_meta(conn, "schema") or 1)
+
+
+def migrate(conn: Conn) -> int:
+    """Apply the MIGRATIONS past this database's version, each in its own transaction with
+    its version mark; the version reached."""
+    version = schema_version(conn)
+    for number, _what, script in MIGRATIONS:
+        if number <= version:
+            continue
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in split_script(script):  # (sqlite3's executescript would commit)
+                conn.execute(statement)
+            set_meta(conn, "schema", str(number))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        version = number
+        if isinstance(conn, PgConnection):
+            conn.forget_tables()
+    return version
+
+
+def is_shared(conn: Conn) -> bool:
+    """Whether other host instances may use this store at once (PostgreSQL)."""
+    return isinstance(conn, PgConnection)
+
+
+def for_update(conn: Conn) -> str:
+    """`` FOR UPDATE`` on PostgreSQL (lock the rows read until commit), nothing on SQLite
+    (its one writer holds the whole database)."""
+    return " FOR UPDATE" if isinstance(conn, PgConnection) else ""
+
+
+def lock_terminal(conn: Conn, tid: str) -> None:
+    """Serialise one terminal's requests across instances until the transaction ends (a
+    transaction-level advisory lock on PostgreSQL; SQLite's writer lock already does)."""
+    if isinstance(conn, PgConnection):
+        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(?, 7))", (tid,))
 
 
 CARDS_COLUMNS = ("pan_hash", "pan_masked", "pan_enc", "expiry", "pvv", "pvki", "balance",
@@ -135,14 +224,19 @@ CARDS_COLUMNS = ("pan_hash", "pan_masked", "pan_enc", "expiry", "pvv", "pvki", "
 """The card table's columns (after the clear-PAN upgrade)."""
 
 
-def has_clear_pans(conn: sqlite3.Connection) -> bool:
-    """Whether the card table is still the old one with a clear `pan` column."""
+def has_clear_pans(conn: Conn) -> bool:
+    """Whether the card table is still the old one with a clear `pan` column (never on
+    PostgreSQL: its databases are made after the upgrade)."""
+    if isinstance(conn, PgConnection):
+        return False
     return "pan" in {row[1] for row in conn.execute("PRAGMA table_info(cards)")}
 
 
 def _add_card_cvm(conn: sqlite3.Connection) -> None:
     """Cards carry their CVM (pin, signature, none); older databases get the column, with
     'pin' for every card that has a PVV and 'none' for the others."""
+    if isinstance(conn, PgConnection):
+        return
     columns = {row[1] for row in conn.execute("PRAGMA table_info(cards)")}
     if "cvm" not in columns:
         conn.execute("ALTER TABLE cards ADD COLUMN cvm TEXT NOT NULL DEFAULT 'pin'")
@@ -152,6 +246,8 @@ def _add_card_cvm(conn: sqlite3.Connection) -> None:
 def _hash_card_pans(conn: sqlite3.Connection) -> None:
     """Old card tables (clear `pan`): give every card its salted PAN hash until the HSM
     upgrade replaces both (host.hsm.ensure_pan_keys)."""
+    if isinstance(conn, PgConnection):
+        return
     columns = {row[1] for row in conn.execute("PRAGMA table_info(cards)")}
     if "pan" not in columns:
         return
@@ -164,18 +260,18 @@ def _hash_card_pans(conn: sqlite3.Connection) -> None:
                      [(pans.hash(pan), pan) for pan in missing])
 
 
-def open_store(db_path: Path | str, *, check_same_thread: bool = True) -> sqlite3.Connection:
+def open_store(db_path: Path | str, *, check_same_thread: bool = True) -> Conn:
     conn = connect(db_path, check_same_thread=check_same_thread)
     initialise(conn)
     return conn
 
 
-def get_meta(conn: sqlite3.Connection, key: str) -> str | None:
+def get_meta(conn: Conn, key: str) -> str | None:
     row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
     return None if row is None else row[0]
 
 
-def set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
+def set_meta(conn: Conn, key: str, value: str) -> None:
     conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
 
@@ -239,12 +335,66 @@ class Card:
     """Cardholder verification the issuer requires: pin, signature or none."""
 
 
-def load_card(conn: sqlite3.Connection, pan_hash: str) -> Card | None:
-    """The card whose PAN has this keyed hash (`HsmClient.hash_pan`); its `pan` is masked."""
+def load_card(conn: Conn, pan_hash: str, *, lock: bool = False) -> Card | None:
+    """The card whose PAN has this keyed hash (`HsmClient.hash_pan`); its `pan` is masked.
+    ``lock``: on PostgreSQL its row stays locked until the transaction ends (balance, PIN
+    tries and the chip ATC: one instance at a time)."""
     row = conn.execute(
         "SELECT pan_masked, expiry, pvv, pvki, balance, limit_minor, status, pin_tries,"
-        " domestic, cvm FROM cards WHERE pan_hash = ?", (pan_hash,),
+        " domestic, cvm FROM cards WHERE pan_hash = ?" + (for_update(conn) if lock else ""),
+        (pan_hash,),
     ).fetchone()
     if row is None:
         return None
     return Card(*row[:8], domestic=bool(row[8]), cvm=row[9])
+
+
+def store_tables(conn: Conn) -> list[str]:
+    """The store's tables in creation order (parents before children)."""
+    import re
+
+    from host.chip import CHIP_SCHEMA
+    names = re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)",
+                       SCHEMA + CHIP_SCHEMA + "".join(m[2] for m in MIGRATIONS))
+    return list(dict.fromkeys(names))
+
+
+def table_columns(conn: Conn, table: str) -> list[str]:
+    if isinstance(conn, PgConnection):
+        return conn._table(table)[0]
+    return [row[1] for row in conn.execute(f"PRAGMA table_info({table})")]
+
+
+class CopyError(Exception):
+    """Why ``poshost db copy`` cannot copy (the target already holds a database, ...)."""
+
+
+def copy_store(source: Conn, target: Conn) -> dict[str, int]:
+    """Copy every row of every table from ``source`` to ``target`` (either store), in one
+    transaction on the target; rows copied per table. The target must be new (not bound to
+    an LMK); the source's meta (LMK binding, PAN keys and salt, PVK) replaces the target's."""
+    if get_meta(target, "lmk_kcv") is not None:
+        raise CopyError("the target already holds a poshost database")
+    if has_clear_pans(source):
+        raise CopyError("the source still has clear PANs: start it once with"
+                        " `poshost serve` (its HSM upgrade protects them), then copy")
+    counts: dict[str, int] = {}
+    target.execute("BEGIN IMMEDIATE")
+    try:
+        for table in store_tables(source):
+            columns = [c for c in table_columns(source, table)
+                       if c in set(table_columns(target, table))]
+            rows = source.execute(f"SELECT {', '.join(columns)} FROM {table}").fetchall()
+            verb = "INSERT OR REPLACE" if table == "meta" else "INSERT"
+            target.executemany(f"{verb} INTO {table} ({', '.join(columns)}) VALUES"
+                               f" ({', '.join('?' * len(columns))})", [tuple(r) for r in rows])
+            counts[table] = len(rows)
+            if isinstance(target, PgConnection) and target._table(table)[2] and rows:
+                identity = target._table(table)[2]
+                target.execute(f"SELECT setval(pg_get_serial_sequence('{table}', '{identity}'),"
+                               f" (SELECT max({identity}) FROM {table}))")
+        target.execute("COMMIT")
+    except BaseException:
+        target.execute("ROLLBACK")
+        raise
+    return counts

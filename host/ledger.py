@@ -19,7 +19,17 @@ from datetime import datetime
 from functools import cached_property
 
 from host import chip, rules
-from host.db import Card, PanProtector, get_meta, load_card, set_meta
+from host.db import (
+    Card,
+    Conn,
+    PanProtector,
+    for_update,
+    get_meta,
+    is_shared,
+    load_card,
+    lock_terminal,
+    set_meta,
+)
 from host.limits import BATCH_FIRST, BATCH_MAX, RRN_RESTART_GAP
 from host.responses import replayed, request_digest, respond, storable
 from host.rules import PinResult, Txn
@@ -29,6 +39,7 @@ from specs.codes import (
     BATCH_MISMATCH,
     DOMESTIC_ORGANISATION,
     DUPLICATE,
+    MAC_ERROR,
     card_organisation,
 )
 from specs.composite import (
@@ -76,8 +87,52 @@ class RrnCounter:
         persist_rrn_high_water(conn, self.high_water)
 
 
-def persist_rrn_high_water(conn: sqlite3.Connection, value: int) -> None:
+def persist_rrn_high_water(conn: Conn, value: int) -> None:
+    if is_shared(conn):
+        return  # PostgreSQL numbers from a sequence (SharedRrnCounter): nothing to persist
     set_meta(conn, "rrn", str(value))
+
+
+RRN_BLOCK = 1000
+"""RRNs a host process takes at once from PostgreSQL's ``rrn_blocks`` sequence."""
+
+
+class SharedRrnCounter(RrnCounter):
+    """RRNs unique across every instance and process on one PostgreSQL database: each
+    process takes blocks of RRN_BLOCK numbers from the ``rrn_blocks`` sequence (one round
+    trip per block, on its own connection) and hands them out in order. A sequence never
+    gives a value twice, committed or not, so a crash skips numbers and never repeats one."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._conn: Conn | None = None
+        self._next = self._end = 0
+        self._lock = threading.Lock()
+        self.high_water = 0
+
+    def next(self) -> str:
+        with self._lock:
+            if self._next >= self._end:
+                if self._conn is None:
+                    from host.db import connect
+                    self._conn = connect(self._url)
+                block = int(self._conn.execute("SELECT nextval('rrn_blocks')").fetchone()[0])
+                self._next, self._end = block * RRN_BLOCK, (block + 1) * RRN_BLOCK
+            value = self._next
+            self._next += 1
+            self.high_water = value
+        return f"{value % 10**RRN_DIGITS:0{RRN_DIGITS}d}"
+
+    def persist(self, conn: Conn) -> None:
+        """Nothing: the sequence is the record."""
+
+
+def rrn_counter_for(db_path: object, conn: Conn, step: int = 1, offset: int = 0) -> RrnCounter:
+    """The RRN counter for this store: a sequence's blocks on PostgreSQL, the persisted
+    high-water mark (this process's residue class of ``step``) on SQLite."""
+    if is_shared(conn):
+        return SharedRrnCounter(str(db_path))
+    return RrnCounter(RrnCounter.restart_base(conn), step, offset)
 
 
 def new_auth_code() -> str:
@@ -101,11 +156,14 @@ class Request:
     await it); empty when the request carries no PAN."""
     chip: chip.ChipFacts | None = None
     """What the message path learned from a chip request's ARQC (KW), None otherwise."""
+    mak_lmk: str = ""
+    """The MAC key (under LMK) the request was verified with; on a shared store the ledger
+    refuses it (A0) when another instance has signed the terminal on since."""
 
     def __reduce__(self) -> tuple[object, tuple[object, ...]]:
         """Pickled by kind name (what crosses from a worker process to the writer)."""
         return (_request, (self.kind.name, self.doc, self.digest, self.now, self.rrn,
-                           self.pin, self.pan_hash, self.chip))
+                           self.pin, self.pan_hash, self.chip, self.mak_lmk))
 
     @cached_property
     def tid(self) -> str:
@@ -122,8 +180,8 @@ class Request:
 
 def _request(kind: str, doc: Message, digest: str, now: datetime, rrn: str,
              pin: PinResult, pan_hash: str = "",
-             chip_facts: chip.ChipFacts | None = None) -> Request:
-    return Request(KINDS[kind], doc, digest, now, rrn, pin, pan_hash, chip_facts)
+             chip_facts: chip.ChipFacts | None = None, mak_lmk: str = "") -> Request:
+    return Request(KINDS[kind], doc, digest, now, rrn, pin, pan_hash, chip_facts, mak_lmk)
 
 
 def _txn(row: sqlite3.Row | None) -> Txn | None:
@@ -171,6 +229,23 @@ class Ledger:
         ).fetchone()
         return None if row is None else row[0]
 
+    def _admit(self, conn: Conn, req: Request, states: tuple[str, ...]) -> Message | None:
+        """The refusal of a request whose batch is not in one of ``states`` (77), or, on a
+        shared store, whose MAC key is no longer the terminal's (A0: another instance signed
+        it on since this one cached the keys); None to go on. One statement for both."""
+        row = conn.execute(
+            "SELECT b.state, t.mak_lmk FROM batches b JOIN terminals t ON t.tid = b.tid AND"
+            " t.batch = b.batch WHERE b.tid = ? AND b.batch = ?", (req.tid, req.batch),
+        ).fetchone()
+        if req.mak_lmk and is_shared(conn):
+            current = row[1] if row is not None else conn.execute(
+                "SELECT mak_lmk FROM terminals WHERE tid = ?", (req.tid,)).fetchone()[0]
+            if current != req.mak_lmk:
+                return self.reply(req, MAC_ERROR)
+        if row is None or row[0] not in states:
+            return self.reply(req, BATCH_MISMATCH)
+        return None
+
     def _terminal_mid(self, conn: sqlite3.Connection, tid: str) -> str:
         return conn.execute("SELECT mid FROM terminals WHERE tid = ?", (tid,)).fetchone()[0]
 
@@ -187,6 +262,7 @@ class Ledger:
     def sign_on(self, conn: sqlite3.Connection, tid: str, keys: Mapping[str, str],
                 now: datetime) -> int:
         """Store fresh working keys (under LMK) and return the terminal's open batch."""
+        lock_terminal(conn, tid)
         conn.execute(
             "UPDATE terminals SET pik_lmk=?, pik_kcv=?, mak_lmk=?, mak_kcv=?, keys_at=?"
             " WHERE tid=?",
@@ -202,6 +278,7 @@ class Ledger:
         return int(batch)
 
     def sign_off(self, conn: sqlite3.Connection, tid: str) -> None:
+        lock_terminal(conn, tid)
         conn.execute("UPDATE terminals SET pik_lmk=NULL, mak_lmk=NULL, pik_kcv=NULL,"
                      " mak_kcv=NULL WHERE tid=?", (tid,))
 
@@ -219,11 +296,13 @@ class Ledger:
 
     def financial(self, conn: sqlite3.Connection, req: Request) -> Message:
         """Sale, balance inquiry, void, refund or reversal, applied exactly once."""
+        lock_terminal(conn, req.tid)
         repeat = self._repeat(conn, req)
         if repeat is not None:
             return repeat
-        if self._batch_state(conn, req.tid, req.batch) != "open":
-            return self.reply(req, BATCH_MISMATCH)
+        refused = self._admit(conn, req, ("open",))
+        if refused is not None:
+            return refused
         if req.kind.name == "reversal":
             response = self._reversal(conn, req)
         else:
@@ -267,8 +346,10 @@ class Ledger:
             original = self._original(conn, req.tid, int(f61.batch), f61.trace)
             return rules.decide_void(amount, pan_hash, original, doc["37"].strip(), req.batch,
                                      card, req.pin), original
-        original = _txn(conn.execute("SELECT * FROM txns WHERE rrn=? AND kind='sale'",
-                                     (doc["37"].strip(),)).fetchone())
+        # the sale may be another terminal's (same merchant): its row is locked so that two
+        # refunds on two instances never pass its amount together
+        original = _txn(conn.execute("SELECT * FROM txns WHERE rrn=? AND kind='sale'"
+                                     + for_update(conn), (doc["37"].strip(),)).fetchone())
         mid = self._terminal_mid(conn, req.tid)
         return rules.decide_refund(amount, pan_hash, mid, original, f61.batch, f61.trace,
                                    card, req.pin), original
@@ -277,9 +358,10 @@ class Ledger:
         doc = req.doc
         pan = rules.card_pan(doc)
         pan_hash = req.pan_hash
-        card = load_card(conn, pan_hash) if pan_hash else None
+        # locked on PostgreSQL: balance, PIN tries and ATC, one instance at a time
+        card = load_card(conn, pan_hash, lock=True) if pan_hash else None
         orphan = conn.execute(
-            "SELECT rowid FROM reversals WHERE tid=? AND batch=? AND stan=? AND txn_id IS NULL"
+            "SELECT stan FROM reversals WHERE tid=? AND batch=? AND stan=? AND txn_id IS NULL"
             " AND processing_code=?", (req.tid, req.batch, doc["11"], doc["3"]),
         ).fetchone() if doc["t"] == "0200" else None
         chip_code = None if req.chip is None else chip.apply_chip_rules(
@@ -300,9 +382,12 @@ class Ledger:
         txn_id = self._insert_txn(conn, req, response, pan, pan_hash, card, original)
         chip.record_entry(conn, txn_id, doc, req.chip)
         if orphan is not None:
-            conn.execute("UPDATE reversals SET txn_id=? WHERE rowid=?", (txn_id, orphan[0]))
+            key = (req.tid, req.batch, doc["11"])
+            conn.execute("UPDATE reversals SET txn_id=? WHERE tid=? AND batch=? AND stan=?",
+                         (txn_id, *key))
             conn.execute("UPDATE txns SET reversed=1, reversal_reason=(SELECT reason FROM"
-                         " reversals WHERE rowid=?) WHERE id=?", (orphan[0], txn_id))
+                         " reversals WHERE tid=? AND batch=? AND stan=?) WHERE id=?",
+                         (*key, txn_id))
         if decision.approved and original is not None:
             if req.kind.name == "void":
                 conn.execute("UPDATE txns SET voided_by=? WHERE id=?", (txn_id, original.id))
@@ -365,12 +450,13 @@ class Ledger:
 
     def settle(self, conn: sqlite3.Connection, req: Request,
                terminal: SettlementTotals) -> Message:
+        lock_terminal(conn, req.tid)
         repeat = self._repeat(conn, req)
         if repeat is not None:
             return repeat
-        state = self._batch_state(conn, req.tid, req.batch)
-        if state not in ("open", "uploading"):
-            return self.reply(req, BATCH_MISMATCH)
+        refused = self._admit(conn, req, ("open", "uploading"))
+        if refused is not None:
+            return refused
         rows = self._batch_txns(conn, req.tid, req.batch)
         host = rules.batch_totals(t for t in map(_txn, rows) if t is not None)
         result = rules.settlement_result(host, terminal)
@@ -392,11 +478,13 @@ class Ledger:
     def upload(self, conn: sqlite3.Connection, req: Request,
                records: list[UploadRecord], hashes: list[str] | None = None) -> Message:
         """Store a 0320's records; ``hashes`` are their PANs' keyed hashes (HSM), in order."""
+        lock_terminal(conn, req.tid)
         repeat = self._repeat(conn, req)
         if repeat is not None:
             return repeat
-        if self._batch_state(conn, req.tid, req.batch) != "uploading":
-            return self.reply(req, BATCH_MISMATCH)
+        refused = self._admit(conn, req, ("uploading",))
+        if refused is not None:
+            return refused
         conn.executemany(
             "INSERT INTO uploads VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [(req.tid, req.batch, r.trace, h, self.pans.mask(r.pan), r.amount, r.organisation,
@@ -409,11 +497,13 @@ class Ledger:
         return response
 
     def upload_end(self, conn: sqlite3.Connection, req: Request, total: int) -> Message:
+        lock_terminal(conn, req.tid)
         repeat = self._repeat(conn, req)
         if repeat is not None:
             return repeat
-        if self._batch_state(conn, req.tid, req.batch) != "uploading":
-            return self.reply(req, BATCH_MISMATCH)
+        refused = self._admit(conn, req, ("uploading",))
+        if refused is not None:
+            return refused
         self._close_upload(conn, req.tid, req.batch, total, req.now)
         response = self.reply(req, APPROVED)
         self._remember(conn, req, response)

@@ -251,31 +251,40 @@ RECENT_ROWS = 10
 def read_store_figures(db_path: Path) -> StoreFigures:
     """Batch, exception and terminal figures, and the latest rows (masked PANs only), over a
     read-only connection of its own (run it on a worker thread)."""
+    from host.pgstore import is_pg, pooled
+    if is_pg(db_path):  # a pooled connection (psycopg_pool): the site renders often
+        with pooled(str(db_path)) as pg:
+            return _store_figures(pg)
     conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=1.0)
     conn.row_factory = sqlite3.Row
     try:
-        out = StoreFigures()
-        for row in conn.execute("SELECT state, count(*) FROM batches GROUP BY state"):
-            out.batches[row[0]] = row[1]
-        out.unbalanced = conn.execute("SELECT count(*) FROM batches WHERE result ="
-                                      " 'not balanced'").fetchone()[0]
-        out.exceptions_open = conn.execute(
-            "SELECT count(*) FROM exceptions WHERE state = 'open'").fetchone()[0]
-        out.terminals, out.signed_on = conn.execute(
-            "SELECT count(*), count(mak_lmk) FROM terminals").fetchone()
-        out.recent_exceptions = [
-            {"id": r["id"], "tid": r["tid"], "batch": r["batch"], "kind": r["kind"],
-             "trace": r["trace"], "created": r["created"]}
-            for r in conn.execute("SELECT id, tid, batch, kind, trace, created FROM exceptions"
-                                  " WHERE state = 'open' ORDER BY id DESC LIMIT ?",
-                                  (RECENT_ROWS,))]
-        out.recent_txns = [
-            dict(r) for r in conn.execute(
-                "SELECT created, tid, kind, pan_masked, amount, rc FROM txns"
-                " ORDER BY id DESC LIMIT ?", (RECENT_ROWS,))]
-        return out
+        return _store_figures(conn)
     finally:
         conn.close()
+
+
+def _store_figures(conn: Any) -> StoreFigures:
+    """The figures over an open connection (either store)."""
+    out = StoreFigures()
+    for row in conn.execute("SELECT state, count(*) FROM batches GROUP BY state"):
+        out.batches[row[0]] = row[1]
+    out.unbalanced = conn.execute("SELECT count(*) FROM batches WHERE result ="
+                                  " 'not balanced'").fetchone()[0]
+    out.exceptions_open = conn.execute(
+        "SELECT count(*) FROM exceptions WHERE state = 'open'").fetchone()[0]
+    out.terminals, out.signed_on = conn.execute(
+        "SELECT count(*), count(mak_lmk) FROM terminals").fetchone()
+    out.recent_exceptions = [
+        {"id": r["id"], "tid": r["tid"], "batch": r["batch"], "kind": r["kind"],
+         "trace": r["trace"], "created": r["created"]}
+        for r in conn.execute("SELECT id, tid, batch, kind, trace, created FROM exceptions"
+                              " WHERE state = 'open' ORDER BY id DESC LIMIT ?",
+                              (RECENT_ROWS,))]
+    out.recent_txns = [
+        dict(r) for r in conn.execute(
+            "SELECT created, tid, kind, pan_masked, amount, rc FROM txns"
+            " ORDER BY id DESC LIMIT ?", (RECENT_ROWS,))]
+    return out
 
 
 @dataclass

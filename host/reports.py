@@ -32,13 +32,13 @@ def list_terminals(conn: sqlite3.Connection) -> list[dict]:
 def list_cards(conn: sqlite3.Connection) -> list[dict]:
     """Cards with masked PANs; ``id`` is the keyed hash (`poshost card show --id`)."""
     if has_clear_pans(conn):  # an old database not yet upgraded by a command with the HSM
-        rows = _rows(conn, "SELECT pan, expiry, balance, limit_minor AS 'limit', status,"
+        rows = _rows(conn, "SELECT pan, expiry, balance, limit_minor AS \"limit\", status,"
                            " pin_tries, domestic, cvm FROM cards ORDER BY pan")
         for r in rows:
             r["pan"] = mask_pan(r["pan"])
         return rows
     return _rows(conn, "SELECT pan_masked AS pan, cards.pan_hash AS id, expiry, balance,"
-                       " limit_minor AS 'limit', status, pin_tries, domestic, cvm,"
+                       " limit_minor AS \"limit\", status, pin_tries, domestic, cvm,"
                        " chip_cards.psn AS chip_psn FROM cards LEFT JOIN chip_cards"
                        " ON chip_cards.pan_hash = cards.pan_hash ORDER BY pan_masked")
 

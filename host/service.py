@@ -278,6 +278,9 @@ class HostService:
             return
         terminal = ex.terminal
         if not terminal.has_working_keys or terminal.mak_lmk is None:
+            self._reloaded(ex)  # signed on since cached (another process or instance)?
+            terminal = ex.terminal
+        if not terminal.has_working_keys or terminal.mak_lmk is None:
             raise ProtocolError("no working keys: sign on first", MAC_ERROR)
         body = ex.frame.body
         ok = await self.hsm.verify_mac(terminal.mak_lmk, mac_block(body), message_mac(body),
@@ -330,7 +333,8 @@ class HostService:
             return respond(kind, doc, APPROVED, now, self.rrns.next())
         assert ex.spans is not None
         req = Request(kind, doc, request_digest_raw(ex.frame.body, ex.spans), now,
-                      self.rrns.next())
+                      self.rrns.next(),
+                      mak_lmk=(terminal.mak_lmk or "") if kind.mac else "")
         try:
             if kind.name == "settlement":
                 return await self.store.apply("settle", req,

@@ -40,10 +40,11 @@ from host.db import connect
 from host.errors import ConfigError, StoreError
 from host.hsm import apply_key_type_setting, ensure_pvk, open_hsm
 from host.ipc import IPC_RECEIVE_CHUNK, IpcDecoder, IpcError, encode_ipc
-from host.ledger import RrnCounter, persist_rrn_high_water
+from host.ledger import RrnCounter, SharedRrnCounter, persist_rrn_high_water
 from host.metrics import METRICS_PUSH_INTERVAL, MeasuredHsm, MetricsHub, ProcessMetrics
 from host.ops import KEY_CHANGES, LocalStore
 from host.peers import guard_for
+from host.pgstore import is_pg
 from host.server import Server
 from host.service import HostService, TerminalCache
 from specs.tls import server_context
@@ -384,12 +385,13 @@ async def serve_worker(config: dict[str, Any]) -> None:
     """A worker's life: HSM, read connection, service, and the shared listeners."""
     channel = trio.SocketStream(trio.socket.from_stdlib_socket(
         socket.socket(fileno=config["channel_fd"])))
-    conn = connect(Path(config["db_path"]))
+    conn = connect(config["db_path"] if is_pg(config["db_path"]) else Path(config["db_path"]))
     try:
         async with open_hsm(config["hsm"], config["lmk"]) as (hsm, _):
             apply_key_type_setting(conn, hsm)
             pvk = await ensure_pvk(conn, hsm)  # the parent made it: this only reads
-            rrns = RrnCounter(config["rrn_base"], step=config["count"], offset=config["index"])
+            rrns = SharedRrnCounter(config["db_path"]) if is_pg(config["db_path"]) else \
+                RrnCounter(config["rrn_base"], step=config["count"], offset=config["index"])
             store = RemoteStore(channel, rrns)
             guard = guard_for(config.get("allow_peers", ()), config.get("terminal_peers", ()),
                               config.get("serial_lines", ()),

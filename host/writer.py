@@ -16,6 +16,20 @@ SQLite statements each, and running them on a second Python thread cost more in 
 (every statement releases the GIL) than the work itself. A group with a heavy job (settlement,
 batch upload) runs wholly on the worker thread. The connection is only ever used by one thread
 at a time: the writer task awaits each thread hop.
+
+On PostgreSQL (``--db postgresql://``, host/pgstore.py) every statement is a round trip to
+the server, so a group always runs on the worker thread (BEGIN, the jobs, COMMIT: one thread
+hop per group rather than one per statement on the event loop). Other instances write the same
+database; the ledger takes a per-terminal advisory lock and row locks (cards, a refunded
+sale) that are held until the group commits, so two groups on two instances can deadlock:
+PostgreSQL then fails one of them, and the writer rolls that group back and applies it again
+(GROUP_RETRIES), which is safe because nothing of it was committed or answered.
+
+Intent for a later performance pass: keep the hot ledger state (open batches, idempotence
+keys of the open batch, card balances) in memory and journal each group with one
+``executemany`` per table on either store; jobs are already functions of one connection and
+the group is the unit of durability, so that change stays inside this module and
+host/ledger.py.
 """
 
 from __future__ import annotations
@@ -31,9 +45,10 @@ from typing import Any, Generic, TypeVar
 
 import trio
 
-from host.db import BUSY_TIMEOUT_MS, connect
+from host.db import BUSY_TIMEOUT_MS, Conn, connect, is_shared
 from host.errors import StoreError
 from host.limits import WRITER_MAX_GROUP, WRITER_QUEUE
+from host.pgstore import Retry
 
 log = logging.getLogger("poshost.writer")
 T = TypeVar("T")
@@ -42,6 +57,8 @@ Job = Callable[[sqlite3.Connection], T]
 
 INLINE_YIELD_EVERY = 16
 """Light jobs applied on the event loop between two yields to the other tasks."""
+GROUP_RETRIES = 5
+"""Times a group another instance's locks deadlocked is applied again (PostgreSQL)."""
 
 
 @dataclass
@@ -56,12 +73,17 @@ class _Pending(Generic[T]):
 class Writer:
     """Group-committing writer task. Start with ``await nursery.start(writer.run)``."""
 
-    def __init__(self, db_path: Path, before_commit: Callable[[sqlite3.Connection], None]
+    def __init__(self, db_path: Path | str, before_commit: Callable[[Conn], None]
                  | None = None) -> None:
         self.db_path = db_path
         self.before_commit = before_commit
         self._send, self._recv = trio.open_memory_channel[_Pending[Any]](WRITER_QUEUE)
-        self._conn: sqlite3.Connection | None = None
+        self._conn: Conn | None = None
+        self._shared = False
+        self._released = True
+        """No job savepoint is open (PostgreSQL: see _apply_one)."""
+        self.retries = 0
+        """Groups applied again after a deadlock with another instance (PostgreSQL)."""
         self.groups = 0
         self.jobs = 0
         self.on_group: Callable[[int, float], None] | None = None
@@ -80,6 +102,7 @@ class Writer:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self._conn = connect(self.db_path, check_same_thread=False)
         self._conn.execute("PRAGMA busy_timeout=0")  # see _begin
+        self._shared = is_shared(self._conn)
         try:
             task_status.started()
             while True:
@@ -90,7 +113,7 @@ class Writer:
                     except trio.WouldBlock:
                         break
                 started = time.perf_counter()
-                if all(p.inline for p in group):
+                if not self._shared and all(p.inline for p in group):
                     await self._apply_inline(group)
                 else:
                     await trio.to_thread.run_sync(self._apply_group, group)
@@ -121,7 +144,7 @@ class Writer:
         self.jobs += len(group)
 
     @staticmethod
-    async def _begin(conn: sqlite3.Connection) -> None:
+    async def _begin(conn: Conn) -> None:
         try:
             conn.execute("BEGIN IMMEDIATE")  # never waits: busy timeout 0
         except sqlite3.OperationalError as exc:
@@ -132,21 +155,35 @@ class Writer:
     def _apply_group(self, group: list[_Pending[Any]]) -> None:
         conn = self._conn
         assert conn is not None
-        try:
-            _begin_waiting(conn)
-            for pending in group:
-                self._apply_one(conn, pending)
-            if self.before_commit is not None:
-                self.before_commit(conn)
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            self._fail(conn, group, exc)
-            return
+        for attempt in range(GROUP_RETRIES + 1):
+            try:
+                _begin_waiting(conn)
+                self._released = True
+                for pending in group:
+                    self._apply_one(conn, pending, first=self._released)
+                if self.before_commit is not None:
+                    self.before_commit(conn)
+                conn.execute("COMMIT")
+            except Retry as exc:
+                if attempt == GROUP_RETRIES:
+                    self._fail(conn, group, exc)
+                    return
+                log.warning("group deadlocked with another instance, applied again: %s", exc)
+                self.retries += 1
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                for pending in group:
+                    pending.result, pending.error = None, None
+                continue
+            except sqlite3.Error as exc:
+                self._fail(conn, group, exc)
+                return
+            break
         self.groups += 1
         self.jobs += len(group)
 
     @staticmethod
-    def _fail(conn: sqlite3.Connection, group: list[_Pending[Any]], exc: sqlite3.Error) -> None:
+    def _fail(conn: Conn, group: list[_Pending[Any]], exc: sqlite3.Error) -> None:
         log.error("group commit failed: %s", exc)
         if conn.in_transaction:
             conn.execute("ROLLBACK")
@@ -154,15 +191,27 @@ class Writer:
             pending.result = None
             pending.error = StoreError(f"store failure: {exc}")
 
-    @staticmethod
-    def _apply_one(conn: sqlite3.Connection, pending: _Pending[Any]) -> None:
-        conn.execute("SAVEPOINT job")
+    def _apply_one(self, conn: Conn, pending: _Pending[Any], first: bool = True) -> None:
+        """The job under its own savepoint. On PostgreSQL a job that succeeded leaves its
+        savepoint for the next job to release in the same round trip (``RELEASE job;
+        SAVEPOINT job``), and COMMIT releases the last: one round trip per job fewer."""
+        shared = self._shared
+        conn.execute("SAVEPOINT job" if first or not shared else "RELEASE job; SAVEPOINT job")
         try:
             pending.result = pending.job(conn)
+        except Retry:
+            raise  # the whole group again (another instance's locks)
         except Exception as exc:
             conn.execute("ROLLBACK TO job")
             log.exception("job failed and was rolled back")
             pending.error = exc
+            if shared:
+                conn.execute("RELEASE job")
+                self._released = True
+                return
+        if shared:
+            self._released = False
+            return
         conn.execute("RELEASE job")
 
     @property
@@ -175,7 +224,7 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
         "locked" in str(exc)
 
 
-def _begin_waiting(conn: sqlite3.Connection) -> None:
+def _begin_waiting(conn: Conn) -> None:
     """BEGIN IMMEDIATE waiting up to BUSY_TIMEOUT_MS for another process's write lock."""
     conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     try:

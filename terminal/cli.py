@@ -43,7 +43,13 @@ from terminal.pinpad import MAC_ALGORITHMS, combine_components, kcv_hex, parse_k
 from terminal.serial_transport import SerialTransport
 from terminal.session import Result, Terminal
 from terminal.state import DEFAULT_PATH, Config, Store, open_store
-from terminal.transport import TcpTransport, Transport, parse_address, tls_context
+from terminal.transport import (
+    TcpTransport,
+    Transport,
+    format_addresses,
+    parse_addresses,
+    tls_context,
+)
 
 HELP = __doc__.split("\n\n", 1)[1] if __doc__ else ""
 EXIT_INTERRUPTED = 130
@@ -194,10 +200,12 @@ def _transport(config: Config) -> Transport:
     if config.serial:
         trace = (lambda line: click.echo(line, err=True)) if _opts().trace else None
         return SerialTransport(config.serial, trace=trace)
+    alternates = tuple(parse_addresses(config.secondaries)) if config.secondaries else ()
     if config.tls:
         context = tls_context(config.tls_ca, config.tls_cert, config.tls_key)
-        return TcpTransport(config.host, config.port, ssl_context=context)
-    return TcpTransport(config.host, config.port)
+        return TcpTransport(config.host, config.port, ssl_context=context,
+                            alternates=alternates)
+    return TcpTransport(config.host, config.port, alternates=alternates)
 
 
 def _run_online(action: Callable[[Terminal], Awaitable[Result]]) -> NoReturn:
@@ -276,7 +284,8 @@ def _tls_files(tls: bool, ca: str | None, cert: str | None,
 @click.option("--tmk", help="Terminal master key, 32 hex digits.")
 @click.option("--tmk-component", "components", multiple=True,
               help="TMK component (32 hex); repeat: the TMK is their XOR.")
-@click.option("--host", "address", help="Host address HOST:PORT.")
+@click.option("--host", "address", help="Host address HOST:PORT; HOST:PORT,HOST:PORT for a"
+              " primary and a secondary host (tried in that order on each connection).")
 @click.option("--serial", default=None, metavar="PORT[,baud=9600][,framing=stx|length]",
               help="Reach the host over this serial line instead of --host.")
 @click.option("--mac", type=click.Choice(sorted(MAC_ALGORITHMS)), default="x919",
@@ -302,14 +311,15 @@ def init(tid: str, mid: str, tmk: str | None, components: tuple[str, ...],
         key = parse_key_hex(tmk) if tmk else combine_components(list(components))
         if bool(address) == bool(serial):
             raise BadInput("give --host HOST:PORT or --serial PORT[,...] (one of them)")
-        host, port = "", 0
+        host, port, secondaries = "", 0, ""
         if serial:
             SerialTransport(serial)  # checks the line spec now, not at the first transaction
         else:
             try:
-                host, port = parse_address(address or "")
+                (host, port), *others = parse_addresses(address or "")
             except ValueError as exc:
                 raise BadInput(str(exc)) from None
+            secondaries = format_addresses(others)
         if len(nii) != 4 or not nii.isascii() or not nii.isdigit():
             raise BadInput("NII must be 4 digits")
         if tls and serial:
@@ -320,7 +330,7 @@ def init(tid: str, mid: str, tmk: str | None, components: tuple[str, ...],
         except values.InputError as exc:
             raise BadInput(str(exc)) from None
         config = Config(*ids, host, port, nii, mac, timeout, backoff, attempts, serial or "",
-                        tls, *files)
+                        tls, *files, secondaries=secondaries)
         return config, key
 
     config, key = _guard(parse)
@@ -661,7 +671,8 @@ def status() -> None:
 
 
 @main.command("load")
-@click.option("--host", "address", required=True, help="Host address HOST:PORT.")
+@click.option("--host", "address", required=True,
+              help="Host address HOST:PORT (HOST:PORT,HOST:PORT: primary, then secondary).")
 @click.option("--terminals", type=click.IntRange(1, MAX_LOAD_TERMINALS), default=10,
               show_default=True, help="How many emulated terminals.")
 @click.option("--duration", type=click.FloatRange(0.1, MAX_SECONDS), default=10.0,

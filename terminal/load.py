@@ -46,7 +46,7 @@ from terminal.errors import (
     TerminalError,
 )
 from terminal.pinpad import PinPad, parse_key_hex
-from terminal.transport import TcpTransport, parse_address, tls_context
+from terminal.transport import TcpTransport, parse_addresses, tls_context
 
 OPERATIONS = ("sale", "balance", "void", "refund")
 REVERSIBLE = frozenset({"sale", "void"})
@@ -101,6 +101,8 @@ class LoadSettings:
     by option A): sales and balance inquiries go by chip, ARQC in, ARPC checked."""
     chip_psn: str = "01"
     atc_start: int = 1
+    secondaries: tuple[tuple[str, int], ...] = ()
+    """Hosts a terminal fails over to when host:port refuses a connection (in order)."""
 
     @classmethod
     def from_cli(cls, *, address: str, terminals: int, duration: float, rate: float, mix: str,
@@ -111,7 +113,7 @@ class LoadSettings:
                  tls_key: str | None = None, chip: bool = False,
                  imk_ac: str | None = None, atc_start: int = 1) -> LoadSettings:
         try:
-            host, port = parse_address(address)
+            (host, port), *others = parse_addresses(address)
         except ValueError as exc:
             raise BadInput(str(exc)) from None
         if not tls and (tls_ca or tls_cert or tls_key):
@@ -124,7 +126,7 @@ class LoadSettings:
                    terminal_ids(tid_prefix, terminals), mid, parse_key_hex(tmk),
                    [Card.from_track2(t) for t in track2], check_pin(pin) if pin else None,
                    mac, timeout, parse_amount(amount), report, settle, ssl_context=context,
-                   chip_imk=chip_imk, atc_start=atc_start)
+                   chip_imk=chip_imk, atc_start=atc_start, secondaries=tuple(others))
 
 
 def terminal_ids(prefix: str, count: int) -> list[str]:
@@ -262,7 +264,8 @@ class LoadTerminal:
         self.rng = rng
         self.pinpad = PinPad(settings.tmk, settings.mac)
         self.line = TcpTransport(settings.host, settings.port, connect_timeout=CONNECT_TIMEOUT,
-                                 ssl_context=settings.ssl_context)
+                                 ssl_context=settings.ssl_context,
+                                 alternates=settings.secondaries)
         self.scope: trio.CancelScope | None = None
         self.inflight: tuple[str, Message] | None = None
         self.stan = f"{rng.randrange(1, 900_000):06d}"

@@ -62,6 +62,8 @@ CREATE TABLE IF NOT EXISTS advices (
 _TLS_COLUMNS = (("tls", "INTEGER NOT NULL DEFAULT 0"), ("tls_ca", "TEXT NOT NULL DEFAULT ''"),
                 ("tls_cert", "TEXT NOT NULL DEFAULT ''"), ("tls_key", "TEXT NOT NULL DEFAULT ''"))
 """Columns of the terminal row added with TLS (added to older state files on open)."""
+_FAILOVER_COLUMNS = (("secondaries", "TEXT NOT NULL DEFAULT ''"),)
+"""The hosts to fail over to, HOST:PORT[,...] (posterm init --host A:P,B:P)."""
 
 # Journal statuses.
 PENDING, APPROVED, DECLINED, REVERSED, QUEUED, UNANSWERED = (
@@ -88,12 +90,16 @@ class Config:
     tls_cert: str = ""
     """This terminal's certificate and key files, for a host that requires one (mutual TLS)."""
     tls_key: str = ""
+    secondaries: str = ""
+    """Hosts to fail over to when host:port does not answer a connection, in order
+    (``HOST:PORT[,HOST:PORT]``; '' : none)."""
 
     @property
     def endpoint(self) -> str:
         if self.serial:
             return f"serial {self.serial}"
-        return f"{'tls://' if self.tls else ''}{self.host}:{self.port}"
+        extra = f",{self.secondaries}" if self.secondaries else ""
+        return f"{'tls://' if self.tls else ''}{self.host}:{self.port}{extra}"
 
     @property
     def profile(self) -> Profile:
@@ -167,7 +173,7 @@ class Store:
         columns = {r["name"] for r in self._db.execute("PRAGMA table_info(terminal)")}
         if "serial" not in columns:
             self._db.execute("ALTER TABLE terminal ADD COLUMN serial TEXT NOT NULL DEFAULT ''")
-        for name, kind in _TLS_COLUMNS:
+        for name, kind in _TLS_COLUMNS + _FAILOVER_COLUMNS:
             if name not in columns:
                 self._db.execute(f"ALTER TABLE terminal ADD COLUMN {name} {kind}")
 
@@ -215,11 +221,12 @@ class Store:
             db.execute("DELETE FROM terminal")
             db.execute(
                 "INSERT INTO terminal (id, tid, mid, host, port, nii, mac, timeout, backoff,"
-                " attempts, serial, tmk, tls, tls_ca, tls_cert, tls_key)"
-                " VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " attempts, serial, tmk, tls, tls_ca, tls_cert, tls_key, secondaries)"
+                " VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (config.tid, config.mid, config.host, config.port, config.nii, config.mac,
                  config.timeout, config.backoff, config.attempts, config.serial, tmk,
-                 int(config.tls), config.tls_ca, config.tls_cert, config.tls_key),
+                 int(config.tls), config.tls_ca, config.tls_cert, config.tls_key,
+                 config.secondaries),
             )
 
     @staticmethod
@@ -244,7 +251,7 @@ class Store:
         r = self.row()
         return Config(r["tid"], r["mid"], r["host"], r["port"], r["nii"], r["mac"],
                       r["timeout"], r["backoff"], r["attempts"], r["serial"], bool(r["tls"]),
-                      r["tls_ca"], r["tls_cert"], r["tls_key"])
+                      r["tls_ca"], r["tls_cert"], r["tls_key"], r["secondaries"])
 
     def pinpad(self) -> PinPad:
         r = self.row()

@@ -47,6 +47,23 @@ def parse_address(text: str) -> tuple[str, int]:
     return parse(text)  # one address syntax for the three CLIs; InputError is a ValueError
 
 
+def parse_addresses(text: str) -> list[tuple[str, int]]:
+    """``HOST:PORT[,HOST:PORT...]``: the primary host, then the ones to fail over to, in the
+    order a real terminal dials them.
+
+    >>> parse_addresses("10.0.0.1:5000,10.0.0.2:5000")
+    [('10.0.0.1', 5000), ('10.0.0.2', 5000)]
+    """
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) > MAX_HOSTS or not all(parts):
+        raise ValueError(f"give 1 to {MAX_HOSTS} host addresses HOST:PORT, separated by ','")
+    return [parse_address(p) for p in parts]
+
+
+def format_addresses(addresses: list[tuple[str, int]]) -> str:
+    return ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in addresses)
+
+
 def tls_context(ca: str | None = None, cert: str | None = None,
                 key: str | None = None) -> ssl.SSLContext:
     """The terminal's TLS client context (specs.tls): the host's certificate must chain to
@@ -69,6 +86,10 @@ async def receive_payload(stream: trio.abc.ReceiveStream,
     return payload
 
 
+MAX_HOSTS = 4
+"""Most host addresses a terminal is configured with (primary and secondaries)."""
+
+
 class TcpTransport:
     """A persistent TCP connection, reopened when a read failed (stale bytes are dropped).
 
@@ -84,8 +105,12 @@ class TcpTransport:
 
     def __init__(self, host: str, port: int, *, connect_timeout: float = 10.0,
                  ssl_context: ssl.SSLContext | None = None,
-                 local_address: str | None = None) -> None:
+                 local_address: str | None = None,
+                 alternates: tuple[tuple[str, int], ...] = ()) -> None:
         self.host, self.port = host, port
+        self.addresses = ((host, port), *alternates)
+        """The primary host, then the secondaries: each new connection tries them in this
+        order (a refused or unreachable host is passed over; a real terminal's failover)."""
         self.connect_timeout = connect_timeout
         self.ssl_context = ssl_context
         self.local_address = local_address
@@ -103,6 +128,21 @@ class TcpTransport:
     async def connect(self) -> None:
         if self._stream is not None:
             return
+        failure: ConnectFailed | None = None
+        for host, port in self.addresses:
+            self.host, self.port = host, port
+            try:
+                await self._connect_one()
+                return
+            except ConnectFailed as exc:
+                failure = exc
+        assert failure is not None
+        if len(self.addresses) > 1:
+            raise ConnectFailed(f"no host answered ({len(self.addresses)} tried); last: "
+                                f"{failure}") from None
+        raise failure
+
+    async def _connect_one(self) -> None:
         try:
             with trio.fail_after(self.connect_timeout):
                 stream = await trio.open_tcp_stream(self.host, self.port,

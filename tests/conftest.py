@@ -1,8 +1,14 @@
 """Shared fixtures: ``running_host`` runs a real host (TCP port 0, SQLite file in tmp_path,
-the embedded HSM on the test LMK) with one merchant, one terminal and a set of test cards."""
+the embedded HSM on the test LMK) with one merchant, one terminal and a set of test cards.
+
+``store`` picks the host's store: "sqlite" here; a module that runs its scenarios on both
+stores overrides it (``BOTH_STORES``; PostgreSQL: a new database per test in the
+throw-away cluster scripts/test starts, ``POSHOST_TEST_PG``; see ``pg_database``)."""
 
 from __future__ import annotations
 
+import itertools
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,9 +75,67 @@ async def provision(db_path: Path, hsm: HsmClient) -> dict[str, TestCard]:
     return cards
 
 
+PG_ENV = "POSHOST_TEST_PG"
+"""The maintenance URL of the test cluster (scripts/test exports it when it started one)."""
+_pg_names = itertools.count(1)
+
+
+def pg_url_or_skip() -> str:
+    """The test cluster's URL; without one the test skips with one clear line (fails when
+    ``CI=true``: there the cluster is part of the run)."""
+    url = os.environ.get(PG_ENV)
+    if not url:
+        reason = (f"PostgreSQL tests skipped: no test cluster ({PG_ENV} unset; scripts/test"
+                  " starts one when initdb/pg_ctl are installed)")
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason.replace("skipped", "required under CI=true"))
+        pytest.skip(reason)
+    return url
+
+
+def new_pg_database() -> str:
+    """A new, empty database in the test cluster; its URL."""
+    import psycopg
+
+    from host.pgstore import PgUrl
+    base = pg_url_or_skip()
+    name = f"poshost_t{os.getpid()}_{next(_pg_names)}"
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name}")
+        conn.execute(f"CREATE DATABASE {name}")
+    return PgUrl(base.rsplit("/", 1)[0] + "/" + name)
+
+
 @pytest.fixture
-async def running_host(tmp_path: Path, nursery: trio.Nursery) -> RunningHost:
-    db_path = tmp_path / "host.db"
+def pg_database() -> str:
+    """A fresh PostgreSQL database for this test (skips without a cluster)."""
+    return new_pg_database()
+
+
+@pytest.fixture
+def store() -> str:
+    return "sqlite"
+
+
+BOTH_STORES = ("sqlite", "pg")
+"""A module runs its scenarios on both stores with ``@pytest.fixture(params=BOTH_STORES)
+def store(request): return chosen_store(request)``."""
+
+
+def chosen_store(request: pytest.FixtureRequest) -> str:
+    """The store parameter; "pg" skips (one clear line) when there is no test cluster."""
+    if request.param == "pg":
+        pg_url_or_skip()
+    return str(request.param)
+
+
+def store_target(store: str, tmp_path: Path) -> Path | str:
+    return new_pg_database() if store == "pg" else tmp_path / "host.db"
+
+
+@pytest.fixture
+async def running_host(tmp_path: Path, nursery: trio.Nursery, store: str) -> RunningHost:
+    db_path = store_target(store, tmp_path)
     hsm = HsmClient.in_process(HsmEngine.test())
     cards = await provision(db_path, hsm)
     config = HostConfig(listen_port=0, db_path=db_path)

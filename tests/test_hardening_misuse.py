@@ -81,6 +81,7 @@ POSHOST: dict[str, tuple[dict[str, str], list[str]]] = {
     "link add": ({**DB, **HSM_DOWN, "--name": "ACQ9", "--acquirer-id": "48020000",
                   "--zmk": TMK}, []),
     "recon import": ({**DB, "--route": "NET-X"}, ["{tmp}/missing.json"]),
+    "db copy": ({"--from": "{db}", "--to": "{tmp}/copy.db"}, []),
 }
 CARD = {"--track2": TRACK2, "--pin": "1234"}
 POSTERM: dict[str, tuple[dict[str, str], list[str]]] = {

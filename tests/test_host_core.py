@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import pytest
+
 from hsm_sim.crypto import generate_kcv
 from specs.composite import decode_balance, decode_field60
 from specs.framing import SIGN_ON_AGAIN
-from tests.conftest import RunningHost
+from tests.conftest import BOTH_STORES, RunningHost, chosen_store
+
+
+@pytest.fixture(params=BOTH_STORES)
+def store(request: pytest.FixtureRequest) -> str:
+    """These scenarios run on SQLite and on PostgreSQL."""
+    return chosen_store(request)
 
 
 async def test_sign_on_gives_keys_and_batch_one(running_host: RunningHost) -> None:

@@ -1,19 +1,26 @@
-"""Void, refund, idempotence, reversal and restart over real TCP and a real SQLite file."""
+"""Void, refund, idempotence, reversal and restart over real TCP and a real SQLite file (and
+the same scenarios on PostgreSQL)."""
 
 from __future__ import annotations
 
-import sqlite3
-
+import pytest
 import trio
 
 from host.app import HostConfig, run_host
+from host.db import connect
 from specs.composite import decode_balance
 from specs.pretty import mask_pan
-from tests.conftest import RunningHost
+from tests.conftest import BOTH_STORES, RunningHost, chosen_store
+
+
+@pytest.fixture(params=BOTH_STORES)
+def store(request: pytest.FixtureRequest) -> str:
+    """These scenarios run on SQLite and on PostgreSQL."""
+    return chosen_store(request)
 
 
 def balance_of(running_host: RunningHost, name: str) -> int:
-    conn = sqlite3.connect(running_host.db_path)
+    conn = connect(running_host.db_path)
     try:
         pan = running_host.cards[name].pan
         return conn.execute("SELECT balance FROM cards WHERE pan_masked=?",

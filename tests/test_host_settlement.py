@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from datetime import date
 
+import pytest
 from click.testing import CliRunner
 
 from host.cli import main
@@ -21,8 +21,14 @@ from specs.composite import (
     decode_field60,
     decode_settlement_totals,
 )
-from tests.conftest import RunningHost
+from tests.conftest import BOTH_STORES, RunningHost, chosen_store
 from tests.hostkit import Answer, TestTerminal
+
+
+@pytest.fixture(params=BOTH_STORES)
+def store(request: pytest.FixtureRequest) -> str:
+    """These scenarios run on SQLite and on PostgreSQL."""
+    return chosen_store(request)
 
 
 def totals(debit: list[int], credit: list[int], foreign: list[int] | None = None
@@ -83,7 +89,7 @@ async def test_unbalanced_settlement_upload_and_exceptions(running_host: Running
         assert (await t.sale(card, 100)).code == "77"  # batch is uploading
         answers = await _upload(t, records)
         assert len(answers) == 4 and all(a.code == "00" for a in answers)
-    conn = sqlite3.connect(running_host.db_path)
+    conn = connect(running_host.db_path)
     rows = conn.execute("SELECT kind, trace, host_data, terminal_data FROM exceptions"
                         " ORDER BY trace").fetchall()
     state = conn.execute("SELECT state FROM batches WHERE batch=1").fetchone()[0]

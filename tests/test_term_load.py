@@ -151,3 +151,28 @@ async def test_load_progress_line_shows_rate_p99_and_codes(running_host: Any) ->
     assert all("rate=" in line and "p99=" in line and "codes 00:" in line for line in lines)
     shown = [int(line.split("codes 00:")[1].split()[0]) for line in lines]
     assert shown == sorted(shown) and 0 < shown[-1] <= report["response_codes"]["00"]
+
+
+async def test_load_fails_over_to_the_secondary_host(running_host: Any, tmp_path: Path) -> None:
+    """posterm load --host PRIMARY,SECONDARY: the primary refuses, every terminal works
+    through the secondary."""
+    import trio
+    from click.testing import CliRunner
+
+    from terminal.cli import main
+    from tests.test_term_cli import free_port
+
+    for tid in terminal_ids("FO", 2):
+        await running_host.add_terminal(tid)
+    card = running_host.cards["good"]
+    report_path = tmp_path / "report.json"
+    hosts = f"127.0.0.1:{free_port()},{running_host.host}:{running_host.port}"
+    args = ["load", "--host", hosts, "--terminals", "2", "--duration", "0.5", "--rate", "20",
+            "--tid-prefix", "FO", "--mid", running_host.mid, "--tmk", LOAD_TMK,
+            "--track2", card.track2, "--pin", card.pin, "--report", str(report_path), "--json"]
+    result = await trio.to_thread.run_sync(
+        lambda: CliRunner().invoke(main, args, catch_exceptions=False))
+    assert result.exit_code == 0, result.output
+    report = json.loads(report_path.read_text())
+    assert report["terminals_signed_on"] == 2 and report["errors"] == {}
+    assert report["completed"] >= 5

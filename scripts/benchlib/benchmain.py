@@ -291,6 +291,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="poshost serve --workers (message-path processes; 0: one process)")
     parser.add_argument("--http", action="store_true",
                         help="poshost serve --http (metrics and dashboard on: their overhead)")
+    parser.add_argument("--pg", action="store_true",
+                        help="also compare the stores: SQLite and PostgreSQL (--instances hosts"
+                             " on one database), closed loop at the anchor terminal count")
+    parser.add_argument("--instances", type=int, nargs="+", default=[1],
+                        help="host instances on PostgreSQL for --pg (e.g. 1 2)")
     parser.add_argument("--out", type=Path, default=procs.ROOT / RESULTS_DIR)
     parser.add_argument("--route", action="store_true",
                         help="only the off-us figures: sales through a host-to-host link")
@@ -339,6 +344,9 @@ def main(argv: list[str] | None = None) -> int:
             results["profile_top"] = _write_profile(profile, args.out / f"profile-{stamp}.txt")
             if profile.exists():
                 results["profile_areas"] = profile_areas(profile)
+        if args.pg:
+            results["stores"] = store_points(workdir, template, fleet, anchor, seconds, warmup,
+                                             args.instances)
         capacity = next(r for r in results["host_closed"] if r["terminals"] == anchor)
         rate = args.rate or round(capacity["approved_per_s"] * PACED_SHARE, -1) or 10.0
         results["paced_rate"] = rate
@@ -424,8 +432,78 @@ def goals(results: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def postgres_cpu_seconds() -> float:
+    """CPU of every process named ``postgres`` on this machine (the cluster's server)."""
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/comm") as f:
+                if f.read().strip() != "postgres":
+                    continue
+            total += procs.proc_cpu_seconds(int(entry))
+        except OSError:
+            continue
+    return total
+
+
+def store_points(workdir: Path, template: Path, fleet: Fleet, n: int, seconds: float,
+                 warmup: float, instances: list[int]) -> list[dict[str, Any]]:
+    """The same closed-loop point (built-in generator) on SQLite, then on PostgreSQL with
+    each number of host instances (terminals spread over them); host CPU per sale summed
+    over the instances, and the PostgreSQL server's CPU per sale beside it."""
+    import contextlib
+
+    from benchlib import pg
+    from host.db import copy_store, open_store
+    out = []
+    with _host(workdir, template, "store-sqlite") as server:
+        r = _point(server, fleet, n, seconds, warmup, None, "builtin", workdir)
+    r.update(store="sqlite", instances=1)
+    out.append(r)
+    _log(_summary_line("sqlite, 1 host", r))
+    with pg.cluster(workdir) as maintenance:
+        for count in instances:
+            url = pg.new_database(maintenance)
+            src, dst = open_store(template), open_store(url)
+            try:
+                copy_store(src, dst)
+            finally:
+                src.close()
+                dst.close()
+            servers = []
+            for i in range(count):
+                port = procs.free_port()
+                servers.append(procs.Server(procs.host_argv(port, url), port,
+                                            workdir / f"pg-{count}-{i}.log"))
+            with contextlib.ExitStack() as running:
+                for server in servers:
+                    running.enter_context(server)
+                cpu0 = sum(s.cpu_seconds() for s in servers)
+                db0 = postgres_cpu_seconds()
+                r = trio.run(run_load, "127.0.0.1", servers[0].port, fleet, n, seconds, warmup,
+                             None, tuple(s.port for s in servers))
+                host_cpu = sum(s.cpu_seconds() for s in servers) - cpu0
+                db_cpu = postgres_cpu_seconds() - db0
+            share = r["elapsed_s"] / (r["elapsed_s"] + warmup)
+            done = r["transactions"] or 1
+            r.update(store="postgresql", instances=count, server_cpu_s=round(host_cpu, 2),
+                     server_cpu_us_per_txn=round(host_cpu / done * 1e6 * share, 1),
+                     postgres_cpu_us_per_txn=round(db_cpu / done * 1e6 * share, 1))
+            out.append(r)
+            _log(_summary_line(f"postgresql, {count} host(s)", r)
+                 + f"  postgres CPU {r['postgres_cpu_us_per_txn']:.0f} us/txn")
+    return out
+
+
 def report(results: dict[str, Any]) -> str:
     lines = ["", "poshost bench" + (" (quick smoke run)" if results["quick"] else ""), ""]
+    for r in results.get("stores", []):
+        label = f"{r['store']}, {r['instances']} host(s)"
+        extra = (f"  postgres CPU {r['postgres_cpu_us_per_txn']:.0f} us/txn"
+                 if "postgres_cpu_us_per_txn" in r else "")
+        lines.append(_summary_line(label, r) + extra)
     for key, label in (("host_closed", "host closed-loop"), ("host_paced", "host paced"),
                        ("floor_closed", "floor closed-loop"), ("floor_paced", "floor paced")):
         for r in results[key]:

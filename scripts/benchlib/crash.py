@@ -53,6 +53,11 @@ class CrashPlan:
     workers: int = 0
     """``poshost serve --workers``: kill -9 hits the writer process; its workers must exit
     without answering what they hold."""
+    pg: bool = False
+    """The hosts share a PostgreSQL database (benchlib.pg) instead of a SQLite file."""
+    instances: int = 1
+    """Host instances on that database (--pg); terminals have them all as primary and
+    secondaries, and each kill hits one instance, chosen at random."""
 
 
 async def _operate(t: BenchTerminal, stop: trio.Event, rng: random.Random) -> None:
@@ -72,25 +77,35 @@ async def _operate(t: BenchTerminal, stop: trio.Event, rng: random.Random) -> No
         await trio.sleep(PACE_SECONDS)
 
 
-async def _killer(server: procs.Server, plan: CrashPlan, rng: random.Random,
+async def _killer(servers: list[procs.Server], plan: CrashPlan, rng: random.Random,
                   kills: list[dict[str, Any]]) -> None:
     for _ in range(plan.kills):
         await trio.sleep(rng.uniform(*plan.interval))
+        server = rng.choice(servers)
         server.kill()
         down = time.monotonic()
         await trio.to_thread.run_sync(server.start)
-        kills.append({"restart_s": round(time.monotonic() - down, 3)})
+        kills.append({"instance": servers.index(server),
+                      "restart_s": round(time.monotonic() - down, 3)})
     await trio.sleep(plan.tail_seconds)
 
 
-async def crash_session(server: procs.Server, db: Path, fleet: fleet_mod.Fleet,
-                        plan: CrashPlan) -> dict[str, Any]:
+async def crash_session(server: procs.Server, db: Path | str, fleet: fleet_mod.Fleet,
+                        plan: CrashPlan, others: tuple[procs.Server, ...] = ()
+                        ) -> dict[str, Any]:
+    """``others``: more instances on the same (PostgreSQL) database."""
     rng = random.Random(plan.seed)
     recorder = Recorder()
     tmk = bytes.fromhex(BENCH_TMK_HEX)
-    terminals = [BenchTerminal("127.0.0.1", server.port, tid, fleet.mid, tmk, pan, recorder,
-                               timeout=CRASH_REQUEST_TIMEOUT, rng=random.Random(rng.random()))
-                 for tid, pan in zip(fleet.tids[: plan.terminals], fleet.pans, strict=False)]
+    servers = [server, *others]
+    terminals = []
+    for i, (tid, pan) in enumerate(zip(fleet.tids[: plan.terminals], fleet.pans,
+                                       strict=False)):
+        order = servers[i % len(servers):] + servers[: i % len(servers)]  # spread primaries
+        terminals.append(BenchTerminal(
+            "127.0.0.1", order[0].port, tid, fleet.mid, tmk, pan, recorder,
+            timeout=CRASH_REQUEST_TIMEOUT, rng=random.Random(rng.random()),
+            alternates=tuple(("127.0.0.1", s.port) for s in order[1:])))
     opening = fleet_mod.balances(db)
     kills: list[dict[str, Any]] = []
     stop = trio.Event()
@@ -98,7 +113,7 @@ async def crash_session(server: procs.Server, db: Path, fleet: fleet_mod.Fleet,
     async with trio.open_nursery() as nursery:
         for t in terminals:
             nursery.start_soon(_operate, t, stop, random.Random(rng.random()))
-        await _killer(server, plan, rng, kills)
+        await _killer(servers, plan, rng, kills)
         stop.set()
     load_s = time.monotonic() - started
     deadline = trio.current_time() + REVERSAL_RETRY_DEADLINE
@@ -113,6 +128,7 @@ async def crash_session(server: procs.Server, db: Path, fleet: fleet_mod.Fleet,
     unbalanced = [tid for tid, r in settled.items() if r != SETTLE_BALANCED]
     j = [t.journal for t in terminals]
     return {
+        "store": "postgresql" if plan.pg else "sqlite", "instances": len(servers),
         "terminals": len(terminals), "kills": len(kills), "restarts": kills,
         "load_seconds": round(load_s, 2),
         "approved_sales": sum(len(x.sales) for x in j),
@@ -127,8 +143,28 @@ async def crash_session(server: procs.Server, db: Path, fleet: fleet_mod.Fleet,
 
 
 def run(plan: CrashPlan, workdir: Path) -> dict[str, Any]:
-    db = workdir / "crash.db"
+    if plan.pg:
+        from benchlib import pg
+        with pg.cluster(workdir) as maintenance:
+            return _run(plan, workdir, pg.new_database(maintenance, "poshost_crash"))
+    return _run(plan, workdir, workdir / "crash.db")
+
+
+def _run(plan: CrashPlan, workdir: Path, db: Path | str) -> dict[str, Any]:
     fleet = trio.run(fleet_mod.provision, db, plan.terminals)
+    if plan.instances > 1:
+        import contextlib
+        servers = []
+        for i in range(plan.instances):
+            port = procs.free_port()
+            servers.append(procs.Server(procs.host_argv(port, db, workers=plan.workers), port,
+                                        workdir / f"host{i}.log"))
+        with contextlib.ExitStack() as running:
+            for s in servers:
+                running.enter_context(s)
+            result = trio.run(crash_session, servers[0], db, fleet, plan, tuple(servers[1:]))
+        result["host_starts"] = sum(s.starts for s in servers)
+        return result
     port = procs.free_port()
     server = procs.Server(procs.host_argv(port, db, workers=plan.workers), port,
                           workdir / "host.log")
@@ -146,18 +182,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=8)
     parser.add_argument("--workers", type=int, default=0, help="poshost serve --workers")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--pg", action="store_true",
+                        help="hosts on PostgreSQL (POSHOST_TEST_PG's cluster, or a throw-away"
+                             " one started with initdb/pg_ctl)")
+    parser.add_argument("--instances", type=int, default=1,
+                        help="host instances on the one database (with --pg)")
     args = parser.parse_args(argv)
+    if args.instances > 1 and not args.pg:
+        parser.error("--instances N needs --pg (SQLite is one host's file)")
     plan = CrashPlan(terminals=args.terminals, kills=args.kills, seed=args.seed,
-                     workers=args.workers)
+                     workers=args.workers, pg=args.pg, instances=args.instances)
     workdir = Path(tempfile.mkdtemp(prefix="poshost-crash-"))
-    result = run(plan, workdir)
-    print(json.dumps(result, indent=2))
-    if args.keep:
-        print(f"work directory: {workdir}", file=sys.stderr)
-    else:
-        import shutil
+    try:
+        result = run(plan, workdir)
+        print(json.dumps(result, indent=2))
+    finally:
+        if args.keep:
+            print(f"work directory: {workdir}", file=sys.stderr)
+        else:
+            import shutil
 
-        shutil.rmtree(workdir, ignore_errors=True)
+            shutil.rmtree(workdir, ignore_errors=True)
     print("crash test " + ("PASSED" if result["ok"] else "FAILED"), file=sys.stderr)
     return 0 if result["ok"] else 1
 

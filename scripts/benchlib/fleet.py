@@ -66,7 +66,8 @@ def copy_db(template: Path, target: Path) -> None:
 
 def balances(db_path: Path) -> dict[str, int]:
     """Masked PAN -> balance of every card (read-only; no clear PAN is stored)."""
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    from benchlib.ledger import _open
+    conn = _open(db_path)
     try:
         return {pan: bal for pan, bal in conn.execute("SELECT pan_masked, balance FROM cards")}
     finally:

@@ -17,6 +17,7 @@ import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from benchlib.term import BenchTerminal
 from specs.pretty import mask_pan
@@ -43,15 +44,24 @@ def _rows(conn: sqlite3.Connection, tid: str) -> dict[tuple[int, str, str], sqli
         "SELECT * FROM txns WHERE tid=?", (tid,))}
 
 
+def _open(db_path: Path | str) -> Any:
+    """Read-only SQLite, or the PostgreSQL database a URL names."""
+    from host.pgstore import PgConnection, is_pg
+    if is_pg(db_path):
+        return PgConnection(str(db_path))
+    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
 def check(db_path: Path, terminals: Iterable[BenchTerminal], opening: dict[str, int],
           ) -> LedgerReport:
     """Hold the database at ``db_path`` against the terminals' journals."""
     report = LedgerReport()
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-    conn.row_factory = sqlite3.Row
+    conn = _open(db_path)
     try:
-        dupes = conn.execute("SELECT tid, batch, stan, mti, COUNT(*) n FROM txns GROUP BY"
-                             " tid, batch, stan, mti HAVING n > 1").fetchall()
+        dupes = conn.execute("SELECT tid, batch, stan, mti, COUNT(*) FROM txns GROUP BY"
+                             " tid, batch, stan, mti HAVING COUNT(*) > 1").fetchall()
         for d in dupes:
             report.problem(f"applied twice: {tuple(d)}")
         report.rows = conn.execute("SELECT COUNT(*) FROM txns").fetchone()[0]

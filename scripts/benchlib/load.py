@@ -31,12 +31,14 @@ class Fleet:
     tmk_hex: str = BENCH_TMK_HEX
 
     def terminals(self, host: str, port: int, count: int, recorder: Recorder,
-                  ) -> list[BenchTerminal]:
+                  ports: tuple[int, ...] = ()) -> list[BenchTerminal]:
+        """``ports``: host instances on one database; terminal i talks to ports[i % len]."""
         if count > len(self.tids):
             raise ValueError(f"{count} terminals asked, {len(self.tids)} provisioned")
         tmk = bytes.fromhex(self.tmk_hex)
-        return [BenchTerminal(host, port, self.tids[i], self.mid, tmk, self.pans[i], recorder)
-                for i in range(count)]
+        ports = ports or (port,)
+        return [BenchTerminal(host, ports[i % len(ports)], self.tids[i], self.mid, tmk,
+                              self.pans[i], recorder) for i in range(count)]
 
 
 async def sign_on_all(terminals: list[BenchTerminal]) -> None:
@@ -66,10 +68,12 @@ async def _drive(t: BenchTerminal, stop_at: float, interval: float | None,
 
 
 async def run_load(host: str, port: int, fleet: Fleet, count: int, duration: float,
-                   warmup: float, rate: float | None = None) -> dict[str, Any]:
-    """Sign on ``count`` terminals, run ``warmup`` + ``duration`` seconds, then summarise."""
+                   warmup: float, rate: float | None = None,
+                   ports: tuple[int, ...] = ()) -> dict[str, Any]:
+    """Sign on ``count`` terminals, run ``warmup`` + ``duration`` seconds, then summarise
+    (``ports``: spread the terminals over several host instances)."""
     recorder = Recorder(recording=False)
-    terminals = fleet.terminals(host, port, count, recorder)
+    terminals = fleet.terminals(host, port, count, recorder, ports)
     await sign_on_all(terminals)
     interval = count / rate if rate else None
     rng = random.Random(count)

@@ -110,7 +110,9 @@ class BenchTerminal:
     def __init__(self, host: str, port: int, tid: str, mid: str, tmk: bytes, pan: str,
                  recorder: Recorder | None = None, *, pin: str = TEST_PIN,
                  timeout: float = REQUEST_TIMEOUT, rng: random.Random | None = None,
-                 fast: bool = True, stan_source: Callable[[], int] | None = None) -> None:
+                 fast: bool = True, stan_source: Callable[[], int] | None = None,
+                 alternates: tuple[tuple[str, int], ...] = ()) -> None:
+        """``alternates``: hosts to fail over to (another instance on the same database)."""
         self.host, self.port = host, port
         self.tid, self.mid, self.pan = tid, mid, pan
         self.profile = core.Profile(tid, mid)
@@ -123,7 +125,8 @@ class BenchTerminal:
         self.rng = rng or random.Random(tid)
         self.stan = 0
         self.batch = "000000"
-        self.line = TcpTransport(host, port, connect_timeout=CONNECT_TIMEOUT)
+        self.line = TcpTransport(host, port, connect_timeout=CONNECT_TIMEOUT,
+                                 alternates=alternates)
         self.journal = Journal()
         self.reversal: PendingReversal | None = None
         self.advices: list[tuple[Message, int]] = []
