@@ -227,7 +227,7 @@ async def _start_routing(config: HostConfig, nursery: trio.Nursery, service: Hos
     from host.router import Router
     from host.upstream import UpstreamService
 
-    router = Router(hsm, writer, store.ledger, conn, Path(config.db_path))
+    router = Router(hsm, writer, store.ledger, conn, config.db_path)
     await nursery.start(router.run)  # routes added later are picked up within a second
     service.router = router
     if config.h2h_listen is not None:

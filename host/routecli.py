@@ -22,7 +22,13 @@ from host.cli import (
 )
 from host.db import open_store
 from host.errors import HostError
-from host.routestore import insert_link, insert_route, route_rows, set_route_enabled
+from host.routestore import (
+    insert_link,
+    insert_route,
+    route_rows,
+    route_state_path,
+    set_route_enabled,
+)
 from host.routing import parse_bins, parse_rate, parse_window
 from hsm_sim.client import HsmClient
 from hsm_sim.errors import HsmError
@@ -160,7 +166,9 @@ def route_list(as_json: bool, db_path: Path) -> None:
 
 def _live_state(db_path: Path) -> dict[str, dict]:
     """What the running host last wrote about its links (host/links.py)."""
-    path = db_path.with_name(db_path.name + ".routes.json")
+    path = route_state_path(db_path)
+    if path is None:
+        return {}
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):

@@ -32,7 +32,7 @@ from host import rules
 from host.db import Terminal, load_card
 from host.ledger import Ledger, Request, _txn
 from host.links import Link, LinkDown, LinkPhase
-from host.routestore import load_routes
+from host.routestore import load_routes, route_state_path
 from host.routing import NO_CHANNEL, NO_ROUTE, Ask, choose_route, reversal_backoff
 from host.rules import Txn
 from host.writer import Writer
@@ -226,7 +226,7 @@ class Router:
     """Routes off-us requests over the links; owns the links' tasks and the outbox."""
 
     def __init__(self, hsm: HsmClient, writer: Writer, ledger: Ledger,
-                 read_conn: sqlite3.Connection, db_path: Path) -> None:
+                 read_conn: sqlite3.Connection, db_path: Path | str) -> None:
         self.hsm = hsm
         self.writer = writer
         self.ledger = ledger
@@ -285,10 +285,12 @@ class Router:
                 self._write_state(now)
 
     def _write_state(self, now: float) -> None:
-        path = self.db_path.with_name(self.db_path.name + ".routes.json")
+        self.last_state = {n: link.state(now) for n, link in self.links.items()}
+        path = route_state_path(self.db_path)
+        if path is None:
+            return
         try:
             tmp = path.with_name(path.name + ".tmp")
-            self.last_state = {n: link.state(now) for n, link in self.links.items()}
             tmp.write_text(json.dumps(self.last_state))
             tmp.replace(path)
         except OSError as exc:

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import sqlite3
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from host.errors import ConfigError
+from host.pgstore import is_pg
 from host.routing import Route, format_bins, parse_bins, parse_window
 
 ROUTING_SCHEMA = (
@@ -49,6 +51,19 @@ ROUTING_SCHEMA = (
 OUTBOX_STATES = ("inflight", "pending", "done")
 """inflight: a request is out upstream (a restart turns it into a pending 0420/98);
 pending: a 0420 to send until its 0430; done: the 0430 came."""
+
+
+def route_state_path(db_path: object) -> Path | None:
+    """Where a running host writes its links' live state for `route list`: beside the SQLite
+    file; None on PostgreSQL (each instance has its own links: see its log and metrics).
+
+    >>> route_state_path("lab/poshost.db"), route_state_path("postgresql://u@h:5432/pos")
+    (PosixPath('lab/poshost.db.routes.json'), None)
+    """
+    if is_pg(db_path):
+        return None
+    path = Path(str(db_path))
+    return path.with_name(path.name + ".routes.json")
 
 
 def ensure_routing_schema(conn: sqlite3.Connection) -> None:
