@@ -145,7 +145,9 @@ class Server:
                     cert_tid = certificate_tid(served)
             if self.tap is not None:
                 served = self.tap.wrap(served, stream.socket)
-            if not await self._serve_connection(served, cert_tid):
+            # the source address from the socket itself (a TLS or tapped stream has none)
+            peer = _peer_address(stream) if self.guard is not None else None
+            if not await self._serve_connection(served, cert_tid, peer):
                 self._admission.give(trio.current_time())  # ended cleanly, unanswered
         except CloseConnection as exc:
             if metrics is not None:
@@ -167,8 +169,8 @@ class Server:
                 metrics.connections -= 1
             stream.socket.close()  # what SocketStream.aclose does, without its checkpoint
 
-    async def _serve_connection(self, stream: trio.abc.Stream,
-                                cert_tid: str | None = None) -> bool:
+    async def _serve_connection(self, stream: trio.abc.Stream, cert_tid: str | None = None,
+                                peer: str | None = None) -> bool:
         """Frames in, answers out, under one cancel scope whose deadline moves with the phase:
         IDLE_TIMEOUT waiting for a frame's first byte, FRAME_TIMEOUT until it is complete,
         then HANDLER_TIMEOUT and SEND_TIMEOUT (one scope per connection, not per read).
@@ -179,7 +181,6 @@ class Server:
         receive = stream.receive_some
         scope = trio.CancelScope()
         phase = _IDLE
-        peer = _peer_address(stream) if self.guard is not None else None
         metrics = self.service.metrics
         with scope:
             while not self._stopping:

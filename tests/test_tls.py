@@ -52,11 +52,13 @@ def other_lab(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 async def start_host(nursery: trio.Nursery, db_path: Path, lab: Path, *, mutual: bool,
                      hsm: str = "embedded", pcap: Path | None = None,
-                     bind_tid: bool = False) -> tuple[int, int]:
+                     bind_tid: bool = False, allow_peers: tuple[str, ...] = ()
+                     ) -> tuple[int, int]:
     """A host with a plain and a TLS listener; (plain port, TLS port)."""
     tls = TlsListen("127.0.0.1", 0, lab / "server.pem", lab / "server.key",
                     lab / "ca.pem" if mutual else None, bind_tid)
-    config = HostConfig(listen_port=0, db_path=db_path, hsm=hsm, tls=tls, pcap=pcap)
+    config = HostConfig(listen_port=0, db_path=db_path, hsm=hsm, tls=tls, pcap=pcap,
+                        allow_peers=allow_peers)
     _, port = await nursery.start(run_host, config)
     assert tls.bound is not None
     return port, tls.bound[1]
@@ -131,10 +133,12 @@ async def test_a_terminal_certificate_is_bound_to_its_tid(
         tmp_path: Path, lab: Path, nursery: trio.Nursery,
         caplog: pytest.LogCaptureFixture) -> None:
     """The attack: a terminal with a valid certificate (CN TLS00001) signs on, or settles, as
-    another terminal. With --tls-bind-tid the connection is closed unanswered."""
+    another terminal. With --tls-bind-tid the connection is closed unanswered. (With an
+    allow-list too, and a capture: the peer address comes from the socket under TLS.)"""
     db = tmp_path / "host.db"
     card = await provisioned(db)
-    _, tls_port = await start_host(nursery, db, lab, mutual=True, bind_tid=True)
+    _, tls_port = await start_host(nursery, db, lab, mutual=True, bind_tid=True,
+                                   allow_peers=("127.0.0.0/8",), pcap=tmp_path / "w.pcap")
     context = tls_context(str(lab / "ca.pem"), str(lab / "terminal.pem"),
                           str(lab / "terminal.key"))
     caplog.set_level(logging.WARNING)
