@@ -11,12 +11,14 @@ with the outcome (kill -9 cannot let an ATC replay through). Keys stay under the
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from hsm_sim.client import HsmClient
 from hsm_sim.emv import build_option_a_y
+from hsm_sim.errors import HsmError
 from specs.catalog import CHIP_VARIANTS, MessageKind
 from specs.emv import (
     ISSUER_AUTH_TAG,
@@ -29,6 +31,8 @@ from specs.emv import (
 )
 from specs.messages import Message
 from specs.pretty import pan_of
+
+log = logging.getLogger("poshost")
 
 CHIP_SCHEMA = """
 CREATE TABLE IF NOT EXISTS issuer_keys (
@@ -129,8 +133,15 @@ async def with_issuer_auth(hsm: HsmClient, facts: ChipFacts | None,
     if facts is None or not facts.verified or "39" not in response:
         return response
     arc = response["39"]
-    arpc = await hsm.generate_arpc(facts.mk_ac_lmk, facts.y, facts.atc_bytes, facts.un,
-                                   facts.data, facts.arqc, arc)
+    try:
+        arpc = await hsm.generate_arpc(facts.mk_ac_lmk, facts.y, facts.atc_bytes, facts.un,
+                                       facts.data, facts.arqc, arc)
+    except HsmError as exc:
+        # The outcome is committed: answering 96 now would hide an approval the books hold.
+        # Without tag 91 the card declines it and the terminal reverses (0400/06, section 8).
+        log.warning("tid=%s ARPC not generated (%s): answered without tag 91",
+                    response.get("41", "?"), exc)
+        return response
     return {**response, "55": encode_f55({ISSUER_AUTH_TAG: issuer_auth_data(arpc, arc)})}
 
 

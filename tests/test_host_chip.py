@@ -379,3 +379,18 @@ async def test_identical_repeat_is_answered_from_the_record_with_tag_91(
     assert decode_f55(first.response["55"])["91"].endswith("3030")
     assert _balance(chip_host) == START - 250 and _atc_high(chip_host) == 9
     await t.transport.aclose()
+
+
+async def test_an_arpc_the_hsm_cannot_make_leaves_the_committed_answer_without_tag_91() -> None:
+    """After the commit, an HSM refusal of KW mode 2 must not turn an approval into 96: the
+    answer goes without tag 91, the card declines it and the terminal reverses (section 8)."""
+    from host.chip import ARQC_OK, ChipFacts, with_issuer_auth
+    from hsm_sim.client import HsmClient
+    from hsm_sim.commands import HsmEngine
+
+    hsm = HsmClient.in_process(HsmEngine.test())
+    facts = ChipFacts(ARQC_OK, 9, PSN, True, "0000000000", "80", "051",
+                      mk_ac_lmk="U" + "0" * 32, y=bytes(8), atc_bytes=b"\x00\x09",
+                      un=bytes(4), data=b"", arqc=bytes(8))
+    approved = {"t": "0210", "39": "00", "41": "12345678"}
+    assert await with_issuer_auth(hsm, facts, approved) == approved
