@@ -19,13 +19,14 @@ from typing import Literal
 from specs.errors import ValidationError
 from specs.tlv import TlvError, decode_tlv, encode_tlv
 
-TagFormat = Literal["b", "n"]
+TagFormat = Literal["b", "n", "cn"]
 TagSecret = Literal["", "cryptogram", "pan", "track2"]
 
 
 @dataclass(frozen=True)
 class EmvTag:
-    """One EMV data object: lengths in bytes; ``n`` values are BCD digits."""
+    """One EMV data object: lengths in bytes; ``n`` values are BCD digits, ``cn`` compressed
+    numeric (digits left-justified, padded with trailing F nibbles: the PAN in 5A)."""
 
     tag: str
     name: str
@@ -63,7 +64,7 @@ TAGS: dict[str, EmvTag] = {
         EmvTag("84", "dedicated file name (AID)", 5, 16),
         EmvTag("9F09", "application version number", 2, 2),
         EmvTag("91", "issuer authentication data (ARPC + ARC)", 8, 16, secret="cryptogram"),
-        EmvTag("5A", "application PAN", 1, 10, "n", secret="pan"),
+        EmvTag("5A", "application PAN", 1, 10, "cn", secret="pan"),
         EmvTag("57", "track 2 equivalent data", 1, 19, secret="track2"),
         EmvTag("5F34", "PAN sequence number", 1, 1, "n"),
         EmvTag("50", "application label", 1, 16),
@@ -138,6 +139,10 @@ def _check_tag_value(tag: str, value: str) -> None:
                               f"{spec.describe()}", field="55")
     if spec.fmt == "n" and not value.isdigit():
         raise ValidationError(f"tag {tag} ({spec.name}) is not BCD digits", field="55")
+    digits = value.upper().rstrip("F")
+    if spec.fmt == "cn" and not (digits.isdigit() and digits.isascii()):
+        raise ValidationError(f"tag {tag} ({spec.name}) is not compressed numeric",
+                              field="55")
 
 
 def check_chip_tags(tags: Mapping[str, str], kind: str,
@@ -195,13 +200,28 @@ def split_issuer_auth_data(value: str) -> tuple[bytes, str]:
     return raw[:8], raw[8:].decode("ascii", "replace")
 
 
+SENSITIVE_TAGS = frozenset({"56", "57", "5A", "5F20", "5F24", "9F1F", "9F20", "9F6B"})
+"""Cardholder data tags masked wherever F55 is shown (track 1/2 and their equivalents, PAN,
+name, expiry, discretionary data), whether or not the dialect's tag table lists them."""
+
+
 def _shown(tag: str, value: str, reveal: bool) -> str:
+    """A tag's value as logs and traces may show it.
+
+    >>> _shown("5A", "6222021234567890128F", False), _shown("5A", "62220212", False)
+    ('622202*********0128', '[4 bytes]')
+    >>> _shown("9F6B", "6222021234567890128D30121010000000000F", False)
+    '[19 bytes]'
+    """
     spec = TAGS.get(tag)
-    if spec is None or not spec.secret or (reveal and spec.secret == "cryptogram"):
+    secret = spec.secret if spec is not None else ""
+    if tag in SENSITIVE_TAGS and secret != "pan":
+        secret = secret or "cardholder"
+    if not secret or (reveal and secret == "cryptogram"):
         return value
-    if spec.secret == "pan":
-        digits = value.rstrip("F")
-        return digits[:6] + "*" * max(len(digits) - 10, 0) + digits[-4:]
+    digits = value.rstrip("F")
+    if secret == "pan" and len(digits) > 10:
+        return digits[:6] + "*" * (len(digits) - 10) + digits[-4:]
     return f"[{len(value) // 2} bytes]"
 
 

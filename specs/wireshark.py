@@ -25,6 +25,7 @@ from typing import Any
 from specs.catalog import KINDS
 from specs.codes import RESPONSE_CODES
 from specs.composite import KEY_DATA_BYTES, TOTALS_DIGITS, UPLOAD_RECORD_DIGITS
+from specs.emv import SENSITIVE_TAGS
 from specs.fields import FIELDS
 from specs.framing import (
     BITMAP_LENGTH,
@@ -66,9 +67,6 @@ WELL_KNOWN_TAGS = frozenset({"82", "95", "9A", "9C", "5F2A", "9F02", "9F10", "9F
 """Tags of every ARQC: a mapping is taken for the EMV tag table only if it holds at least
 MIN_KNOWN_TAGS of them (response codes, say, also have hex-looking keys)."""
 MIN_KNOWN_TAGS = 3
-SENSITIVE_TAGS = frozenset({"56", "57", "5A", "5F20", "5F24", "9F1F", "9F20", "9F6B"})
-"""EMV tags masked by default (track data, PAN, cardholder name, expiry), whatever the tag
-table says."""
 
 
 def find_emv_tags(package: str = "specs") -> dict[str, tuple[str, bool]]:

@@ -141,3 +141,18 @@ def test_catalog_and_spec_show_chip_variants() -> None:
     text = render_contract()
     assert "sale by chip" in text and "balance inquiry by chip" in text
     assert "header category 61" in text and "9F26" in text
+
+
+def test_pan_tag_is_compressed_numeric_and_cardholder_tags_are_masked() -> None:
+    from specs.emv import check_chip_tags, masked_f55
+    from specs.errors import ValidationError
+    from specs.tlv import encode_tlv
+
+    check_chip_tags({"5A": "6222021234567890128F"}, "sale", required=())  # F-padded: fine
+    with pytest.raises(ValidationError, match="compressed numeric"):
+        check_chip_tags({"5A": "62220212345678901A8F"}, "sale", required=())
+    shown = masked_f55(encode_tlv({"5A": "6222021234567890128F",
+                                   "9F6B": "6222021234567890128D30121010000000000F",
+                                   "5F20": "4C4142204341524448"}))
+    assert "6222021234567890128" not in shown and "30121010" not in shown
+    assert "4C4142" not in shown and "622202*********0128" in shown
