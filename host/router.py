@@ -31,7 +31,7 @@ from prometheus_client.metrics_core import Metric
 from host import rules
 from host.db import Terminal, load_card
 from host.ledger import Ledger, Request, _txn
-from host.links import Link, LinkDown, LinkPhase
+from host.links import LINK_ERRORS, Link, LinkPhase
 from host.routestore import load_routes, route_state_path
 from host.routing import NO_CHANNEL, NO_ROUTE, Ask, choose_route, reversal_backoff
 from host.rules import Txn
@@ -452,7 +452,7 @@ class Router:
         answer, mac_ok, reason = None, False, REVERSAL_TIMEOUT
         try:
             answer, mac_ok = await link.exchange(up)
-        except (LinkDown, HsmError, SpecError, trio.BrokenResourceError, OSError) as exc:
+        except (*LINK_ERRORS, SpecError) as exc:
             log.warning("route %s: %s", route.name, exc)
         finally:
             health.in_flight -= 1
@@ -521,7 +521,7 @@ class Router:
         answer = None
         try:
             answer, mac_ok = await link.exchange(doc)
-        except (LinkDown, HsmError, SpecError, trio.BrokenResourceError, OSError) as exc:
+        except (*LINK_ERRORS, SpecError) as exc:
             log.info("route %s: 0420 for RRN %s not sent: %s", link.name, row["rrn"], exc)
         rid = row["id"]
         if answer is not None and answer.get("t") in ("0430", "0230") and mac_ok:

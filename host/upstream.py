@@ -106,8 +106,9 @@ def apply_link_request(conn: sqlite3.Connection, req: LinkRequest) -> dict[str, 
                        ).fetchone() if kind == "refund" else conn.execute(
         "SELECT response FROM h2h_txns WHERE acquirer_id=? AND rrn=? AND kind=?",
         (acquirer, rrn, kind)).fetchone()
-    if row is not None:  # a repeat: the first answer
-        return json.loads(row["response"])
+    if row is not None:  # a repeat: the first answer (its F2 from this request: not stored)
+        stored = json.loads(row["response"])
+        return {**stored, "2": doc["2"]} if "2" in doc and "2" not in stored else stored
     if kind == "other":
         return _echo(doc, "40")
     if kind == "void":
@@ -151,7 +152,8 @@ def _insert(conn: sqlite3.Connection, req: LinkRequest, kind: str, decision: rul
         " rc, auth_code, response, created, settlement_date) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?,"
         " ?, ?, ?, ?)",
         (req.link, doc["32"], doc["37"], doc["11"], kind, req.pan_hash, mask_pan(doc["2"]),
-         int(doc["4"]), decision.code, response.get("38"), json.dumps(response),
+         int(doc["4"]), decision.code, response.get("38"),
+         json.dumps({k: v for k, v in response.items() if k != "2"}),  # no clear PAN at rest
          req.now.isoformat(timespec="seconds"), req.now.date().isoformat()))
     return response
 
@@ -255,6 +257,9 @@ class UpstreamService:
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, SpecError,
                 trio.TooSlowError) as exc:
             log.info("link %s closed: %s", conn.link or "(not signed on)", exc)
+        except Exception:  # one link's fault must never reach the host's nursery
+            log.exception("link %s: unexpected failure; connection closed",
+                          conn.link or "(not signed on)")
         finally:
             with trio.move_on_after(1):
                 await stream.aclose()
@@ -288,6 +293,9 @@ class _Conn:
             log.warning("link %s: undecodable request: %s", self.link, exc)
             return None
         mti = doc.get("t", "")
+        if not (len(mti) == 4 and mti.isascii() and mti.isdigit()):
+            log.warning("link %s: request with MTI %r dropped", self.link, mti[:8])
+            return None
         if mti == "0810":
             return None  # the acquirer answering our echo (we send none: it does)
         if mti == "0800":
@@ -305,8 +313,9 @@ class _Conn:
             response = await self._financial(doc)
             block = mac_block_of(with_mac_bit(response))
             return block + await generate_mac_zak(self.s.hsm, self.keys.zak, block)
-        except SpecError as exc:
-            log.warning("link %s: bad request: %s", self.link, exc)
+        except (SpecError, ValueError, KeyError) as exc:  # a field missing or not digits
+            log.warning("link %s: bad request: %s", self.link, type(exc).__name__
+                        if isinstance(exc, KeyError) else exc)
             return encode_h2h(_echo(doc, FORMAT_ERROR))
         except (HsmError, HostError) as exc:
             log.error("link %s: internal failure: %s", self.link, exc)

@@ -98,6 +98,9 @@ def decode_h2h(body: bytes) -> dict[str, str]:
         doc, _ = iso8583.decode(body, H2H_SPEC)
     except iso8583.DecodeError as exc:
         raise DecodeError(str(exc), field=exc.field or "?", position=exc.pos) from None
+    except (KeyError, ValueError, IndexError) as exc:  # e.g. a bitmap naming a field we lack
+        raise DecodeError(f"undecodable link body ({type(exc).__name__} {exc})", field="?",
+                          position=0) from None
     return {k: v for k, v in doc.items() if k not in ("h", "p", "b")}
 
 

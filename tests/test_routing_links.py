@@ -455,3 +455,32 @@ async def test_upstream_answering_96_is_demoted_after_20(tmp_path: Path,
             await trio.sleep(0.2)
     assert [r["reason"] for r in outbox(db)].count("98") == 20
     assert net_a.balance() == FOREIGN.balance_minor - 100
+
+
+async def test_hostile_link_frames_cost_only_their_connection(tmp_path: Path,
+                                                              nursery: trio.Nursery) -> None:
+    """Anyone who reaches --h2h-listen, unsigned: an MTI that is not digits, a 0800 with a
+    garbled F70, a 0420 without its RRN. Each is dropped or answered; the host lives on and
+    the next acquirer's sale goes through."""
+    from specs.h2h import H2hFrameDecoder, decode_h2h, encode_h2h, frame_h2h
+
+    net = await start_network(tmp_path, nursery, "net")
+    stream = await trio.open_tcp_stream(*net.address)
+    echo = encode_h2h({"t": "0800", "11": "000001", "32": ACQUIRER_ID})
+    await stream.send_all(frame_h2h(b"\xab\xcd" + echo[2:]))  # MTI "ABCD"
+    await stream.send_all(frame_h2h(b"\x04\x20" + b"\xff" * 16))
+    await stream.send_all(frame_h2h(encode_h2h({"t": "0420", "11": "000001", "32": ACQUIRER_ID})))
+    decoder = H2hFrameDecoder()
+    with trio.fail_after(5):
+        answers: list[dict[str, str]] = []
+        while not answers:
+            data = await stream.receive_some(4096)
+            assert data, "the network closed instead of answering the 0420"
+            answers = [decode_h2h(body) for body in decoder.feed(data)]
+    assert answers[0]["t"] == "0430" and answers[0]["39"] != "00"
+    await stream.aclose()
+    db, term = await start_acquirer(tmp_path, nursery, [("NET-A", net, {})])
+    await wait_up(db, ["NET-A"])
+    async with term:
+        await term.sign_on()
+        assert (await term.sale(FOREIGN, 100)).code == "00"
