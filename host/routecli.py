@@ -254,7 +254,7 @@ def recon_import(route_name: str, file: Path, as_json: bool, db_path: Path) -> N
     conn = _read(db_path)
     try:
         diffs = import_daily_file(conn, route_name, data)
-    except (HostError, KeyError, TypeError) as exc:
+    except (HostError, KeyError, TypeError, ValueError, AttributeError) as exc:  # a bad file
         _fail(f"not imported: {exc}")
     finally:
         conn.close()
