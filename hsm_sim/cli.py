@@ -50,13 +50,16 @@ EXIT_INTERRUPTED = 130
 
 
 def _hsm_errors(func: F) -> F:
-    """Turn HsmError (and CryptoError from the lab helpers) into a one-line message, exit 1."""
+    """Turn HsmError into a one-line message, exit 1; CryptoError (input the lab helpers'
+    crypto refuses: a bad key, PIN or PAN) is bad input, exit 2."""
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except (HsmError, CryptoError) as exc:
+        except CryptoError as exc:
+            raise click.UsageError(str(exc)) from None
+        except HsmError as exc:
             raise click.ClickException(str(exc)) from None
 
     return wrapper  # type: ignore[return-value]

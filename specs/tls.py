@@ -34,7 +34,9 @@ def _check_file(path: str | Path, what: str) -> str:
 
 def _load_chain(context: ssl.SSLContext, cert: str | Path, key: str | Path) -> None:
     try:
-        context.load_cert_chain(_check_file(cert, "certificate"), _check_file(key, "key"))
+        # no passphrase prompt on the terminal: an encrypted key is refused (ssl.SSLError)
+        context.load_cert_chain(_check_file(cert, "certificate"), _check_file(key, "key"),
+                                password=lambda: b"")
     except ssl.SSLError as exc:
         raise TlsError(f"cannot use certificate {cert} with key {key}: {exc.reason or exc}"
                        ) from None

@@ -105,7 +105,7 @@ def test_lab_helpers_reproduce_vectors(args: list[str], expected: str) -> None:
 
 def test_lab_helper_errors_are_messages() -> None:
     code, _, err = invoke("pinblock", "--pin", "12", "--pan", "6222021234567890128")
-    assert code == 1 and "[24]" in err
+    assert code == 2 and "[24]" in err  # bad input: usage error, as every CLI
     code, _, _ = invoke("mac", "--key", "zz", "--data-text", "x")
     assert code == 2
 
