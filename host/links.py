@@ -17,6 +17,7 @@ from typing import Any
 
 import trio
 
+from host.limits import SEND_TIMEOUT
 from host.linkkeys import LinkKeys, generate_mac_zak, import_link_keys, verify_mac_zak
 from host.routing import Health, Route, reconnect_backoff
 from hsm_sim.client import HsmClient
@@ -226,7 +227,12 @@ class Link:
         if stream is None:
             raise LinkDown("link not connected")
         async with self._send_lock:
-            await stream.send_all(frame_h2h(frame_body))
+            with trio.move_on_after(SEND_TIMEOUT) as sending:
+                await stream.send_all(frame_h2h(frame_body))
+        if sending.cancelled_caught:  # the peer stopped reading: the session is over
+            log.warning("route %s: send not complete within %g s", self.name, SEND_TIMEOUT)
+            self._lost()
+            raise LinkDown("link send timed out")
 
     async def _send_wait(self, doc: dict[str, str], body: bytes, timeout: float
                          ) -> tuple[dict[str, str], bytes] | None:
