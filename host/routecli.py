@@ -22,6 +22,7 @@ from host.cli import (
 )
 from host.db import open_store
 from host.errors import HostError
+from host.limits import HANDLER_TIMEOUT
 from host.routestore import (
     insert_link,
     insert_route,
@@ -35,6 +36,9 @@ from hsm_sim.errors import HsmError
 from specs import params
 
 ZMK_TYPE = "000"
+ROUTE_TIMEOUT_MAX = HANDLER_TIMEOUT - 3.0
+"""A route waits less than the host's handler limit, so a routed request always ends in its
+own 91 + 0420 and never in a cancelled handler with its outbox row left in flight."""
 DEFAULT_ACQUIRER_ID = "48020000"
 
 
@@ -92,8 +96,10 @@ def route() -> None:
 @zmk_options
 @click.option("--acquirer-id", default=DEFAULT_ACQUIRER_ID, show_default=True,
               help="Our institution id on this link (F32).")
-@click.option("--timeout", type=click.FloatRange(0.1, 120), default=10.0, show_default=True,
-              help="Seconds to wait for a 0210 before 91 + 0420/98.")
+@click.option("--timeout", type=click.FloatRange(0.1, ROUTE_TIMEOUT_MAX), default=10.0,
+              show_default=True,
+              help="Seconds to wait for a 0210 before 91 + 0420/98 (below the host's"
+                   f" {HANDLER_TIMEOUT:g} s handler limit).")
 @click.option("--cost-fixed", default="0.00", show_default=True,
               help="Fixed cost per transaction, in currency units.")
 @click.option("--cost-rate", default="0", show_default=True,
