@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from host.db import is_shared
 from host.feestore import TxnFee, txn_fees
 from host.reports import settlement_report
 
@@ -61,7 +62,8 @@ def _line_facts(conn: sqlite3.Connection, date: str) -> list[_Facts]:
 def fee_settlement_report(conn: sqlite3.Connection, date: str) -> dict[str, Any]:
     """host.reports.settlement_report with fee columns on each line and the sections
     ``merchant_days``, ``fee_standards`` and ``channels``."""
-    conn.execute("BEGIN")  # one snapshot for both reads
+    # one snapshot for both reads (PostgreSQL's default READ COMMITTED would take two)
+    conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ" if is_shared(conn) else "BEGIN")
     try:
         report = settlement_report(conn, date)
         facts = _line_facts(conn, date)
