@@ -29,7 +29,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from host import rules
-from host.db import Terminal, load_card
+from host.db import Terminal, for_update, load_card
 from host.ledger import Ledger, Request, _txn
 from host.links import LINK_ERRORS, Link, LinkPhase
 from host.routestore import load_routes, route_state_path
@@ -124,6 +124,16 @@ def record_refund(ledger: Ledger, conn: sqlite3.Connection, req: Request, out: O
     repeat = ledger._repeat(conn, req)
     if repeat is not None:
         return repeat, None
+    if out.original is not None:  # checked again under the writer: a concurrent refund of
+        fresh = _txn(conn.execute(  # the same sale may have committed since the first check
+            "SELECT * FROM txns WHERE id=?" + for_update(conn), (out.original.id,)).fetchone())
+        f61 = decode_field61(req.doc.get("61", ""))
+        check = None if fresh is None else rules.decide_refund(
+            int(req.doc["4"]), req.pan_hash, ledger._terminal_mid(conn, req.tid), fresh,
+            f61.batch, f61.trace, None, req.pin)
+        if check is not None and check.code != rules.UNKNOWN_CARD:
+            refused = Outcome(check.code, {}, out.route, 0, None, None)
+            return record_routed(ledger, conn, req, refused), None
     response = record_routed(ledger, conn, req, replace(out, original=None))
     if response.get("39") != "00" or out.original is None:
         return response, None
