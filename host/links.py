@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import secrets
 import sqlite3
 from datetime import datetime
 from typing import Any
@@ -112,7 +113,9 @@ class Link:
         self._stream: trio.SocketStream | None = None
         self._send_lock = trio.Lock()
         self._waiting: dict[tuple[str, str], list[Any]] = {}
-        self._stan = 0
+        self._stan = secrets.randbelow(999_999)
+        """Starts anywhere: the upstream tells a refund advice from a repeat by (RRN, STAN), so
+        a restarted process must not number from 1 again."""
         self._last_traffic = 0.0
 
     @property
