@@ -56,26 +56,36 @@ def balance(db: Path) -> int:
         conn.close()
 
 
-async def test_two_processes_sale_and_reversal_survive_kill_9(tmp_path: Path,
-                                                              nursery: trio.Nursery) -> None:
-    net_db, acq_db = tmp_path / "net.db", tmp_path / "acq.db"
+def provision_network(net_db: Path) -> None:
+    """The network's database: a foreign card and the acquirer's link, through the CLI."""
     cli("init", "--db", str(net_db))
     cli("card", "add", "--pan", FOREIGN.pan, "--expiry", FAR_EXPIRY, "--pin", FOREIGN.pin,
         "--balance", "50000.00", "--db", str(net_db))
     cli("link", "add", "--name", "ACQ1", "--acquirer-id", "48020000", "--zmk", ZMK,
         "--db", str(net_db))
+
+
+def provision_acquirer(acq_db: Path, relay: tuple[str, int], *route_options: str) -> None:
+    """The acquirer's database: merchant, terminal and route NET-A to ``relay``."""
+    cli("init", "--db", str(acq_db))
+    cli("merchant", "add", "--mid", MID, "--name", "Lab Coffee Shop", "--db", str(acq_db))
+    cli("terminal", "add", "--tid", TID, "--mid", MID, "--tmk", TMK, "--db", str(acq_db))
+    cli("route", "add", "--name", "NET-A", "--connect", f"{relay[0]}:{relay[1]}",
+        "--bins", "4761", "--zmk", ZMK, "--timeout", "0.5", *route_options,
+        "--db", str(acq_db))
+
+
+async def test_two_processes_sale_and_reversal_survive_kill_9(tmp_path: Path,
+                                                              nursery: trio.Nursery) -> None:
+    net_db, acq_db = tmp_path / "net.db", tmp_path / "acq.db"
+    provision_network(net_db)
     network, net_at = await trio.to_thread.run_sync(serve, net_db, "--h2h-listen",
                                                     "127.0.0.1:0")
     acquirer = None
     try:
         proxy = Proxy(address(net_at["h2h"]))
         relay = await nursery.start(proxy.serve)
-        cli("init", "--db", str(acq_db))
-        cli("merchant", "add", "--mid", MID, "--name", "Lab Coffee Shop", "--db", str(acq_db))
-        cli("terminal", "add", "--tid", TID, "--mid", MID, "--tmk", TMK, "--db", str(acq_db))
-        cli("route", "add", "--name", "NET-A", "--connect", f"{relay[0]}:{relay[1]}",
-            "--bins", "4761", "--zmk", ZMK, "--timeout", "0.5", "--cost-fixed", "0.10",
-            "--db", str(acq_db))
+        provision_acquirer(acq_db, relay, "--cost-fixed", "0.10")
         acquirer, acq_at = await trio.to_thread.run_sync(serve, acq_db)
         await wait_up(acq_db, ["NET-A"])
         host, port = address(acq_at["terminals"])
@@ -135,22 +145,14 @@ async def test_two_processes_sale_and_reversal_survive_kill_9(tmp_path: Path,
 async def test_network_killed_with_a_reversal_owed_applies_it_after_restart(
         tmp_path: Path, nursery: trio.Nursery) -> None:
     net_db, acq_db = tmp_path / "net.db", tmp_path / "acq.db"
-    cli("init", "--db", str(net_db))
-    cli("card", "add", "--pan", FOREIGN.pan, "--expiry", FAR_EXPIRY, "--pin", FOREIGN.pin,
-        "--balance", "50000.00", "--db", str(net_db))
-    cli("link", "add", "--name", "ACQ1", "--acquirer-id", "48020000", "--zmk", ZMK,
-        "--db", str(net_db))
+    provision_network(net_db)
     network, net_at = await trio.to_thread.run_sync(serve, net_db, "--h2h-listen",
                                                     "127.0.0.1:0")
     acquirer = None
     try:
         proxy = Proxy(address(net_at["h2h"]))
         relay = await nursery.start(proxy.serve)
-        cli("init", "--db", str(acq_db))
-        cli("merchant", "add", "--mid", MID, "--name", "Lab Coffee Shop", "--db", str(acq_db))
-        cli("terminal", "add", "--tid", TID, "--mid", MID, "--tmk", TMK, "--db", str(acq_db))
-        cli("route", "add", "--name", "NET-A", "--connect", f"{relay[0]}:{relay[1]}",
-            "--bins", "4761", "--zmk", ZMK, "--timeout", "0.5", "--db", str(acq_db))
+        provision_acquirer(acq_db, relay)
         acquirer, acq_at = await trio.to_thread.run_sync(serve, acq_db)
         await wait_up(acq_db, ["NET-A"])
         host, port = address(acq_at["terminals"])
