@@ -20,7 +20,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +29,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from host import rules
-from host.db import Terminal, for_update, load_card
+from host.db import Terminal, for_update, is_shared, load_card
 from host.ledger import Ledger, Request, _txn
+from host.limits import HANDLER_TIMEOUT
 from host.links import LINK_ERRORS, Link, LinkPhase
 from host.routestore import load_routes, route_state_path
 from host.routing import NO_CHANNEL, NO_ROUTE, Ask, choose_route, reversal_backoff
@@ -150,6 +151,25 @@ def record_refund(ledger: Ledger, conn: sqlite3.Connection, req: Request, out: O
     return response, int(cur.lastrowid or 0)
 
 
+INFLIGHT_STALE = timedelta(seconds=HANDLER_TIMEOUT + 5)
+"""An `inflight` row older than this has no live request behind it (a route waits less than
+the handler limit): its request is reversed upstream (0420/98)."""
+
+
+def release_inflight(conn: sqlite3.Connection, *, startup: bool) -> None:
+    """Turn the `inflight` rows no request is waiting on into pending 0420/98s (writer). At the
+    start of a host on its own store that is every row (the process died between send and
+    record); on a shared store, and while running, only the stale ones: a younger row may be
+    another instance's request still out upstream."""
+    if startup and not is_shared(conn):
+        conn.execute("UPDATE h2h_outbox SET state='pending', reason=? WHERE state='inflight'",
+                     (REVERSAL_TIMEOUT,))
+        return
+    cutoff = (datetime.now() - INFLIGHT_STALE).isoformat(timespec="seconds")
+    conn.execute("UPDATE h2h_outbox SET state='pending', reason=? WHERE state='inflight'"
+                 " AND created < ?", (REVERSAL_TIMEOUT, cutoff))
+
+
 def open_inflight(conn: sqlite3.Connection, route: str, doc: Mapping[str, str]) -> int:
     """The durable 0420 prepared before the request leaves (state inflight)."""
     stored = {k: doc[k] for k in REVERSAL_FIELDS if k in doc}
@@ -256,9 +276,7 @@ class Router:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
-        await self.writer.submit(lambda conn: conn.execute(
-            "UPDATE h2h_outbox SET state='pending', reason=? WHERE state='inflight'",
-            (REVERSAL_TIMEOUT,)))
+        await self.writer.submit(lambda conn: release_inflight(conn, startup=True))
         RUNNING.append(self)
         try:
             await self._run(task_status=task_status)
@@ -510,6 +528,7 @@ class Router:
         next_at: dict[int, float] = {}
         while True:
             await trio.sleep(OUTBOX_POLL)
+            await self.writer.submit(lambda conn: release_inflight(conn, startup=False))
             rows = self.read_conn.execute(
                 "SELECT * FROM h2h_outbox WHERE state='pending' ORDER BY id").fetchall()
             now = trio.current_time()

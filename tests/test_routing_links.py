@@ -484,3 +484,30 @@ async def test_hostile_link_frames_cost_only_their_connection(tmp_path: Path,
     async with term:
         await term.sign_on()
         assert (await term.sale(FOREIGN, 100)).code == "00"
+
+
+def test_stale_inflight_rows_are_reversed_young_ones_left_to_their_request(
+        tmp_path: Path) -> None:
+    """A host alone on its store reverses every inflight row at start (its process died
+    between send and record); while running, and on a shared store, only rows older than the
+    handler limit: a younger one may be another instance's request still out upstream."""
+    from datetime import datetime, timedelta
+
+    from host.router import INFLIGHT_STALE, release_inflight
+
+    conn = open_store(tmp_path / "acq.db")
+    old = (datetime.now() - INFLIGHT_STALE - timedelta(seconds=5)).isoformat(timespec="seconds")
+    young = datetime.now().isoformat(timespec="seconds")
+    for stan, created in (("000001", old), ("000002", young)):
+        conn.execute("INSERT INTO h2h_outbox (route, rrn, stan, doc, reason, state, created)"
+                     " VALUES ('NET-A', ?, ?, '{}', '', 'inflight', ?)",
+                     (f"00000000{stan[-4:]}", stan, created))
+
+    def states() -> list[str]:
+        return [r[0] for r in conn.execute("SELECT state FROM h2h_outbox ORDER BY stan")]
+
+    release_inflight(conn, startup=False)
+    assert states() == ["pending", "inflight"]
+    release_inflight(conn, startup=True)
+    assert states() == ["pending", "pending"]
+    conn.close()
