@@ -639,11 +639,17 @@ def terminal_add(tid: str, mid: str, tmk: str | None, mac: str, db_path: Path, h
                       authorise)
     click.echo(f"terminal {tid} added (merchant {mid}, MAC {mac}), TMK check value"
                f" {result['tmk_kcv']}")
+    _print_components(result, "TMK clear components, shown ONCE - inject into the terminal,"
+                              " then destroy:")
+
+
+def _print_components(result: dict[str, object], heading: str) -> None:
+    """The clear key components an HSM generated, when it did (the one time they are shown)."""
     components = result.get("components")
     if isinstance(components, list):
-        click.echo("TMK clear components, shown ONCE - inject into the terminal, then destroy:")
-        for i, comp in enumerate(components, 1):
-            click.echo(f"  component {i}: {comp}")
+        click.echo(heading)
+        for i, component in enumerate(components, 1):
+            click.echo(f"  component {i}: {component}")
 
 
 @terminal.command("add-range")
@@ -773,11 +779,8 @@ def issuer_key_add(bin_prefix: str, imk_ac: str | None, db_path: Path, hsm: str,
                       hsm, lmk, authorise)
     click.echo(f"issuer key for BIN {bin_prefix} added (scheme {result['scheme']},"
                f" KCV {result['kcv']})")
-    components = result.get("components")
-    if isinstance(components, list):
-        click.echo("Clear components, shown ONCE (XOR them to personalise lab cards):")
-        for i, component in enumerate(components, 1):
-            click.echo(f"  component {i}: {component}")
+    _print_components(result, "Clear components, shown ONCE (XOR them to personalise lab"
+                              " cards):")
 
 
 @issuer_key.command("list")
