@@ -207,6 +207,17 @@ async def networks(tmp_path: Path, nursery: trio.Nursery, *names: str) -> list[N
     return out
 
 
+async def two_routes(tmp_path: Path, nursery: trio.Nursery, a: dict | None = None
+                     ) -> tuple[Network, Network, Path, TestTerminal]:
+    """Networks A and B, an acquirer routing to both (A the cheaper: 5 against 9, plus ``a``
+    settings for A), both links up."""
+    net_a, net_b = await networks(tmp_path, nursery, "neta", "netb")
+    db, term = await start_acquirer(tmp_path, nursery, [
+        ("NET-A", net_a, {"cost_fixed": 5, **(a or {})}), ("NET-B", net_b, {"cost_fixed": 9})])
+    await wait_up(db, ["NET-A", "NET-B"])
+    return net_a, net_b, db, term
+
+
 async def test_timeout_answers_91_and_reverses_upstream_exactly_once(
         tmp_path: Path, nursery: trio.Nursery) -> None:
     (net,) = await networks(tmp_path, nursery, "neta")
@@ -238,10 +249,7 @@ async def test_timeout_answers_91_and_reverses_upstream_exactly_once(
 
 async def test_terminal_reversal_of_routed_sale_goes_to_same_channel(
         tmp_path: Path, nursery: trio.Nursery) -> None:
-    net_a, net_b = await networks(tmp_path, nursery, "neta", "netb")
-    db, term = await start_acquirer(tmp_path, nursery, [
-        ("NET-A", net_a, {"cost_fixed": 5}), ("NET-B", net_b, {"cost_fixed": 9})])
-    await wait_up(db, ["NET-A", "NET-B"])
+    net_a, net_b, db, term = await two_routes(tmp_path, nursery)
     async with term:
         await term.sign_on()
         sale = await term.sale(FOREIGN, 7000)
@@ -262,10 +270,7 @@ async def test_terminal_reversal_of_routed_sale_goes_to_same_channel(
 
 async def test_void_follows_its_sale_and_its_reversal_too(tmp_path: Path,
                                                           nursery: trio.Nursery) -> None:
-    net_a, net_b = await networks(tmp_path, nursery, "neta", "netb")
-    db, term = await start_acquirer(tmp_path, nursery, [
-        ("NET-A", net_a, {"cost_fixed": 5}), ("NET-B", net_b, {"cost_fixed": 9})])
-    await wait_up(db, ["NET-A", "NET-B"])
+    net_a, net_b, db, term = await two_routes(tmp_path, nursery)
     async with term:
         await term.sign_on()
         sale = await term.sale(FOREIGN, 4000)
@@ -326,10 +331,7 @@ async def test_refund_of_routed_sale_is_advised_to_its_channel(tmp_path: Path,
 
 
 async def test_killed_upstream_traffic_moves(tmp_path: Path, nursery: trio.Nursery) -> None:
-    net_a, net_b = await networks(tmp_path, nursery, "neta", "netb")
-    db, term = await start_acquirer(tmp_path, nursery, [
-        ("NET-A", net_a, {"cost_fixed": 5, "timeout": 1.0}), ("NET-B", net_b, {"cost_fixed": 9})])
-    await wait_up(db, ["NET-A", "NET-B"])
+    net_a, _net_b, db, term = await two_routes(tmp_path, nursery, {"timeout": 1.0})
     codes = []
     async with term:
         await term.sign_on()
